@@ -1,0 +1,107 @@
+"""``fidesr-degrade``: synthesise LQ images from a folder of GT images with a degradation preset.
+
+Each image gets its own parameters, drawn from a generator seeded by ``(--seed, file name)``: the LQ of an image
+depends on the seed and its name only, not on which other files are in the folder or in which order they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import default_collate
+
+from fidesr.data.degradations import PRESETS, load_preset
+from fidesr.data.imageio import ImageLoadError, list_images, load_image, save_image
+
+
+def image_seed(seed: int, name: str) -> int:
+    """Deterministic 63-bit seed from the run seed and a file name (stable across runs and platforms)."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fidesr-degrade",
+        description="Write synthetic LQ images (PNG, same file stems) for every image in INPUT_DIR.",
+    )
+    parser.add_argument("input_dir", type=Path, metavar="INPUT_DIR", help="folder of GT images")
+    parser.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="folder for the LQ PNGs")
+    parser.add_argument(
+        "--preset", choices=PRESETS, default="osediff", help="degradation preset (default: osediff)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="run seed; each image's params derive from it and its name"
+    )
+    parser.add_argument("--scale", type=int, default=4, help="downscale factor (default: 4)")
+    parser.add_argument(
+        "--resize-back",
+        action="store_true",
+        help="resize the LQ back to the (cropped) GT size, as training sees it",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device for the degradation (default: cpu)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    args = build_parser().parse_args(argv)
+    if args.scale < 1:
+        print("error: --scale must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        files = list_images(args.input_dir)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.output_dir.resolve() == args.input_dir.resolve():
+        # <stem>.png in the same folder would overwrite PNG inputs.
+        print("error: OUTPUT_DIR must differ from INPUT_DIR", file=sys.stderr)
+        return 2
+    degradation = load_preset(args.preset, scale=args.scale, resize_back=args.resize_back)
+    device = torch.device(args.device)
+
+    failed: list[str] = []
+    seen: dict[str, Path] = {}
+    written = 0
+    for path in tqdm(files, desc=f"degrade ({args.preset})", unit="img", file=sys.stderr):
+        if path.stem in seen:  # a.jpg and a.png would both write a.png
+            failed.append(path.name)
+            tqdm.write(f"skipped {path}: same name stem as {seen[path.stem].name}", file=sys.stderr)
+            continue
+        seen[path.stem] = path
+        try:
+            gt = load_image(path)
+        except ImageLoadError as err:
+            failed.append(path.name)
+            tqdm.write(f"skipped: {err}", file=sys.stderr)  # the message names the file
+            continue
+        h, w = (s - s % args.scale for s in gt.shape[-2:])  # crop to a multiple of the scale
+        if h == 0 or w == 0:
+            failed.append(path.name)
+            tqdm.write(f"skipped {path}: smaller than the scale {args.scale}", file=sys.stderr)
+            continue
+        gen = torch.Generator().manual_seed(image_seed(args.seed, path.name))
+        params = {k: v.to(device) for k, v in default_collate([degradation.sample(gen)]).items()}
+        with torch.no_grad():
+            lq = degradation.apply(gt[None, :, :h, :w].to(device), params)[0]
+        save_image(lq.cpu(), args.output_dir / f"{path.stem}.png")
+        written += 1
+
+    print(
+        f"fidesr-degrade: {written} written, {len(failed)} failed of {len(files)} images "
+        f"(preset {args.preset}, seed {args.seed}, scale {args.scale}"
+        f"{', resized back' if args.resize_back else ''}) -> {args.output_dir}"
+    )
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

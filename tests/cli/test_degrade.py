@@ -1,0 +1,78 @@
+"""fidesr-degrade on a small folder the test creates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fidesr.cli.degrade import image_seed, main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def gt_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "gt"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"a.png": (64, 48), "b.jpg": (50, 67), "c.bmp": (32, 32)}.items():
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / name)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return folder
+
+
+def _sizes(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: Image.open(p).size for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("preset", ["bicubic", "osediff"])
+def test_degrade_writes_pngs_and_reports_the_broken_file(
+    gt_dir: Path, tmp_path: Path, preset: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "lq"
+    rc = main([str(gt_dir), str(out), "--preset", preset, "--seed", "3"])
+    assert rc != 0
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.err
+    assert "3 written, 1 failed of 4" in captured.out
+    # (width, height) = GT cropped to a multiple of 4, divided by 4; same stems, PNG.
+    assert _sizes(out) == {"a.png": (12, 16), "b.png": (16, 12), "c.png": (8, 8)}
+
+
+def test_degrade_is_deterministic_and_resize_back_keeps_the_cropped_size(
+    gt_dir: Path, tmp_path: Path
+) -> None:
+    (gt_dir / "broken.png").unlink()
+    args = [str(gt_dir), "--preset", "pisasr", "--seed", "5"]
+    assert main([args[0], str(tmp_path / "r1"), *args[1:]]) == 0
+    assert main([args[0], str(tmp_path / "r2"), *args[1:]]) == 0
+    for name in ("a.png", "b.png", "c.png"):
+        assert (tmp_path / "r1" / name).read_bytes() == (tmp_path / "r2" / name).read_bytes()
+    assert main([args[0], str(tmp_path / "back"), *args[1:], "--resize-back"]) == 0
+    assert _sizes(tmp_path / "back") == {"a.png": (48, 64), "b.png": (64, 48), "c.png": (32, 32)}
+    assert main([args[0], str(tmp_path / "x2"), *args[1:], "--scale", "2"]) == 0
+    assert _sizes(tmp_path / "x2")["a.png"] == (24, 32)
+
+
+def test_image_seed_depends_on_seed_and_name_only() -> None:
+    assert image_seed(1, "a.png") == image_seed(1, "a.png")
+    assert image_seed(1, "a.png") != image_seed(2, "a.png") != image_seed(1, "b.png")
+
+
+def test_usage_errors_exit_2(gt_dir: Path, tmp_path: Path) -> None:
+    assert main([str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
+    before = (gt_dir / "a.png").read_bytes()
+    assert main([str(gt_dir), str(gt_dir)]) == 2  # would overwrite the PNG inputs
+    assert (gt_dir / "a.png").read_bytes() == before
