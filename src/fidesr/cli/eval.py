@@ -1,0 +1,237 @@
+"""``fidesr-eval``: the evaluation protocol on a folder of SR images (like OSEDiff's ``test_metrics.py``).
+
+    fidesr-eval sr_dir=DIR gt_dir=DIR "metrics=[psnr,ssim,niqe]" output_dir=DIR [paper_rows=realsr]
+
+Writes into ``output_dir``: ``per_image.csv`` (``name`` then one column per metric), ``summary.csv`` and
+``summary.md`` (our row, then the published rows if ``paper_rows`` is set). SR and GT are matched by file
+name; no-reference metrics need no ``gt_dir``. Checkpoint mode (``checkpoint=... lq_dir=...``) first
+produces the SR folder with ``fidesr.pipeline.FiDeSRPipeline``, then evaluates it the same way.
+
+All metric definitions come from ``fidesr.metrics.MetricSuite`` (the callback uses the same suite).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fidesr.metrics.images import list_images, match_pairs, read_image, save_image
+from fidesr.metrics.published import published_rows
+from fidesr.metrics.specs import PROTOCOL, get_spec, parse_metric_config
+from fidesr.metrics.suite import MetricSuite, resolve_device
+from fidesr.metrics.tables import markdown_table, write_csv
+
+log = logging.getLogger(__name__)
+
+PIPELINE_MISSING = "checkpoint mode arrives with the inference pipeline (fidesr.pipeline)"
+
+
+@dataclass
+class EvalResult:
+    """What ``evaluate_folders`` computed and where it wrote it."""
+
+    summary: dict[str, Any]                     # metric -> mean (FID: set value), skipped -> reason
+    per_image: list[dict[str, Any]]
+    metrics: list[str]                          # reported names, table order
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+class _Images(torch.utils.data.Dataset):
+    """(name, SR [3,H,W], GT [3,H,W] or empty) per matched pair, read as the protocol reads them."""
+
+    def __init__(self, pairs: Sequence[tuple[Path, Path | None]]) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+        sr, gt = self.pairs[i]
+        return sr.name, read_image(sr)[0], read_image(gt)[0] if gt is not None else torch.empty(0)
+
+
+def _batches(
+    pairs: Sequence[tuple[Path, Path | None]], batch_size: int, num_workers: int
+) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor | None]]:
+    """Consecutive images of equal size, up to ``batch_size`` at a time (test sets mix sizes)."""
+    loader = torch.utils.data.DataLoader(_Images(pairs), batch_size=None, num_workers=num_workers)
+    names: list[str] = []
+    srs: list[torch.Tensor] = []
+    gts: list[torch.Tensor] = []
+
+    def flush() -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+        out = (list(names), torch.stack(srs), torch.stack(gts) if gts[0].numel() else None)
+        for buf in (names, srs, gts):
+            buf.clear()
+        return out
+
+    for name, sr, gt in loader:
+        if srs and (len(srs) >= batch_size or sr.shape != srs[0].shape):
+            yield flush()
+        names.append(name)
+        srs.append(sr)
+        gts.append(gt)
+    if srs:
+        yield flush()
+
+
+def evaluate_folders(
+    sr_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike | None,
+    output_dir: str | os.PathLike,
+    metrics: Sequence[str] | Any = ("psnr", "ssim"),
+    *,
+    label: str | None = None,
+    paper_rows: str | None = None,
+    crop_border: int = 0,
+    test_y_channel: bool = True,
+    color_space: str = "ycbcr",
+    ssim_impl: Literal["separable", "pyiqa"] = "separable",
+    weights_dir: str | os.PathLike | None = None,
+    device: str | torch.device | None = "auto",
+    batch_size: int = 1,
+    num_workers: int = 0,
+    progress: bool = True,
+    stand_ins: dict[str, Any] | None = None,
+) -> EvalResult:
+    """Folder mode. ``metrics`` is a list of names or the ``conf/metrics`` mapping. See module doc."""
+    from tqdm.auto import tqdm
+
+    sr_dir, out = Path(sr_dir), Path(output_dir)
+    names, required, options = parse_metric_config(metrics)
+    if gt_dir is None:
+        dropped = [n for n in names if PROTOCOL[n].needs_gt]
+        if dropped:
+            log.warning("no gt_dir: skipping the metrics that need ground truth: %s", ", ".join(dropped))
+        names = [n for n in names if n not in dropped]
+        if not names:
+            raise ValueError("no gt_dir and no no-reference metric selected: nothing to compute")
+    selection = {n: {**options.get(n, {}), "required": n in required} for n in names}
+    srs = list_images(sr_dir)
+    if not srs:
+        raise FileNotFoundError(f"no images in {sr_dir}")
+    pairs: list[tuple[Path, Path | None]] = (
+        list(match_pairs(srs, list_images(gt_dir))) if gt_dir is not None else [(p, None) for p in srs]
+    )
+    suite = MetricSuite(
+        selection, crop_border=crop_border, test_y_channel=test_y_channel, color_space=color_space,
+        weights_dir=weights_dir, required=(), device=device, ssim_impl=ssim_impl,
+        stand_ins=stand_ins, fid_num_workers=num_workers,
+    )
+    with tqdm(total=len(pairs), desc=f"eval {sr_dir.name}", unit="img", disable=not progress) as bar:
+        for batch_names, sr, gt in _batches(pairs, max(1, batch_size), num_workers):
+            suite.update(sr, gt, batch_names)
+            bar.update(len(batch_names))
+
+    summary: dict[str, Any] = {**suite.compute(), **suite.skipped}
+    if suite.has_fid and gt_dir is not None:
+        log.info("FID: %s vs %s", sr_dir, gt_dir)
+        summary[suite.fid_name] = suite.fid(sr_dir, gt_dir)
+    result = EvalResult(summary, suite.per_image, suite.names)
+    result.files = write_reports(result, out, label=label or sr_dir.name, n_images=len(pairs),
+                                 paper_rows=paper_rows, context=_context(sr_dir, gt_dir, suite, crop_border,
+                                                                         test_y_channel, color_space))
+    return result
+
+
+def _context(sr_dir: Path, gt_dir: Any, suite: MetricSuite, crop: int, y: bool, space: str) -> list[str]:
+    import pyiqa  # imported (after configure) by MetricSuite
+
+    return [
+        f"SR: `{sr_dir}`" + (f"; GT: `{gt_dir}`" if gt_dir is not None else "; no GT (no-reference only)"),
+        f"PSNR/SSIM on {'Y of ' + space if y else 'RGB'}, crop_border {crop}; pyiqa {pyiqa.__version__}; "
+        f"device {suite.device}; weights `{suite.weights_dir}`",
+    ]
+
+
+def write_reports(
+    result: EvalResult,
+    out: Path,
+    *,
+    label: str,
+    n_images: int,
+    paper_rows: str | None = None,
+    context: Sequence[str] = (),
+) -> dict[str, Path]:
+    """per_image.csv, summary.csv, summary.md; published rows (if any) follow ours."""
+    out.mkdir(parents=True, exist_ok=True)
+    per_image_cols = ["name", *[m for m in result.metrics if get_spec(m).kind != "distribution"]]
+    files = {"per_image": write_csv(out / "per_image.csv", result.per_image, per_image_cols)}
+    ours = {"label": label, "source": "this evaluation", "images": n_images, **result.summary}
+    rows, published = [ours], [False]
+    if paper_rows:
+        for p in published_rows(paper_rows):
+            rows.append({"label": p.label, "source": p.source, **p.values})
+            published.append(True)
+    files["summary_csv"] = write_csv(out / "summary.csv", rows, ["label", "source", "images", *result.metrics])
+    md = [f"# fidesr-eval: {label}", "", *(f"- {c}" for c in context), f"- images: {n_images}", "",
+          markdown_table(rows, ["label"], result.metrics, published=published), ""]
+    if paper_rows:
+        md += ["Published rows: " + "; ".join(f"{r['label']}: {r['source']}" for r in rows[1:]), ""]
+    files["summary_md"] = out / "summary.md"
+    files["summary_md"].write_text("\n".join(md))
+    return files
+
+
+def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path) -> Path:
+    """Checkpoint mode: upscale every image of ``cfg.lq_dir`` with the inference pipeline into ``sr_dir``.
+
+    The pipeline is ``fidesr.pipeline.FiDeSRPipeline`` (``from_checkpoint(path, device=...)``, called on
+    ``[1,3,h,w]`` LQ in [0,1], returning ``[1,3,H,W]`` SR in [0,1]).
+    """
+    try:
+        pipeline_mod = importlib.import_module("fidesr.pipeline")
+    except ModuleNotFoundError as err:
+        if err.name in ("fidesr.pipeline", None):
+            raise RuntimeError(PIPELINE_MISSING) from err
+        raise
+    except ImportError as err:  # e.g. sys.modules["fidesr.pipeline"] = None
+        raise RuntimeError(PIPELINE_MISSING) from err
+    if cfg.lq_dir is None:
+        raise ValueError("checkpoint mode needs lq_dir=DIR")
+    pipe = pipeline_mod.FiDeSRPipeline.from_checkpoint(cfg.checkpoint, device=resolve_device(cfg.device))
+    from tqdm.auto import tqdm
+
+    for lq_path in tqdm(list_images(cfg.lq_dir), desc="upscale", disable=not cfg.progress):
+        with torch.no_grad():
+            save_image(pipe(read_image(lq_path)), sr_dir / f"{lq_path.stem}.png")
+    return sr_dir
+
+
+def run(cfg: DictConfig) -> EvalResult:
+    """The app without Hydra's wrapper (tests call it with a composed config)."""
+    out = Path(cfg.output_dir)
+    if cfg.checkpoint is not None:
+        sr_dir = sr_from_checkpoint(cfg, out / "sr")
+    elif cfg.sr_dir is None:
+        raise ValueError("give sr_dir=DIR (folder mode) or checkpoint=CKPT lq_dir=DIR (checkpoint mode)")
+    else:
+        sr_dir = Path(cfg.sr_dir)
+    result = evaluate_folders(
+        sr_dir, cfg.gt_dir, out, OmegaConf.to_container(cfg.metrics, resolve=True),
+        label=cfg.label, paper_rows=cfg.paper_rows, crop_border=cfg.crop_border,
+        test_y_channel=cfg.test_y_channel, color_space=cfg.color_space, ssim_impl=cfg.ssim_impl,
+        weights_dir=cfg.weights_dir, device=cfg.device, batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers, progress=cfg.progress,
+    )
+    print(result.files["summary_md"].read_text())
+    log.info("wrote %s", ", ".join(str(p) for p in result.files.values()))
+    return result
+
+
+@hydra.main(config_path="pkg://fidesr.conf", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

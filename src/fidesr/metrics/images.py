@@ -1,0 +1,93 @@
+"""Image I/O for evaluation: the exact reading convention of the protocol, 8-bit writing, folder pairing.
+
+Reading follows pyiqa's ``imread2tensor`` (PIL, converted to RGB, ``to_tensor``), so metrics computed on
+files here equal pyiqa's when it is handed the paths (what OSEDiff's ``test_metrics.py`` does).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image file as ``[1,3,H,W]`` float32 in ``[0,1]`` (8-bit values / 255)."""
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """``[3,H,W]`` or ``[1,3,H,W]`` in ``[0,1]`` -> ``[H,W,3]`` uint8 (round half to even, as torch)."""
+    if x.dim() == 4:
+        x = x[0]
+    return x.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Round ``[0,1]`` images to the 8-bit grid they will have once saved, same shape and dtype."""
+    return x.clamp(0, 1).mul(255).round().div(255).to(x.dtype)
+
+
+def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Save ``[3,H,W]``/``[1,3,H,W]`` in ``[0,1]`` as an 8-bit image (format from the suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(x)).save(path)
+    return path
+
+
+def thumbnail(x: torch.Tensor, size: int = 128) -> Image.Image:
+    """A PIL thumbnail (longest side ``size``) of a ``[3,H,W]`` image in ``[0,1]``."""
+    img = Image.fromarray(to_uint8(x))
+    img.thumbnail((size, size), Image.BICUBIC)
+    return img
+
+
+def safe_stem(name: str) -> str:
+    """File-system-safe stem of an image name (``"a/b.png"`` -> ``"a_b"``)."""
+    stem = name.rsplit(".", 1)[0] if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
+    return stem.replace("/", "_").replace("\\", "_")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a folder: {folder}")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def match_pairs(sr: Sequence[Path], gt: Sequence[Path]) -> list[tuple[Path, Path]]:
+    """Pair SR and GT files by file stem (``x.png`` matches ``x.jpg``), in SR order.
+
+    Raises:
+        ValueError: listing the names present on one side only (or duplicated stems), so a wrong folder
+            or a renamed output is caught before any metric runs.
+    """
+    def by_stem(files: Sequence[Path], side: str) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for f in files:
+            if f.stem in out:
+                raise ValueError(f"{side}: two files with the stem {f.stem!r}: {out[f.stem].name}, {f.name}")
+            out[f.stem] = f
+        return out
+
+    s, g = by_stem(sr, "sr_dir"), by_stem(gt, "gt_dir")
+    only_sr, only_gt = sorted(set(s) - set(g)), sorted(set(g) - set(s))
+    if only_sr or only_gt:
+        def show(names: list[str]) -> str:
+            return ", ".join(names[:20]) + (f" ... (+{len(names) - 20})" if len(names) > 20 else "") or "-"
+
+        raise ValueError(
+            f"SR and GT folders do not match by file name: {len(only_sr)} SR image(s) without GT "
+            f"[{show(only_sr)}]; {len(only_gt)} GT image(s) without SR [{show(only_gt)}]"
+        )
+    return [(s[k], g[k]) for k in s]

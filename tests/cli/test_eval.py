@@ -1,0 +1,124 @@
+"""fidesr-eval: config composition (pkg://fidesr.conf), folder mode outputs, pairing errors, no-GT mode,
+published rows, checkpoint mode placeholder, and the installed console script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from fidesr.cli.eval import PIPELINE_MISSING, run
+from fidesr.metrics.images import save_image
+from fidesr.metrics.tables import read_csv
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    wd = tmp_path_factory.mktemp("weights")
+    monkeypatch.setenv("FIDESR_WEIGHTS_DIR", str(wd))  # empty: only weight-free metrics can run
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    home, hub = os.environ.get("TORCH_HOME"), torch.hub._hub_dir
+    yield wd
+    os.environ.pop("TORCH_HOME", None) if home is None else os.environ.update(TORCH_HOME=home)
+    torch.hub._hub_dir = hub
+
+
+def _images(folder: Path, names: list[str], seed: int, size: int = 48) -> Path:
+    g = torch.Generator().manual_seed(seed)
+    for n in names:
+        base = torch.rand(1, 3, size // 8, size // 8, generator=g)
+        save_image(torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear"), folder / n)
+    return folder
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    names = ["a.png", "b.png", "c.png"]
+    return _images(tmp_path / "sr", names, 0), _images(tmp_path / "gt", names, 1)
+
+
+def _cfg(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
+        return compose("eval", overrides=["progress=false", "num_workers=0", "device=cpu", *overrides])
+
+
+def test_default_config_is_the_protocol() -> None:
+    cfg = _cfg()
+    assert list(cfg.metrics) == ["psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa"]
+    assert [m for m, o in cfg.metrics.items() if o.required] == ["psnr", "ssim"]
+    assert cfg.crop_border == 0 and cfg.test_y_channel and cfg.color_space == "ycbcr"
+    assert list(_cfg("metrics=fast").metrics) == ["psnr", "ssim", "niqe"]
+
+
+def test_folder_mode_writes_tables(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    sr, gt = folders
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="weights missing.*: musiq"):
+        result = run(_cfg(f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr,ssim,musiq]", f"output_dir={out}",
+                          "paper_rows=realsr", "batch_size=2"))
+    per_image = read_csv(out / "per_image.csv")
+    assert list(per_image[0]) == ["name", "psnr", "ssim", "musiq"]
+    assert [r["name"] for r in per_image] == ["a.png", "b.png", "c.png"]
+    assert all(isinstance(r["psnr"], float) and r["musiq"] is None for r in per_image)
+    summary = read_csv(out / "summary.csv")
+    assert summary[0]["label"] == "sr" and summary[0]["images"] == 3
+    assert summary[0]["psnr"] == pytest.approx(sum(r["psnr"] for r in per_image) / 3)
+    assert summary[0]["musiq"] == "n/a (weights missing)"
+    assert [r["label"] for r in summary[1:]] == ["FiDeSR (paper)", "OSEDiff (released outputs, its log)"]
+    assert summary[1]["psnr"] == 26.02
+    md = (out / "summary.md").read_text()
+    assert "| label | PSNR ↑ | SSIM ↑ | MUSIQ ↑ |" in md and "n/a (weights missing)" in md
+    assert result.summary["musiq"] == "n/a (weights missing)"
+
+
+def test_batching_does_not_change_values(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    sr, gt = folders
+    a = run(_cfg(f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr,ssim]", f"output_dir={tmp_path / '1'}"))
+    b = run(_cfg(f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr,ssim]", f"output_dir={tmp_path / '3'}",
+                 "batch_size=3"))
+    for ra, rb in zip(a.per_image, b.per_image, strict=True):
+        assert ra["ssim"] == pytest.approx(rb["ssim"], abs=1e-12) and ra["psnr"] == pytest.approx(rb["psnr"], abs=1e-4)
+
+
+def test_unmatched_names_are_listed(tmp_path: Path) -> None:
+    sr = _images(tmp_path / "sr", ["a.png", "b.png", "extra_sr.png"], 0)
+    gt = _images(tmp_path / "gt", ["a.png", "b.jpg", "extra_gt.png"], 1)  # b.png ~ b.jpg: matched by stem
+    with pytest.raises(ValueError, match=r"1 SR image\(s\) without GT \[extra_sr\]; 1 GT image\(s\) without SR \[extra_gt\]"):
+        run(_cfg(f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr]", f"output_dir={tmp_path / 'o'}"))
+
+
+def test_no_gt_runs_only_no_reference_metrics(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    sr, _ = folders
+    with pytest.warns(UserWarning, match="weights missing.*: niqe"):
+        result = run(_cfg(f"sr_dir={sr}", "metrics=[psnr,ssim,niqe,fid]", f"output_dir={tmp_path / 'o'}"))
+    assert result.metrics == ["niqe"] and result.summary == {"niqe": "n/a (weights missing)"}
+    assert list(read_csv(tmp_path / "o" / "per_image.csv")[0]) == ["name", "niqe"]
+
+
+def test_checkpoint_mode_needs_the_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "fidesr.pipeline", None)  # as if the module did not exist
+    with pytest.raises(RuntimeError, match=r"checkpoint mode arrives with the inference pipeline \(fidesr.pipeline\)"):
+        run(_cfg("checkpoint=model.ckpt", f"lq_dir={tmp_path}", f"output_dir={tmp_path / 'o'}"))
+    assert "fidesr.pipeline" in PIPELINE_MISSING
+
+
+def test_console_script(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    """The installed entry point: Hydra's @main with config_path='pkg://fidesr.conf'."""
+    sr, gt = folders
+    exe = Path(sys.executable).with_name("fidesr-eval")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "fidesr.cli.eval"]
+    out = tmp_path / "cli"
+    proc = subprocess.run([*cmd, f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr,ssim]", f"output_dir={out}",
+                           "progress=false", "num_workers=0", "device=cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| sr |" in proc.stdout
+    assert (out / "per_image.csv").is_file() and (out / "summary.md").is_file()
+    assert (out / ".hydra" / "config.yaml").is_file()  # the run's config is kept beside the results

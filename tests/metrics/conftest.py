@@ -1,0 +1,73 @@
+"""Fixtures of the metric tests: an isolated weights directory per test, the shared RealSR data."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from _metrics_shared import NIQE_NPZ, REALSR
+
+
+@pytest.fixture(autouse=True)
+def weights_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty weights directory as $FIDESR_WEIGHTS_DIR; torch hub / pyiqa cache settings restored after
+    (``weights.configure`` changes process-wide state that other test modules must not inherit)."""
+    wd = tmp_path_factory.mktemp("weights")
+    monkeypatch.setenv("FIDESR_WEIGHTS_DIR", str(wd))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    saved_home, saved_hub = os.environ.get("TORCH_HOME"), torch.hub._hub_dir
+    dl = sys.modules.get("pyiqa.utils.download_util")
+    saved_cache = getattr(dl, "DEFAULT_CACHE_DIR", None)
+    yield wd
+    if saved_home is None:
+        os.environ.pop("TORCH_HOME", None)
+    else:
+        os.environ["TORCH_HOME"] = saved_home
+    torch.hub._hub_dir = saved_hub
+    dl = sys.modules.get("pyiqa.utils.download_util")
+    if dl is not None and saved_cache is not None:
+        dl.DEFAULT_CACHE_DIR = saved_cache
+
+
+@pytest.fixture
+def niqe_weights(weights_dir: Path) -> Path:
+    """The test's weights directory with NIQE's parameters adopted from the shared .npz."""
+    if not NIQE_NPZ.is_file():
+        pytest.skip(f"{NIQE_NPZ} absent")
+    from fidesr.metrics import weights as W
+
+    W.adopt([NIQE_NPZ], weights_dir, log=lambda _: None)
+    return weights_dir
+
+
+@pytest.fixture(scope="session")
+def image_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two SR/GT batches ``[2,3,96,96]`` in [0,1]: RealSR crops when available, else smooth synthetics."""
+    if REALSR.is_dir():
+        from fidesr.metrics.images import read_image
+
+        names = ["Canon_001_LR4.png", "Nikon_010_LR4.png"]
+        sr = torch.cat([read_image(REALSR / "osediff" / n)[..., 200:296, 160:256] for n in names])
+        gt = torch.cat([read_image(REALSR / "gt" / n)[..., 200:296, 160:256] for n in names])
+        return sr, gt
+    return synthetic_pair(96)
+
+
+@pytest.fixture(scope="session")
+def make_pair() -> object:
+    """``make_pair(size, n=2, seed=0) -> (sr, gt)``: synthetic batches (see ``synthetic_pair``)."""
+    return synthetic_pair
+
+
+def synthetic_pair(size: int, n: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth random images (8-bit values) and a noisy version of them: ``(sr, gt)``."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, size // 8, size // 8, generator=g)
+    gt = torch.nn.functional.interpolate(base, size=(size, size), mode="bicubic", align_corners=False)
+    gt = gt.clamp(0, 1).mul(255).round().div(255)
+    sr = (gt + 0.05 * torch.randn(gt.shape, generator=g)).clamp(0, 1).mul(255).round().div(255)
+    return sr, gt

@@ -1,0 +1,39 @@
+"""The protocol table: names, directions and kinds agree with pyiqa's own registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from fidesr.metrics import PROTOCOL, canonical_name, get_spec, monitor_mode
+
+
+def test_protocol_has_the_nine_metrics() -> None:
+    assert list(PROTOCOL) == ["psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa"]
+    assert PROTOCOL["maniqa"].pyiqa_name == "maniqa-pipal"  # not pyiqa's default `maniqa`
+    assert dict(PROTOCOL["psnr"].options) == {"test_y_channel": True, "color_space": "ycbcr", "crop_border": 0}
+
+
+@pytest.mark.parametrize("name", list(PROTOCOL))
+def test_direction_and_kind_match_pyiqa(name: str) -> None:
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+    spec, cfg = PROTOCOL[name], DEFAULT_CONFIGS[PROTOCOL[name].pyiqa_name]
+    assert spec.lower_better == cfg.get("lower_better", False)
+    expected = {"FR": "full-reference", "NR": "no-reference"}[cfg["metric_mode"]]
+    assert spec.kind == ("distribution" if name == "fid" else expected)
+
+
+def test_monitor_mode_accepts_names_and_log_keys() -> None:
+    assert monitor_mode("psnr") == "max"
+    assert monitor_mode("val/realsr/lpips") == "min"
+    assert monitor_mode("val/div2k/niqe") == "min"
+    assert monitor_mode("maniqa-pipal") == "max"
+    assert monitor_mode("fid-standin") == "min"
+    with pytest.raises(KeyError, match="known: psnr"):
+        monitor_mode("val/realsr/loss")
+
+
+def test_aliases() -> None:
+    assert canonical_name("MANIQA-PIPAL") == "maniqa"
+    assert canonical_name("lpips-standin") == "lpips-standin"
+    assert get_spec("clip-iqa").name == "clipiqa"
