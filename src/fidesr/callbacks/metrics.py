@@ -117,7 +117,8 @@ class ValidationMetrics(pl.Callback):
         # Fail fast: required metrics with missing weights stop the run here, before any step.
         real = [n for n in self.metric_names if n not in self.stand_ins]
         W.check_weights(real, self.required, self.suite_kwargs["weights_dir"])
-        self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # collective: all ranks call it
+        # The run directory (paths.output_dir); loggers keep their own sub-folders (csv/, tensorboard/).
+        self.run_dir = Path(trainer.default_root_dir)
         if self.tables_name is None:
             csv_dirs = {Path(lg.log_dir) for lg in trainer.loggers if type(lg).__name__ == "CSVLogger"}
             self.tables_name = "val_metrics" if self.run_dir in csv_dirs else "metrics"

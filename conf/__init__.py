@@ -1,0 +1,1 @@
+# Marks the Hydra config tree as the package `fidesr.conf` (see pyproject.toml, package-dir).

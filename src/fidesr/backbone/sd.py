@@ -1,0 +1,256 @@
+"""The Stable Diffusion adapter: everything fidesr asks of SD 2.1-base, behind one small interface.
+
+Frozen: VAE, text encoder, UNet base weights. Trained: the UNet's LoRA adapters (see :mod:`.lora`).
+The CSD teacher is the same UNet with its adapters disabled, so no second UNet copy is held in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fidesr.backbone.lora import LORA_TARGETS, add_lora_adapters
+
+DEFAULT_PRETRAINED = "stabilityai/stable-diffusion-2-1-base"
+SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+ONE_STEP_TIMESTEP = 1  # the UNet is called once at t = 1 (OSEDiff / PiSA-SR / FiDeSR)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class BackboneLoadError(RuntimeError):
+    """The SD weights could not be found; the message says what is missing and how to provide it."""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype.removeprefix("torch.")]
+    except KeyError as err:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from err
+
+
+def check_pretrained_folder(folder: Path) -> None:
+    """Fail with one line naming what a local diffusers folder lacks."""
+    missing = []
+    for sub in SUBFOLDERS:
+        marker = "scheduler_config.json" if sub == "scheduler" else None
+        path = folder / sub
+        if not path.is_dir():
+            missing.append(f"{sub}/")
+        elif marker and not (path / marker).is_file():
+            missing.append(f"{sub}/{marker}")
+        elif sub in ("unet", "vae", "text_encoder") and not (path / "config.json").is_file():
+            missing.append(f"{sub}/config.json")
+        elif sub in ("unet", "vae", "text_encoder") and not any(
+            p.suffix in (".safetensors", ".bin") for p in path.iterdir()
+        ):
+            missing.append(f"{sub}/ weights (*.safetensors or *.bin)")
+    if missing:
+        raise BackboneLoadError(f"backbone.pretrained={folder} is incomplete: missing {', '.join(missing)}")
+
+
+class StableDiffusionBackbone(nn.Module):
+    """SD UNet + VAE + text encoder with LoRA, for one-step SR.
+
+    Args:
+        unet, vae, text_encoder, tokenizer, scheduler: diffusers / transformers components.
+        lora_rank, lora_alpha, lora_init, lora_targets: the LoRA setup (rank 8, alpha 8, gaussian init and
+            the official target patterns by default). ``lora_rank=0`` disables LoRA (frozen UNet).
+        gradient_checkpointing: trade compute for memory in the UNet (training on 24 GB cards).
+        timestep: the UNet's timestep for the one-step call (1 for FiDeSR / PiSA-SR; 999 for OSEDiff).
+        prediction: how the UNet output becomes the SR latent: ``"residual"`` (z_r = z_L - r, FiDeSR /
+            PiSA-SR) or ``"x0"`` (the DDPM x0 estimate at ``timestep``, OSEDiff).
+        frozen_dtype: dtype of the frozen VAE, text encoder and UNet base weights (``None`` keeps
+            float32; ``"float16"``/``"bfloat16"`` halve their memory; LoRA weights stay float32). Use it
+            with mixed precision (``trainer.precision=16-mixed`` or ``bf16-mixed``), which autocasts.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module,
+        text_encoder: nn.Module,
+        tokenizer,
+        scheduler,
+        lora_rank: int = 8,
+        lora_alpha: float = 8.0,
+        lora_init: str | bool = "gaussian",
+        lora_targets: Sequence[str] = LORA_TARGETS,
+        gradient_checkpointing: bool = False,
+        frozen_dtype: str | torch.dtype | None = None,
+        timestep: int = ONE_STEP_TIMESTEP,
+        prediction: str = "residual",
+    ) -> None:
+        super().__init__()
+        if prediction not in ("residual", "x0"):
+            raise ValueError(f"backbone.prediction must be 'residual' or 'x0', got {prediction!r}")
+        self.timestep, self.prediction = int(timestep), prediction
+        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
+        self.tokenizer, self.scheduler = tokenizer, scheduler
+        for module in (unet, vae, text_encoder):
+            module.requires_grad_(False)
+        dtype = resolve_dtype(frozen_dtype)
+        if dtype is not None:
+            for module in (unet, vae, text_encoder):
+                module.to(dtype)
+        self.lora_rank = lora_rank
+        self.lora_split: dict[str, list[str]] = {}
+        if lora_rank > 0:
+            self.lora_split = add_lora_adapters(unet, lora_rank, lora_alpha, lora_init, tuple(lora_targets))
+            # Trained weights stay float32 (optimizer precision) whatever the frozen dtype.
+            for name, param in unet.named_parameters():
+                if "lora_" in name:
+                    param.data = param.data.float()
+        if gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.vae.eval()
+        self.text_encoder.eval()
+        # alphas_cumprod of the DDPM schedule (float32), needed by CSD; a buffer so it follows .to(device).
+        acp = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32)
+        self.register_buffer("alphas_cumprod", acp, persistent=False)
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained: str | os.PathLike = DEFAULT_PRETRAINED,
+        revision: str | None = None,
+        variant: str | None = None,
+        local_files_only: bool | None = None,
+        **kwargs,
+    ) -> StableDiffusionBackbone:
+        """Load from a hub id or a local diffusers folder (``unet/ vae/ text_encoder/ tokenizer/
+        scheduler/``); remaining kwargs go to the constructor."""
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        source = str(pretrained)
+        local = Path(source).expanduser()
+        if local.exists() or source.startswith((".", "/", "~")):
+            if not local.is_dir():
+                raise BackboneLoadError(f"backbone.pretrained={source}: no such folder")
+            check_pretrained_folder(local)
+            source = str(local)
+        common = {"revision": revision, "local_files_only": local_files_only or False}
+        try:
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", variant=variant, **common)
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, **common)
+            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", variant=variant, **common)
+            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
+            scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common)
+        except (OSError, ValueError) as err:
+            if local.is_dir():
+                raise BackboneLoadError(f"backbone.pretrained={source}: cannot load ({err})") from err
+            raise BackboneLoadError(
+                f"cannot load SD weights {source!r} from the Hugging Face hub or its cache ({type(err).__name__}). "
+                "Without network, download the model elsewhere (`huggingface-cli download "
+                f"{source}`) and copy the cache (HF_HOME), or point backbone.pretrained at a local "
+                "diffusers folder with unet/ vae/ text_encoder/ tokenizer/ scheduler/."
+            ) from err
+        return cls(unet, vae, text_encoder, tokenizer, scheduler, **kwargs)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.unet.parameters() if p.requires_grad)
+
+    # ------------------------------------------------------------------ VAE
+    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Image [B,3,H,W] in [-1,1] -> latent [B,C,H/f,W/f] (``latent_dist.sample() * scaling_factor``)."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        posterior = self.vae.encode(image.to(vae_dtype)).latent_dist
+        return posterior.sample(generator=generator) * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latent [B,C,h,w] -> image [B,3,h*f,w*f] clamped to [-1,1]."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        return self.vae.decode((latents / self.scaling_factor).to(vae_dtype)).sample.clamp(-1, 1)
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts -> CLIP hidden states [B, L, D]. The empty and negative prompts are cached per device."""
+        device = self.alphas_cumprod.device
+        out = [self._cached_prompt(p, device) for p in prompts]
+        return torch.cat(out, dim=0)
+
+    def _cached_prompt(self, prompt: str, device: torch.device) -> torch.Tensor:
+        key = f"{device}|{prompt}"
+        hit = self._prompt_cache.get(key)
+        if hit is not None:
+            return hit
+        ids = self.tokenizer(
+            [prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids.to(device)  # fmt: skip
+        embeds = self.text_encoder(ids)[0]
+        # Only a handful of prompts repeat (empty, negative, fixed); per-image tags would grow without bound.
+        if len(self._prompt_cache) < 64:
+            self._prompt_cache[key] = embeds
+        return embeds
+
+    # ------------------------------------------------------------------ UNet
+    def residual(self, z_lq: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        """One UNet call at ``self.timestep`` (1) with the LoRA adapters: the residual r [B,C,h,w]."""
+        t = torch.full((z_lq.shape[0],), self.timestep, device=z_lq.device, dtype=torch.long)
+        return self.unet(z_lq, t, encoder_hidden_states=prompt_embeds).sample
+
+    def sr_latent(self, z_lq: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """SR latent from the (refined) UNet output: z_L - r, or the x0 estimate for ``prediction="x0"``."""
+        if self.prediction == "residual":
+            return z_lq - residual
+        abar = self.alphas_cumprod[self.timestep].to(residual.dtype)
+        return (z_lq - (1 - abar).sqrt() * residual) / abar.sqrt()
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        """The frozen base UNet: LoRA adapters off inside the block, restored after (also on error)."""
+        if not self.lora_split:
+            yield
+            return
+        self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.unet.enable_adapters()
+
+    @torch.no_grad()
+    def teacher_eps(self, z_t: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        """Noise prediction of the frozen SD UNet (adapters disabled); no graph is built.
+
+        z_t [N,C,h,w], t [N] long in [0, 1000), prompt_embeds [N,L,D] -> eps [N,C,h,w].
+        """
+        with self.adapters_disabled():
+            return self.unet(z_t, t, encoder_hidden_states=prompt_embeds).sample
+
+    # ------------------------------------------------------------------ LoRA state
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the LoRA tensors of the UNet (names as in ``unet.state_dict()``)."""
+        return {k: v for k, v in self.unet.state_dict().items() if "lora_" in k}
+
+    def merge_lora(self) -> None:
+        """Fold the adapters into the base weights for inference (no LoRA overhead per call)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.unet.modules():
+            if isinstance(module, BaseTunerLayer) and not module.merged:
+                module.merge(adapter_names=list(self.lora_split))

@@ -1,0 +1,170 @@
+"""fidesr-train: the Hydra training app.
+
+    fidesr-train experiment=demo                       # tiny backbone, CPU, minutes
+    fidesr-train experiment=fidesr_sd21 paths.data_dir=/data backbone.pretrained=/models/sd21-base
+    fidesr-train -m experiment=demo daw=on,off lrrb=on,off   # ablation sweep, one process per job
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger("fidesr.train")
+
+CONFIG_PATH = "pkg://fidesr.conf"
+
+
+def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a ``{name: {_target_: ...}}`` group (callbacks, loggers)."""
+    from hydra.utils import instantiate
+
+    if not cfg:
+        return []
+    return [instantiate(v) for v in cfg.values() if v is not None and "_target_" in v]
+
+
+def resolve_output_dir(cfg: DictConfig) -> None:
+    """Multirun jobs write into their own job folder (``hydra.sweep.dir/<num>_<overrides>``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        with open_dict(cfg):
+            cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    if cfg.get("ckpt_path") in (None, ""):
+        return None
+    if cfg.ckpt_path == "last":
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(cfg.ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file ({path})")
+    return str(path)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Build everything from the config, fit (and optionally test); returns the final logged metrics."""
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    from fidesr.callbacks.training import AtomicCheckpointIO
+    from fidesr.loggers import finish_wandb
+
+    resolve_output_dir(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("FIDESR_WEIGHTS_DIR", str(cfg.paths.weights_dir))
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.trainer.get("accelerator") == "cpu":
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+
+    # Fail fast, before any model is built: required metrics must have their weights.
+    from fidesr.metrics.weights import check_weights
+
+    check_weights(cfg.metrics, weights_dir=cfg.paths.weights_dir)
+
+    ckpt_path = resolve_ckpt_path(cfg)
+    log.info("Output dir: %s", out_dir)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    model.val_set_names = list(getattr(datamodule, "val_set_names", ["val"]))
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    loggers = _instantiate_dict(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     plugins=[AtomicCheckpointIO()])  # fmt: skip
+    for lg in loggers:
+        lg.log_hyperparams(model.run_config)
+
+    exit_code = 1
+    start = time.time()
+    try:
+        if cfg.get("validate_before_fit") and ckpt_path is None:
+            trainer.validate(model, datamodule=datamodule)  # the step-0 row of metrics.csv
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        if cfg.get("test") and getattr(datamodule, "test_sets", None):
+            trainer.test(model, datamodule=datamodule, ckpt_path=None)
+        exit_code = 0 if not trainer.interrupted else 1
+    finally:
+        finish_wandb(exit_code)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if trainer.is_global_zero:
+        _print_summary(out_dir, trainer, datamodule, time.time() - start)
+    return metrics
+
+
+def bicubic_baseline(datamodule, scale: int = 4) -> dict[str, float]:
+    """PSNR of the bicubic-upsampled LQ against the GT, per validation set (the baseline to beat)."""
+    import torch.nn.functional as F
+
+    from fidesr.metrics import MetricSuite
+
+    out = {}
+    suite = MetricSuite(["psnr"])
+    for name, ds in getattr(datamodule, "val_datasets", {}).items():
+        suite.reset()
+        for i in range(len(ds)):
+            item = ds[i]
+            up = F.interpolate(item["lq"][None], scale_factor=scale, mode="bicubic", align_corners=False)
+            suite.update(up.clamp(0, 1), item["gt"][None], names=[item["name"]])
+        out[name] = suite.compute()["psnr"]
+    return out
+
+
+def _psnr_history(trainer) -> dict[str, list[tuple[int, float]]]:
+    from fidesr.callbacks.metrics import ValidationMetrics
+
+    cb = next((c for c in trainer.callbacks if isinstance(c, ValidationMetrics)), None)
+    hist: dict[str, list[tuple[int, float]]] = {}
+    for row in cb.history if cb else []:
+        if isinstance(row.get("psnr"), float):
+            hist.setdefault(row["set"], []).append((int(row["step"]), row["psnr"]))
+    return hist
+
+
+def _print_summary(out_dir: Path, trainer, datamodule, seconds: float) -> None:
+    lines = [f"fidesr: {trainer.global_step} steps in {seconds / 60:.1f} min"]
+    bicubic = bicubic_baseline(datamodule) if trainer.global_step else {}
+    for set_name, hist in _psnr_history(trainer).items():
+        hist = sorted(hist)
+        first, last = hist[0], hist[-1]
+        lines.append(
+            f"  PSNR on {set_name!r}: step {first[0]} {first[1]:.2f} dB -> step {last[0]} {last[1]:.2f} dB"
+            + (f" (bicubic-upsampled LQ: {bicubic[set_name]:.2f} dB)" if set_name in bicubic else "")
+        )
+    lines += [
+        f"  run directory : {out_dir}",
+        f"  metrics       : {out_dir / 'metrics.csv'} (and metrics.md)",
+        f"  samples       : {out_dir / 'samples'}",
+        f"  checkpoints   : {out_dir / 'checkpoints'}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    # For Hydra sweepers that optimise a metric: cfg.get("optimized_metric").
+    key = cfg.get("optimized_metric")
+    return metrics.get(key) if key else None
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Robust image reading and atomic writing.
+
+Every image that enters fidesr goes through :func:`load_image`, so the awkward cases are handled in one
+place. Conversions (documented in the README, pinned by tests/data/test_imageio.py):
+
+- EXIF orientation is applied (a phone photo comes out the way it is displayed).
+- Grayscale (``L``, ``I;16``, ``I``, ``F``) is replicated to three channels.
+- Palette (``P``) and ``LA``/``RGBA``/``PA`` images are converted to RGB; transparency is composited over
+  white (what image viewers show) instead of dropping the alpha channel to undefined colours.
+- 16-bit images keep their precision: values are divided by 65535, not truncated to 8 bits.
+- CMYK JPEGs (including Adobe's inverted ones, which PIL handles) are converted to RGB.
+
+Anything PIL cannot decode (corrupt, truncated, not an image) raises :class:`ImageLoadError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+# Truncated files must fail loudly instead of being decoded with a grey bottom half.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageLoadError(RuntimeError):
+    """An image file could not be decoded. The message names the file."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Sorted image files (by extension) under ``folder``; hidden files are ignored."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder does not exist: {root}")
+    it = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in it if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+
+
+def _to_float_rgb(img: Image.Image) -> np.ndarray:
+    """PIL image of any mode -> float32 [H, W, 3] in [0, 1]."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0
+    elif mode == "I":
+        # 32-bit integer PNGs are 16-bit greyscale in practice (PIL opens 16-bit PNGs as "I").
+        arr = np.asarray(img, dtype=np.int64).astype(np.float32)
+        arr = arr / (65535.0 if arr.max(initial=0) > 255 else 255.0)
+    elif mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr / 255.0 if arr.max(initial=0) > 1.0 else arr
+    elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        arr = np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.float32) / 255.0
+    else:
+        arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    return np.clip(arr, 0.0, 1.0)
+
+
+def _read_16bit_rgb(path: Path) -> np.ndarray | None:
+    """PIL reads 48/64-bit RGB(A) PNG/TIFF as 8-bit; OpenCV keeps 16 bits. Returns None if not 16-bit RGB."""
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - opencv comes with pyiqa
+        return None
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16 or arr.ndim != 3:
+        return None
+    if arr.shape[2] == 4:
+        rgb = arr[..., 2::-1].astype(np.float32) / 65535.0
+        alpha = arr[..., 3:4].astype(np.float32) / 65535.0
+        return rgb * alpha + (1.0 - alpha)
+    return arr[..., ::-1].astype(np.float32) / 65535.0
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image file as RGB float.
+
+    Returns:
+        Tensor [3, H, W], float32 in [0, 1], orientation as displayed (EXIF applied).
+
+    Raises:
+        ImageLoadError: the file is missing, not an image, corrupt or truncated (message names it).
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode, exif_img = img.mode, ImageOps.exif_transpose(img)
+            arr = None
+            if mode in ("RGB", "RGBA") and path.suffix.lower() in (".png", ".tif", ".tiff"):
+                arr = _read_16bit_rgb(path)
+                if arr is not None and exif_img.size != img.size:  # rare: rotated 16-bit TIFF
+                    arr = None
+            if arr is None:
+                arr = _to_float_rgb(exif_img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise ImageLoadError(f"cannot read image {path}: {err}") from err
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """[3, H, W] float in [0, 1] -> uint8 [H, W, 3], rounded (not truncated)."""
+    return (img.detach().float().clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def save_image(img: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write [3, H, W] in [0, 1] as an 8-bit image, atomically.
+
+    The image goes to a temporary file in the same folder and is renamed into place, so an interrupted
+    run (Ctrl-C, crash, full disk) never leaves a partial file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "PNG" if path.suffix.lower() == ".png" else None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            Image.fromarray(to_uint8(img)).save(fh, format=fmt or Image.registered_extensions()[path.suffix.lower()])
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,66 @@
+"""Experiment loggers: W&B that works offline, and the guarantee that every job ends its W&B run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
+
+
+def wandb_online_possible(timeout: float = 2.0) -> bool:
+    """True when W&B credentials exist and its API host answers (no credentials or network -> offline)."""
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return False
+    has_key = bool(os.environ.get("WANDB_API_KEY"))
+    if not has_key:
+        netrc = os.path.expanduser("~/.netrc")
+        has_key = os.path.isfile(netrc) and "api.wandb.ai" in open(netrc).read()
+    if not has_key:
+        return False
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def make_wandb_logger(
+    project: str = "fidesr",
+    entity: str | None = None,
+    group: str | None = None,
+    name: str | None = None,
+    save_dir: str = ".",
+    offline: bool | None = None,
+    tags: Sequence[str] = (),
+    log_model: bool = False,
+    job_type: str = "train",
+):
+    """Lightning's WandbLogger; ``offline=None`` decides from credentials and network.
+
+    Offline runs are written under ``save_dir/wandb`` and uploaded later with ``wandb sync <run dir>``.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    if offline is None:
+        offline = not wandb_online_possible()
+    if offline:
+        log.info("W&B offline (no credentials or no network): runs go to %s/wandb; upload with `wandb sync`", save_dir)
+    os.makedirs(save_dir, exist_ok=True)
+    return WandbLogger(
+        project=project, entity=entity, group=group, name=name, save_dir=save_dir, offline=offline,
+        tags=list(tags), log_model=log_model, job_type=job_type,
+    )  # fmt: skip
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """End the active W&B run, if any (each Hydra multirun job must end its own)."""
+    try:
+        import wandb
+    except ImportError:  # pragma: no cover
+        return
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)

@@ -1,0 +1,199 @@
+"""FiDeSRModule: composes the backbone and the optional paper components, owns the losses.
+
+Loss (DESIGN section 2): ``lambda_mse * MSE_w + lambda_lpips * LPIPS_w + lambda_csd * CSD_w`` where the
+``_w`` terms are weighted by DAW's per-pixel map once its schedule starts (plain means otherwise). A
+component switched off in the config is ``None`` here and simply absent from the computation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from fidesr.backbone.sd import StableDiffusionBackbone
+from fidesr.components.daw import detail_map, error_map, resize_weights, weighted_mean
+from fidesr.components.perceptual import PerceptualLoss
+from fidesr.generator import OneStepOutput, one_step
+from fidesr.pipeline import FiDeSRPipeline
+
+log = logging.getLogger(__name__)
+
+
+class FiDeSRModule(L.LightningModule):
+    """One-step diffusion SR training (FiDeSR and its ablations).
+
+    Args:
+        backbone: the SD adapter with LoRA (``StableDiffusionBackbone``).
+        optimizer: a partial optimizer (Hydra ``_partial_``), called with the trainable parameters.
+        scheduler: a partial LR scheduler or None (constant LR, as the paper).
+        lrrb: ``LatentResidualRefinementBlock`` or None.
+        daw: ``DetailAwareWeighting`` or None (plain losses).
+        csd: ``ClassifierScoreDistillation`` or None (no distillation loss).
+        lfim: ``LatentFrequencyInjection`` (inference only: validation and export) or None.
+        perceptual: the LPIPS(VGG) loss network or None (``lambda_lpips`` must then be 0 and DAW off).
+        degradation: applied on the device in ``on_after_batch_transfer`` (see fidesr.data.degradations).
+        lambda_mse, lambda_lpips, lambda_csd: loss weights (1, 2, 1 in the paper).
+        null_text_ratio: probability that the whole batch uses the empty prompt for the generator.
+        color_fix, min_lq_size: validation inference settings (see ``FiDeSRPipeline``).
+        seed: base seed of the per-step random streams (dropout of prompts, VAE sampling, CSD noise), so
+            that a resumed run draws exactly what an uninterrupted one would.
+    """
+
+    def __init__(
+        self,
+        backbone: StableDiffusionBackbone,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        lrrb: nn.Module | None = None,
+        daw: Any | None = None,
+        csd: nn.Module | None = None,
+        lfim: nn.Module | None = None,
+        perceptual: PerceptualLoss | None = None,
+        degradation: Any | None = None,
+        lambda_mse: float = 1.0,
+        lambda_lpips: float = 2.0,
+        lambda_csd: float = 1.0,
+        null_text_ratio: float = 0.5,
+        color_fix: str = "adain",
+        min_lq_size: int = 128,
+        seed: int = 123,
+    ) -> None:
+        super().__init__()
+        if perceptual is None and (lambda_lpips > 0 or daw is not None):
+            raise ValueError(
+                "model.perceptual is null but lambda_lpips > 0 or DAW is on (DAW's error map needs the "
+                "spatial LPIPS map): set perceptual=lpips_vgg (or perceptual=standin offline)"
+            )
+        self.backbone, self.lrrb, self.csd, self.lfim, self.perceptual = backbone, lrrb, csd, lfim, perceptual
+        self.daw, self.degradation = daw, degradation
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.lambda_mse, self.lambda_lpips, self.lambda_csd = lambda_mse, lambda_lpips, lambda_csd
+        self.null_text_ratio, self.seed = null_text_ratio, seed
+        self.pipeline = FiDeSRPipeline(backbone, lrrb, lfim, color_fix=color_fix, min_lq_size=min_lq_size)
+        self.val_set_names: list[str] = ["val"]
+        self.run_config: dict | None = None  # the resolved Hydra config, stored in checkpoints
+        # Checkpoints hold only what trains; frozen SD weights come from backbone.pretrained.
+        self.strict_loading = False
+
+    # ------------------------------------------------------------------ randomness
+    def step_generator(self, device: torch.device, stream: int = 0) -> torch.Generator:
+        """A generator seeded by (seed, global step, rank, stream): reproducible across resumes."""
+        key = f"{self.seed}/{self.global_step}/{self.global_rank}/{stream}".encode()
+        g = torch.Generator(device=device)
+        g.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1))
+        return g
+
+    # ------------------------------------------------------------------ data
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # Degradation parameters were sampled on the CPU by the dataset; the heavy ops run batched here.
+        if "deg" in batch and self.degradation is not None:
+            with torch.no_grad():
+                batch["lq"] = self.degradation.apply(batch["gt"], batch["deg"]).clamp(0, 1)
+        return batch
+
+    # ------------------------------------------------------------------ forward
+    def generate(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, OneStepOutput]:  # fmt: skip
+        """Training forward: upsampled LQ [B,3,H,W] in [-1,1] -> (SR [B,3,H,W] in [-1,1], latents)."""
+        with torch.no_grad():
+            z_lq = self.backbone.encode(lq_up, generator=generator)
+            embeds = self.backbone.encode_prompt(prompts)
+        out = one_step(self.backbone, self.lrrb, z_lq.float(), embeds.float())
+        return self.backbone.decode(out.z_sr), out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        gt = batch["gt"] * 2 - 1
+        lq = batch["lq"] * 2 - 1
+        tags = list(batch.get("prompt") or [""] * gt.shape[0])
+        g_cpu = self.step_generator(torch.device("cpu"))
+        g_dev = self.step_generator(gt.device, stream=1)
+        # The whole batch drops its tags together, as the official null_text_ratio does.
+        drop = float(torch.rand((), generator=g_cpu)) < self.null_text_ratio
+        sr, out = self.generate(lq, [""] * len(tags) if drop else tags, generator=g_dev)
+        sr = sr.float()
+
+        logs: dict[str, torch.Tensor | float] = {}
+        lpips_map = self.perceptual(sr, gt) if self.perceptual is not None else None
+        weights = None
+        if self.daw is not None:
+            with torch.no_grad():
+                detail = detail_map(gt)
+                error = error_map(sr.detach(), gt, lpips_map.detach())
+                weights = self.daw.weights(detail, error, self.global_step)
+            logs["daw/alpha"] = self.daw.alpha_at(self.global_step)
+            if weights is not None:
+                logs["daw/w_mean"], logs["daw/w_max"] = weights.mean(), weights.max()
+
+        loss_mse = weighted_mean((sr - gt) ** 2, weights)
+        loss = self.lambda_mse * loss_mse
+        logs["loss/mse"] = loss_mse.detach()
+        if lpips_map is not None:
+            loss_lpips = weighted_mean(lpips_map, weights)
+            loss = loss + self.lambda_lpips * loss_lpips
+            logs[f"loss/{self.perceptual.name}"] = loss_lpips.detach()
+        if self.csd is not None:
+            pos = self.backbone.encode_prompt(tags)
+            neg = self.backbone.encode_prompt([self.csd.negative_prompt] * len(tags))
+            w_lat = None if weights is None else resize_weights(weights, out.z_sr.shape[-2:])
+            loss_csd = self.csd(
+                out.z_sr.float(), self.backbone.teacher_eps, pos, neg, self.backbone.alphas_cumprod,
+                weight_map=w_lat, generator=g_dev,
+            )  # fmt: skip
+            loss = loss + self.lambda_csd * loss_csd
+            logs["loss/csd"] = loss_csd.detach()
+        logs["loss/total"] = loss.detach()
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=gt.shape[0])
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=gt.shape[0])
+        return loss
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        out = self.pipeline(batch["lq"])
+        set_name = self.val_set_names[dataloader_idx] if dataloader_idx < len(self.val_set_names) else "val"
+        return {"sr": out.sr, "gt": batch["gt"], "lq": out.lq_up, "name": list(batch["name"]), "set": set_name}
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return {"sr": self.pipeline(batch["lq"]).sr, "name": list(batch["name"])}
+
+    # ------------------------------------------------------------------ optimisation
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.backbone.trainable_parameters())
+        if self.lrrb is not None:
+            params += [p for p in self.lrrb.parameters() if p.requires_grad]
+        return params
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainable_state_keys(self) -> set[str]:
+        keys = {f"backbone.unet.{k}" for k in self.backbone.lora_state_dict()}
+        if self.lrrb is not None:
+            keys |= {f"lrrb.{k}" for k in self.lrrb.state_dict()}
+        return keys
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["fidesr"] = {"config": self.run_config, "trainable_keys": sorted(keep)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
+        if missing:
+            raise KeyError(
+                f"checkpoint lacks {len(missing)} trainable tensors of this model (e.g. {missing[:3]}); "
+                "was it trained with another lrrb / LoRA configuration?"
+            )

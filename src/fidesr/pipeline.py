@@ -1,0 +1,484 @@
+"""Inference: LQ image -> SR image, shared by validation and ``fidesr-upscale``.
+
+Pre-processing follows the reference implementations: LQ images whose short side is under
+``min_lq_size`` are enlarged first (and the output brought back to ``scale`` x the input size), the LQ is
+bicubic-upsampled x``scale`` and trimmed to a multiple of the VAE factor (restored at the end). LFIM edits
+the SR latent before decoding; its strengths can be set per call.
+
+Large images: the one-step UNet + LRRB run on overlapping latent tiles (96 with overlap 32 by default,
+Gaussian blending, as OSEDiff / PiSA-SR), LFIM runs once on the stitched latent, and the VAE encodes and
+decodes in tiles (encoder tiles 1024 px, decoder tiles 224 latent px). All three use the one blending
+implementation in :mod:`fidesr.tiling`.
+
+Constructors: the module-owned pipeline of ``FiDeSRModule`` (validation, LoRA unmerged, training goes on),
+and, for inference only, :meth:`FiDeSRPipeline.from_checkpoint` (a training checkpoint),
+:meth:`~FiDeSRPipeline.from_adapter` (an exported ``.safetensors`` adapter, see :mod:`fidesr.export`) and
+:meth:`~FiDeSRPipeline.from_official` (the released FiDeSR ``.pkl``). Those merge the LoRA into the UNet
+weights and drop the adapter layers: a plain diffusers UNet, the fastest and the friendliest to
+``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fidesr.backbone.sd import StableDiffusionBackbone
+from fidesr.components.color_fix import color_fix as apply_color_fix
+from fidesr.generator import OneStepOutput, one_step
+from fidesr.tiling import tiled_apply
+
+log = logging.getLogger(__name__)
+
+PRECISIONS: dict[str, torch.dtype] = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}  # fmt: skip
+COLOR_FIXES = ("adain", "wavelet", "none")
+#: peft's default ``lora_alpha``, which the official code never sets (scale 8 / rank).
+OFFICIAL_LORA_ALPHA = 8.0
+
+
+@dataclass
+class PipelineOutput:
+    sr: torch.Tensor  # [B,3,s*h,s*w] in [0,1]
+    lq_up: torch.Tensor  # [B,3,s*h,s*w] in [0,1], the bicubic-upsampled LQ (the baseline)
+    latents: OneStepOutput | None = None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``/``"auto"`` -> float16 on CUDA (what the references run), float32 elsewhere."""
+    if isinstance(precision, torch.dtype):
+        return precision
+    if precision is None or precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        return PRECISIONS[str(precision).removeprefix("torch.")]
+    except KeyError as err:
+        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16") from err
+
+
+def fuse_lora(backbone: StableDiffusionBackbone) -> None:
+    """Merge the LoRA adapters into the UNet weights and replace every adapter layer by its base layer.
+
+    Inference only: afterwards the UNet is a plain diffusers UNet (no per-layer adapter dispatch, one
+    weight per layer), and the frozen-teacher view (adapters off) no longer exists.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if not backbone.lora_split:
+        return
+    backbone.merge_lora()
+    unet = backbone.unet
+    for name, module in list(unet.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent, _, child = name.rpartition(".")
+            setattr(unet.get_submodule(parent) if parent else unet, child, module.get_base_layer())
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if hasattr(unet, attr):
+            with contextlib.suppress(AttributeError):
+                delattr(unet, attr)
+    backbone.lora_split = {}
+
+
+def add_named_adapters(backbone: StableDiffusionBackbone, split: Mapping[str, list[str]], rank: int,
+                       alpha: float = OFFICIAL_LORA_ALPHA) -> None:  # fmt: skip
+    """Add LoRA adapters with *given* module lists (the official ``unet_lora_*_modules``) to a backbone
+    built with ``lora_rank=0``; gaussian init (the weights are loaded right after)."""
+    from peft import LoraConfig
+
+    names = [name for name, targets in split.items() if targets]
+    for name in names:
+        config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(split[name]))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            backbone.unet.add_adapter(config, adapter_name=name)
+    backbone.unet.set_adapters(names)
+    backbone.lora_split = {name: list(split[name]) for name in names}
+    backbone.lora_rank = rank
+
+
+def load_trained_state(backbone: StableDiffusionBackbone, lrrb: nn.Module | None, state: Mapping[str, torch.Tensor]) -> None:
+    """Load the trained tensors, keyed ``unet.<name in unet.state_dict()>`` and ``lrrb.<name>``.
+
+    Every LoRA tensor of the backbone and every LRRB tensor must be present; ``unet.*`` keys that are not
+    LoRA (the official files may carry ``conv_in`` weights) are loaded too when the UNet has them; any
+    other key is an error. Shapes must match.
+    """
+    unet_sd = backbone.unet.state_dict()
+    unet_state = {k[5:]: v for k, v in state.items() if k.startswith("unet.")}
+    lrrb_state = {k[5:]: v for k, v in state.items() if k.startswith("lrrb.")}
+    other = sorted(k for k in state if not k.startswith(("unet.", "lrrb.")))
+    missing = sorted(k for k in unet_sd if "lora_" in k and k not in unet_state)
+    unknown = sorted(k for k in unet_state if k not in unet_sd)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} LoRA tensors missing (e.g. {missing[:2]})")
+    if unknown:
+        problems.append(f"{len(unknown)} UNet tensors this backbone lacks (e.g. {unknown[:2]}; other LoRA targets?)")
+    if other:
+        problems.append(f"unexpected keys {other[:3]}")
+    if lrrb is None and lrrb_state:
+        problems.append("LRRB tensors present but the config has lrrb: null")
+    if problems:
+        raise KeyError("trained weights do not fit the model: " + "; ".join(problems))
+    backbone.unet.load_state_dict(unet_state, strict=False, assign=False)
+    if lrrb is not None:
+        lrrb.load_state_dict(lrrb_state, strict=True)
+
+
+class FiDeSRPipeline:
+    """One-step SR inference around a backbone, an optional LRRB and an optional LFIM.
+
+    Args:
+        backbone: the SD adapter (LoRA merged or not).
+        lrrb: the latent residual refinement block, or None.
+        lfim: the latent frequency injection module, or None (no frequency editing).
+        scale: upscaling factor (4).
+        color_fix: ``"adain"`` (default of the references), ``"wavelet"`` or ``"none"``.
+        min_lq_size: LQ images with a shorter side are enlarged to it first (128 = 512 px SD inputs).
+        prompt: the text prompt; the reference uses the empty prompt at inference.
+        tile_size, tile_overlap: latent tiles for the UNet + LRRB, in latent px (96 / 32 as OSEDiff and
+            PiSA-SR); ``None`` runs the whole latent at once. Images that fit one tile give the untiled
+            result (up to float rounding).
+        tiles_per_call: latent tiles batched into one UNet call (speed vs memory).
+        vae_tiling: encode and decode in tiles (``vae_encoder_tile`` px and ``vae_decoder_tile`` latent px,
+            with the given overlaps); only images larger than a tile are actually split.
+    """
+
+    def __init__(
+        self,
+        backbone: StableDiffusionBackbone,
+        lrrb: nn.Module | None = None,
+        lfim: nn.Module | None = None,
+        scale: int = 4,
+        color_fix: str = "adain",
+        min_lq_size: int = 128,
+        prompt: str = "",
+        tile_size: int | None = 96,
+        tile_overlap: int = 32,
+        tiles_per_call: int = 1,
+        vae_tiling: bool = True,
+        vae_encoder_tile: int = 1024,
+        vae_encoder_overlap: int = 256,
+        vae_decoder_tile: int = 224,
+        vae_decoder_overlap: int = 32,
+    ) -> None:
+        self._check_color_fix(color_fix)
+        self.backbone, self.lrrb, self.lfim = backbone, lrrb, lfim
+        self.scale, self.color_fix, self.min_lq_size, self.prompt = scale, color_fix, min_lq_size, prompt
+        self.tile_size, self.tile_overlap, self.tiles_per_call = tile_size, tile_overlap, tiles_per_call
+        self.vae_tiling = vae_tiling
+        self.vae_encoder_tile, self.vae_encoder_overlap = vae_encoder_tile, vae_encoder_overlap
+        self.vae_decoder_tile, self.vae_decoder_overlap = vae_decoder_tile, vae_decoder_overlap
+        self.offload_text_encoder = False
+        self.compiled: str | None = None
+        self._embeds: dict[tuple[str, str], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ construction for inference
+    @classmethod
+    def for_inference(
+        cls,
+        backbone: StableDiffusionBackbone,
+        lrrb: nn.Module | None = None,
+        lfim: nn.Module | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        offload_text_encoder: bool = True,
+        channels_last: bool = False,
+        **kwargs: Any,
+    ) -> FiDeSRPipeline:
+        """Finish a loaded model for inference: fuse the LoRA (merged in float32, then cast), eval mode,
+        no gradients, everything on ``device`` in ``dtype`` (default: fp16 on CUDA, fp32 on CPU).
+
+        ``offload_text_encoder``: the empty-prompt embedding is computed once, then the text encoder
+        (~0.7 GB for SD 2.1 in fp16) waits on the CPU; a new prompt brings it over for one call.
+        ``channels_last``: NHWC memory format for the UNet and VAE convolutions.
+        """
+        dev = resolve_device(device)
+        dt = resolve_precision(dtype, dev)
+        fuse_lora(backbone)
+        for module in (backbone, lrrb, lfim):
+            if module is not None:
+                module.requires_grad_(False).eval().to(device=dev, dtype=dt)
+        backbone.alphas_cumprod.data = backbone.alphas_cumprod.data.float()  # schedule stays float32
+        if channels_last:
+            for module in (backbone.unet, backbone.vae, lrrb):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
+        pipe = cls(backbone, lrrb, lfim, **kwargs)
+        if offload_text_encoder:
+            pipe.prompt_embeds(pipe.prompt, 1)
+            backbone.text_encoder.to("cpu")
+            pipe.offload_text_encoder = True
+        return pipe
+
+    @classmethod
+    def from_parts(
+        cls,
+        config: Mapping[str, Any],
+        state: Mapping[str, torch.Tensor],
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        pretrained: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> FiDeSRPipeline:
+        """Rebuild from a stored config (sections ``backbone``, ``lrrb``, ``lfim``, ``model``) and the
+        trained tensors (``unet.*`` LoRA, ``lrrb.*``). ``pretrained`` replaces the base SD location."""
+        from fidesr.export import build_from_config
+
+        backbone, lrrb, lfim = build_from_config(config, pretrained)
+        load_trained_state(backbone, lrrb, state)
+        model = config.get("model") or {}
+        defaults = {k: model[k] for k in ("color_fix", "min_lq_size") if model.get(k) is not None}
+        return cls.for_inference(backbone, lrrb, lfim, device=device, dtype=dtype, **{**defaults, **kwargs})
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        ckpt: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        pretrained: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> FiDeSRPipeline:
+        """From a training checkpoint (``fidesr-train``'s ``*.ckpt``: LoRA + LRRB tensors and the resolved
+        Hydra config). The base SD weights come from the config's ``backbone`` (or ``pretrained``)."""
+        from fidesr.export import read_checkpoint
+
+        config, state = read_checkpoint(ckpt)
+        return cls.from_parts(config, state, device=device, dtype=dtype, pretrained=pretrained, **kwargs)
+
+    @classmethod
+    def from_adapter(
+        cls,
+        file: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        pretrained: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> FiDeSRPipeline:
+        """From an adapter file written by ``fidesr-upscale export`` (see :mod:`fidesr.export`)."""
+        from fidesr.export import load_adapter
+
+        config, state = load_adapter(file)
+        return cls.from_parts(config, state, device=device, dtype=dtype, pretrained=pretrained, **kwargs)
+
+    @classmethod
+    def from_official(
+        cls,
+        pkl: str | os.PathLike,
+        pretrained: str | os.PathLike = "stabilityai/stable-diffusion-2-1-base",
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        lfim: nn.Module | None | str = "default",
+        **kwargs: Any,
+    ) -> FiDeSRPipeline:
+        """From the released FiDeSR checkpoint (``fidesr.pkl``) and SD 2.1-base (hub id or local folder).
+
+        The file holds ``unet_lora_{encoder,decoder,others}_modules`` (module names per adapter),
+        ``lora_rank_unet``, ``state_dict_unet`` (LoRA tensors, named as the peft-wrapped UNet's state dict)
+        and ``lrrb_state_dict``. The adapters are built with exactly those module lists (alpha = peft's
+        default 8, as the official ``LoraConfig``), loaded, merged. ``lfim``: ``"default"`` = the released
+        inference settings, ``None`` = off, or a module.
+        """
+        from fidesr.components.lfim import LatentFrequencyInjection
+        from fidesr.components.lrrb import LatentResidualRefinementBlock
+        from fidesr.export import load_official
+
+        sd = load_official(pkl)
+        backbone = StableDiffusionBackbone.from_pretrained(pretrained, lora_rank=0)
+        split = {
+            "default_encoder": list(sd["unet_lora_encoder_modules"]),
+            "default_decoder": list(sd["unet_lora_decoder_modules"]),
+            "default_others": list(sd["unet_lora_others_modules"]),
+        }
+        add_named_adapters(backbone, split, int(sd["lora_rank_unet"]))
+        lrrb = None
+        if sd.get("lrrb_state_dict") is not None:
+            lrrb = LatentResidualRefinementBlock()
+            lrrb.load_official_state_dict(sd["lrrb_state_dict"])
+        load_trained_state(backbone, None, {f"unet.{k}": v for k, v in sd["state_dict_unet"].items()})
+        lfim_module = LatentFrequencyInjection() if isinstance(lfim, str) and lfim == "default" else lfim
+        return cls.for_inference(backbone, lrrb, lfim_module, device=device, dtype=dtype, **kwargs)
+
+    # ------------------------------------------------------------------ speed
+    def compile(self, mode: str = "reduce-overhead", dynamic: bool = False) -> FiDeSRPipeline:
+        """``torch.compile`` the UNet, the VAE encoder/decoder, the LRRB and LFIM, in place.
+
+        ``reduce-overhead`` (CUDA graphs) pays most at batch 1, where the UNet is launch-bound;
+        ``max-autotune-no-cudagraphs`` tunes kernels (minutes of compilation). Each new image (or tile)
+        size compiles once; ``dynamic=False`` keeps the kernels specialised to it.
+        """
+        vae = self.backbone.vae
+        for module in (self.backbone.unet, vae.encoder, vae.decoder, self.lrrb, self.lfim):
+            if module is not None:
+                module.compile(mode=mode, dynamic=dynamic)
+        self.compiled = mode
+        return self
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.alphas_cumprod.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.vae.parameters()).dtype
+
+    @staticmethod
+    def _check_color_fix(mode: str) -> None:
+        if mode not in COLOR_FIXES:
+            raise ValueError(f"color_fix must be 'adain', 'wavelet' or 'none', got {mode!r}")
+
+    # ------------------------------------------------------------------ stages
+    def upsample(self, lq: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """LQ [B,3,h,w] in [0,1] -> (model input [B,3,H',W'] in [0,1], final output size (s*h, s*w))."""
+        h, w = lq.shape[-2:]
+        out_size = (h * self.scale, w * self.scale)
+        if min(h, w) < self.min_lq_size:
+            f = self.min_lq_size / min(h, w)
+            lq = F.interpolate(lq, size=(round(h * f), round(w * f)), mode="bicubic", align_corners=False)
+        up = F.interpolate(lq, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(0, 1)
+        m = self.backbone.vae_scale_factor
+        up = up[..., : up.shape[-2] // m * m, : up.shape[-1] // m * m]
+        return up, out_size
+
+    @contextlib.contextmanager
+    def _text_encoder_on_device(self) -> Iterator[None]:
+        te = self.backbone.text_encoder
+        if not self.offload_text_encoder:
+            yield
+            return
+        te.to(self.device)
+        try:
+            yield
+        finally:
+            te.to("cpu")
+
+    def prompt_embeds(self, prompt: str, batch: int) -> torch.Tensor:
+        """CLIP hidden states of ``prompt`` for a batch, ``[batch, L, D]`` (an expanded view)."""
+        key = (str(self.device), prompt)
+        embeds = self._embeds.get(key)
+        if embeds is None:
+            with self._text_encoder_on_device():
+                embeds = self.backbone.encode_prompt([prompt])
+            if len(self._embeds) < 16:  # a handful of prompts repeat; per-image prompts would not
+                self._embeds[key] = embeds
+        return embeds.expand(batch, -1, -1)
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Image [B,3,H,W] in [-1,1] -> latent [B,C,H/8,W/8], in VAE tiles when ``vae_tiling``."""
+        if not self.vae_tiling:
+            return self.backbone.encode(x, generator=generator)
+        f = self.backbone.vae_scale_factor
+        return tiled_apply(
+            lambda t: self.backbone.encode(t, generator=generator), x, self.vae_encoder_tile // f,
+            self.vae_encoder_overlap // f, in_factor=f,
+        )  # fmt: skip
+
+    def denoise(self, z_lq: torch.Tensor, prompt_embeds: torch.Tensor) -> OneStepOutput:
+        """The one-step generator (UNet + LRRB), on latent tiles when ``tile_size`` is set."""
+        if not self.tile_size:
+            return one_step(self.backbone, self.lrrb, z_lq, prompt_embeds)
+        b, c = z_lq.shape[:2]
+
+        def step(tiles: torch.Tensor) -> torch.Tensor:
+            out = one_step(self.backbone, self.lrrb, tiles, prompt_embeds.repeat(tiles.shape[0] // b, 1, 1))
+            return torch.cat([out.residual, out.refined_residual], dim=1)
+
+        both = tiled_apply(step, z_lq, self.tile_size, self.tile_overlap, tiles_per_call=self.tiles_per_call)
+        residual, refined = both[:, :c], both[:, c:]
+        # z_r is affine in r' (sr_latent), so blending r' and mapping once equals blending the tiles' z_r.
+        return OneStepOutput(z_lq=z_lq, residual=residual, refined_residual=refined,
+                             z_sr=self.backbone.sr_latent(z_lq, refined))  # fmt: skip
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent [B,C,h,w] -> image [B,3,8h,8w] in [-1,1], in VAE tiles when ``vae_tiling``."""
+        if not self.vae_tiling:
+            return self.backbone.decode(z)
+        f = self.backbone.vae_scale_factor
+        return tiled_apply(self.backbone.decode, z, self.vae_decoder_tile, self.vae_decoder_overlap, out_factor=f)
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        lq: torch.Tensor,
+        lf_scale: float | None = None,
+        hf_scale: float | None = None,
+        prompt: str | None = None,
+        color_fix: str | None = None,
+        generator: torch.Generator | None = None,
+        return_latents: bool = False,
+    ) -> PipelineOutput:
+        """LQ [B,3,h,w] in [0,1] (any device) -> SR [B,3,scale*h,scale*w] in [0,1] on the pipeline's device.
+
+        Args:
+            lf_scale, hf_scale: LFIM strengths for this call (None: the module's; 0 switches a branch off).
+            prompt: text prompt for this call (None: the pipeline's, empty by default).
+            color_fix: colour correction for this call (None: the pipeline's).
+            generator: for the VAE posterior sample (reproducible outputs).
+            return_latents: also return the latents (z_L, r, r', z_r; before LFIM).
+        """
+        if self.lfim is None and (lf_scale or hf_scale):
+            raise ValueError("LFIM strengths were given but this pipeline has no LFIM (lfim: null)")
+        mode = self.color_fix if color_fix is None else color_fix
+        self._check_color_fix(mode)
+        if self.compiled == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        lq = lq.to(self.device, torch.float32)
+        up, out_size = self.upsample(lq)
+        x = up * 2 - 1
+        z_lq = self.encode(x, generator)
+        embeds = self.prompt_embeds(self.prompt if prompt is None else prompt, lq.shape[0])
+        out = self.denoise(z_lq, embeds.to(z_lq.dtype))
+        z = out.z_sr
+        if self.lfim is not None:
+            z = self.lfim(z, out.z_lq, out.refined_residual, x, lf_scale=lf_scale, hf_scale=hf_scale)
+        sr = self.decode(z).float()
+        sr = apply_color_fix(sr, x, mode)
+        sr = ((sr + 1) / 2).clamp(0, 1)
+        if sr.shape[-2:] != out_size:
+            sr = F.interpolate(sr, size=out_size, mode="bicubic", align_corners=False).clamp(0, 1)
+            up = F.interpolate(up, size=out_size, mode="bicubic", align_corners=False).clamp(0, 1)
+        return PipelineOutput(sr=sr, lq_up=up, latents=out if return_latents else None)
+
+
+def load_pipeline(
+    checkpoint: str | os.PathLike | None = None,
+    official: str | os.PathLike | None = None,
+    pretrained: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> FiDeSRPipeline:
+    """Pick the constructor from the file: ``official`` -> :meth:`FiDeSRPipeline.from_official`;
+    ``*.safetensors`` -> :meth:`~FiDeSRPipeline.from_adapter`; else a training checkpoint."""
+    if (checkpoint is None) == (official is None):
+        raise ValueError("give exactly one of a checkpoint / adapter file or an official .pkl")
+    if official is not None:
+        if pretrained is None:
+            raise ValueError("an official FiDeSR .pkl needs the base SD 2.1-base weights: pass pretrained")
+        return FiDeSRPipeline.from_official(official, pretrained, **kwargs)
+    if Path(checkpoint).suffix == ".safetensors":
+        return FiDeSRPipeline.from_adapter(checkpoint, pretrained=pretrained, **kwargs)
+    return FiDeSRPipeline.from_checkpoint(checkpoint, pretrained=pretrained, **kwargs)

@@ -1,0 +1,87 @@
+"""Shared test fixtures: a session cache with the tiny backbone, the demo data and compose helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+REALSR = SHARED / "datasets" / "realsr"
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# The tiny backbone as tests use it: same architecture as the demo's, a very short VAE warm-up (the tests
+# check plumbing and exactness, not image quality).
+TINY_OVERRIDES = ["backbone.ae_warmup_steps=10"]
+# A training run that takes seconds: all components on, 32 px crops, 2 images per batch.
+FAST_TRAIN_OVERRIDES = [
+    "experiment=demo",
+    *TINY_OVERRIDES,
+    "data.crop_size=32",
+    "data.batch_size=2",
+    "data.val_batch_size=4",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.enable_model_summary=false",
+    "callbacks.progress_bar=null",
+    "daw.warmup_steps=0",
+    "daw.ramp_steps=1",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """FIDESR_CACHE_DIR for the whole session (tiny backbone and demo data are built once)."""
+    path = Path(os.environ.get("FIDESR_TEST_CACHE") or tmp_path_factory.mktemp("fidesr_cache"))
+    os.environ["FIDESR_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_folder(cache_dir: Path) -> Path:
+    from fidesr.backbone.tiny import tiny_sd_folder
+
+    spec = dict(unet_channels=[32, 64], vae_channels=[32, 64, 64], text_dim=32, ae_warmup_steps=10, ae_crop=32, ae_batch=16, seed=0)
+    return tiny_sd_folder(cache_dir, **spec)
+
+
+@pytest.fixture
+def make_tiny_backbone(tiny_backbone_folder: Path):
+    from fidesr.backbone.sd import StableDiffusionBackbone
+
+    def make(**kwargs):
+        return StableDiffusionBackbone.from_pretrained(tiny_backbone_folder, local_files_only=True, **kwargs)
+
+    return make
+
+
+def _compose(overrides: list[str], config_name: str = "train", return_hydra_config: bool = False):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
+
+
+@pytest.fixture
+def compose():
+    """compose(overrides, config_name="train") -> DictConfig, through the installed `fidesr.conf`."""
+    return _compose
+
+
+@pytest.fixture
+def fast_train_overrides(cache_dir: Path, tiny_backbone_folder: Path) -> list[str]:
+    return list(FAST_TRAIN_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def realsr() -> Path:
+    if not REALSR.is_dir():
+        pytest.skip(f"{REALSR} not present (../shared is provided in CI)")
+    return REALSR

@@ -1,0 +1,153 @@
+"""FiDeSRModule: wiring of the components into the losses, checkpoints, exact resume, CPU training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from fidesr.cli.train import train
+from fidesr.components.csd import add_noise, csd_loss
+from fidesr.components.daw import detail_map, error_map, resize_weights
+
+
+def _model(compose, overrides):
+    return instantiate(compose(["experiment=demo", "backbone.ae_warmup_steps=10", "paths.output_dir=/tmp/x", *overrides]).model)
+
+
+def _batch(seed=0, b=2, size=32):
+    g = torch.Generator().manual_seed(seed)
+    gt = torch.rand(b, 3, size, size, generator=g)
+    lq = torch.nn.functional.interpolate(
+        torch.nn.functional.interpolate(gt, scale_factor=0.25, mode="bicubic", antialias=True),
+        scale_factor=4, mode="bicubic").clamp(0, 1)  # fmt: skip
+    return {"gt": gt, "lq": lq, "prompt": ["a photo"] * b, "name": [f"x{i}" for i in range(b)]}
+
+
+def _randomize_lora(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n or "out_conv" in n or "conv5" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+
+
+def _loss(model, batch, step=0):
+    model.trainer = None
+    model._logged = {}
+    model.log_dict = lambda d, **k: model._logged.update(d)  # the module logs through Lightning normally
+    model.log = lambda *a, **k: None
+    torch.manual_seed(0)
+    type(model).global_step = property(lambda self: step)  # noqa: B023 - restored by the fixture below
+    return model.training_step(batch, 0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_step():
+    from fidesr.model import FiDeSRModule
+
+    original = FiDeSRModule.__dict__.get("global_step")
+    yield
+    if original is None and "global_step" in FiDeSRModule.__dict__:
+        del FiDeSRModule.global_step
+
+
+def test_daw_off_and_daw_before_warmup_equal_plain_losses_bit_for_bit(compose, tiny_backbone_folder):
+    batch = _batch()
+    plain = _model(compose, ["daw=off"])
+    _randomize_lora(plain)
+    with_daw = _model(compose, ["daw=on"])  # warm-up 2000 steps: alpha is 0 at step 5
+    with_daw.load_state_dict(plain.state_dict(), strict=False)
+    a, b = _loss(plain, batch, step=5), _loss(with_daw, batch, step=5)
+    assert torch.equal(a, b)
+    assert with_daw._logged["train/daw/alpha"] == 0.0
+    # After the schedule starts, DAW changes the loss.
+    c = _loss(with_daw, batch, step=3000)
+    assert not torch.equal(a, c) and with_daw._logged["train/daw/alpha"] == pytest.approx(0.6)
+
+
+def test_generator_wiring_matches_the_formula(compose, tiny_backbone_folder):
+    """z_r = z_L - (r + LRRB(z_L, r)), decoded; z_L = E(LQ-up) sampled with the step generator."""
+    model = _model(compose, [])
+    _randomize_lora(model)
+    lq = _batch()["lq"] * 2 - 1
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    sr, out = model.generate(lq, ["", ""], generator=g1)
+    bb = model.backbone
+    z = bb.encode(lq, generator=g2)
+    emb = bb.encode_prompt(["", ""])
+    r = bb.unet(z, torch.ones(2, dtype=torch.long), encoder_hidden_states=emb).sample
+    z_r = z - (r + model.lrrb(z, r))
+    torch.testing.assert_close(out.z_sr, z_r, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sr, bb.decode(z_r), rtol=1e-4, atol=1e-4)
+    assert (out.refined_residual - out.residual).abs().max() > 0
+
+
+def test_losses_weighted_and_csd_uses_tags_negative_prompt_and_frozen_teacher(compose, tiny_backbone_folder):
+    model = _model(compose, ["model.null_text_ratio=0.0", "model.lambda_lpips=2.0"])
+    _randomize_lora(model)
+    calls = []
+    teacher = model.backbone.teacher_eps
+
+    def spy(z_t, t, embeds):
+        calls.append((z_t.shape, embeds.clone()))
+        return teacher(z_t, t, embeds)
+
+    model.backbone.teacher_eps = spy
+    batch = _batch()
+    loss = _loss(model, batch, step=10**6)
+    logged = model._logged
+    # Recompute every term independently from the same random streams.
+    step = 10**6
+    type(model).global_step = property(lambda self: step)
+    g_dev = model.step_generator(torch.device("cpu"), stream=1)
+    gt, lq = batch["gt"] * 2 - 1, batch["lq"] * 2 - 1
+    sr, out = model.generate(lq, batch["prompt"], generator=g_dev)
+    lp = model.perceptual(sr, gt)
+    w = model.daw.weights(detail_map(gt), error_map(sr.detach(), gt, lp.detach()), step)
+    assert w is not None and torch.allclose(w.mean(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)
+    mse = (resize_weights(w, gt.shape[-2:]) * (sr - gt) ** 2).mean()
+    lpips = (resize_weights(w, lp.shape[-2:]) * lp).mean()
+    t, eps = model.csd.sample(out.z_sr, g_dev)
+    z_t = add_noise(out.z_sr.detach(), eps, t, model.backbone.alphas_cumprod)
+    pos = model.backbone.encode_prompt(batch["prompt"])
+    neg = model.backbone.encode_prompt([model.csd.negative_prompt] * 2)
+    eps_neg, eps_pos = teacher(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([neg, pos])).chunk(2)
+    csd = csd_loss(out.z_sr, z_t, t, eps_neg, eps_pos, model.backbone.alphas_cumprod, 7.5,
+                   resize_weights(w, out.z_sr.shape[-2:]))  # fmt: skip
+    torch.testing.assert_close(logged["train/loss/mse"], mse.detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(logged["train/loss/standin_random_vgg"], lpips.detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(logged["train/loss/csd"], csd.detach(), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(loss.detach(), (mse + 2 * lpips + csd).detach(), rtol=1e-4, atol=1e-7)
+    # One teacher call per step on [negative; tags] embeddings.
+    assert len(calls) == 1 and calls[0][0][0] == 4
+    torch.testing.assert_close(calls[0][1], torch.cat([neg, pos]))
+    assert {"train/daw/w_mean", "train/daw/w_max", "train/daw/alpha"} <= set(logged)
+
+
+def _final_trainable(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ckpt["state_dict"]
+
+
+@pytest.mark.slow
+def test_training_checkpoint_holds_only_trainable_weights_and_resume_is_exact(compose, fast_train_overrides, tmp_path):
+    common = [*fast_train_overrides, "trainer.val_check_interval=2", "validate_before_fit=false",
+              "callbacks.validation_images=null", "logger=csv"]  # fmt: skip
+    full = tmp_path / "full"
+    train(compose([*common, "trainer.max_steps=4", f"paths.output_dir={full}"]))
+    part = tmp_path / "part"
+    train(compose([*common, "trainer.max_steps=2", f"paths.output_dir={part}"]))
+    first_half = _final_trainable(part)
+    train(compose([*common, "trainer.max_steps=4", f"paths.output_dir={part}", "ckpt_path=last"]))
+
+    a, b = _final_trainable(full), _final_trainable(part)
+    assert a.keys() == b.keys() and all("lora_" in k or k.startswith("lrrb.") for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(first_half[k], a[k]) for k in a), "training did not change the weights"
+    ckpt = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["optimizer_states"] and ckpt["fidesr"]["config"]["backbone"]["_target_"].endswith("build_tiny_backbone")
+    assert (full / "checkpoints" / "last.ckpt").stat().st_size < 100 * 2**20
