@@ -21,6 +21,24 @@ log = logging.getLogger("fidesr.train")
 CONFIG_PATH = "pkg://fidesr.conf"
 
 
+def short_dirname(text: str, limit: int = 120) -> str:
+    """A sweep job's folder name from its overrides, kept under file-system limits (255 bytes).
+
+    Group choices (``lrrb=off``, ``seed=1``: what ablations sweep) come first, dotted keys after; a long
+    list is cut and suffixed with a hash of the whole (the full list is in .hydra/overrides.yaml).
+    """
+    import hashlib
+
+    items = text.replace("/", "_").split(",") if text else []
+    text = ",".join(sorted(items, key=lambda kv: ("." in kv.split("=")[0], kv)))
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 9]}~{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+OmegaConf.register_new_resolver("fidesr_dirname", short_dirname, replace=True)
+
+
 def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a ``{name: {_target_: ...}}`` group (callbacks, loggers)."""
     from hydra.utils import instantiate

@@ -15,9 +15,12 @@ Anything PIL cannot decode (corrupt, truncated, not an image) raises :class:`Ima
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -116,21 +119,35 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
     return (img.detach().float().clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def save_image(img: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Write [3, H, W] in [0, 1] as an 8-bit image, atomically.
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, fsync: bool = False) -> Iterator[BinaryIO]:
+    """Open a temporary file beside ``path`` for writing; rename it into place only on success.
 
-    The image goes to a temporary file in the same folder and is renamed into place, so an interrupted
-    run (Ctrl-C, crash, full disk) never leaves a partial file under the final name.
+    An interrupted write (Ctrl-C, crash, full disk) never leaves a partial file under the final name and
+    removes the temporary one. The file gets the usual permissions (0666 minus the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "PNG" if path.suffix.lower() == ".png" else None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(to_uint8(img)).save(fh, format=fmt or Image.registered_extensions()[path.suffix.lower()])
+            yield fh
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_image(img: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write [3, H, W] in [0, 1] as an 8-bit image (format from the suffix), atomically."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    with atomic_write(path) as fh:
+        Image.fromarray(to_uint8(img)).save(fh, format=fmt)
     return path
