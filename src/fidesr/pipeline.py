@@ -418,7 +418,9 @@ class FiDeSRPipeline:
         if not self.vae_tiling:
             return self.backbone.decode(z)
         f = self.backbone.vae_scale_factor
-        return tiled_apply(self.backbone.decode, z, self.vae_decoder_tile, self.vae_decoder_overlap, out_factor=f)
+        # The blend stays float32: no round trip through fp16/bf16 for the final image.
+        return tiled_apply(self.backbone.decode, z, self.vae_decoder_tile, self.vae_decoder_overlap, out_factor=f,
+                           out_dtype=torch.float32)  # fmt: skip
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()

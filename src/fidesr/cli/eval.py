@@ -186,7 +186,7 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path) -> Path:
     """Checkpoint mode: upscale every image of ``cfg.lq_dir`` with the inference pipeline into ``sr_dir``.
 
     The pipeline is ``fidesr.pipeline.FiDeSRPipeline`` (``from_checkpoint(path, device=...)``, called on
-    ``[1,3,h,w]`` LQ in [0,1], returning ``[1,3,H,W]`` SR in [0,1]).
+    ``[1,3,h,w]`` LQ in [0,1]; its ``.sr`` is ``[1,3,H,W]`` SR in [0,1] on the pipeline's device).
     """
     try:
         pipeline_mod = importlib.import_module("fidesr.pipeline")
@@ -203,7 +203,7 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path) -> Path:
 
     for lq_path in tqdm(list_images(cfg.lq_dir), desc="upscale", disable=not cfg.progress):
         with torch.no_grad():
-            save_image(pipe(read_image(lq_path)), sr_dir / f"{lq_path.stem}.png")
+            save_image(pipe(read_image(lq_path)).sr.cpu(), sr_dir / f"{lq_path.stem}.png")
     return sr_dir
 
 

@@ -1,0 +1,159 @@
+"""Training-step speed and memory of FiDeSR on the SD 2.1-base architecture with random weights.
+
+One optimizer step of ``FiDeSRModule.training_step`` (the real loss code): batch 8 at 512 px, LoRA r8 +
+LRRB trained, MSE + LPIPS-VGG + DAW + CSD (teacher pass on [z_t, z_t] with negative / tag prompts), AdamW,
+gradient clipping 1.0. DAW is active from step 0 (its full cost: detail map, error map, weights).
+LPIPS-VGG uses a *random* VGG backbone (``PerceptualLoss(backbone="random")``): the same network and cost
+as LPIPS with ImageNet weights, which cannot be downloaded here; it is a stand-in for timing only.
+
+    python experiments/bench/train_step.py [--out results.json]     # one GPU, ~1-2 min
+    python experiments/bench/train_step.py --tiny --device cpu      # tiny preset on the CPU (< 1 min)
+
+Configurations (each prints s/step, median over --steps after 2 warm-up steps, and peak allocated memory):
+  paper      frozen weights float32, fp16 autocast + GradScaler (the paper's fp16 mixed precision)
+  bf16       frozen weights bf16 (half the weight memory, no per-step weight casts), bf16 autocast, no scaler
+  bf16_cl    the same with channels_last UNet and VAE
+  24gib      frozen weights bf16, gradient checkpointing in the UNet and the VAE decoder, under a 24 GiB
+             cap (torch.cuda.set_per_process_memory_fraction): batch 8 at 512 px on a 24 GB card
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference import Bench, build_backbone, cap_memory, random_lrrb, resolve_cuda_index  # noqa: E402
+
+from fidesr.components.csd import ClassifierScoreDistillation  # noqa: E402
+from fidesr.components.daw import DetailAwareWeighting  # noqa: E402
+from fidesr.components.perceptual import PerceptualLoss  # noqa: E402
+from fidesr.model import FiDeSRModule  # noqa: E402
+
+CONFIGS = {  # in run order: the paper's and the 24 GiB configuration first
+    "paper": dict(frozen=torch.float32, autocast=torch.float16, checkpointing=False, channels_last=False, cap_gib=None),
+    "24gib": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, checkpointing=True, channels_last=False, cap_gib=24.0),
+    "bf16": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, checkpointing=False, channels_last=False, cap_gib=None),
+    "bf16_cl": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, checkpointing=False, channels_last=True, cap_gib=None),
+}  # fmt: skip
+
+
+def set_frozen_dtype(module: FiDeSRModule, dtype: torch.dtype) -> None:
+    """Cast the frozen SD weights (UNet base layers, VAE, text encoder); LoRA and LRRB stay float32."""
+    bb = module.backbone
+    for name, p in bb.unet.named_parameters():
+        if "lora_" not in name:
+            p.data = p.data.to(dtype)
+    bb.vae.to(dtype)
+    bb.text_encoder.to(dtype)
+    bb._prompt_cache.clear()  # cached embeddings follow the text encoder's dtype
+
+
+def make_step(module: FiDeSRModule, batch: dict, autocast: torch.dtype, device: torch.device):
+    params = module.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16 and device.type == "cuda")
+
+    def step() -> float:
+        with torch.autocast(device.type, dtype=autocast):
+            loss = module.training_step(batch, 0)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny preset (CPU smoke run of the same code)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", type=Path, default=None, help="append JSON rows to this file")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 5 GPU, 1 CPU)")
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default 8 GPU, 2 tiny)")
+    ap.add_argument("--size", type=int, default=None, help="GT crop size (default 512 GPU, 64 tiny)")
+    ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--budget-s", type=float, default=150.0, help="skip configurations that would run past this")
+    args = ap.parse_args(argv)
+
+    device = resolve_cuda_index(torch.device(args.device))
+    cuda = device.type == "cuda"
+    if not cuda:
+        torch.set_num_threads(1)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    b = args.batch or (2 if args.tiny else 8)
+    size = args.size or (64 if args.tiny else 512)
+    steps = args.steps or (5 if cuda else 1)
+    bench = Bench(device, args.out, args.budget_s, steps, warmup=2 if cuda else 1)
+    bench.record({"name": "env", "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+                  "torch": torch.__version__, "tiny": args.tiny, "date": time.strftime("%Y-%m-%d"),
+                  "batch": b, "size": size, "argv": sys.argv[1:]})  # fmt: skip
+
+    module = FiDeSRModule(
+        backbone=build_backbone(args.tiny, device, lora_rank=8, lora_alpha=8),
+        optimizer=functools.partial(torch.optim.AdamW, lr=5e-5),
+        lrrb=random_lrrb(device),
+        daw=DetailAwareWeighting(warmup_steps=0, ramp_steps=0),
+        csd=ClassifierScoreDistillation(),
+        perceptual=PerceptualLoss(net="vgg", backbone="random"),
+        lambda_mse=1.0, lambda_lpips=2.0, lambda_csd=1.0, null_text_ratio=0.5,
+    ).to(device)  # fmt: skip
+    module.train()
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(b, 3, size, size, generator=g)
+    batch = {
+        "gt": gt.to(device),
+        "lq": torch.nn.functional.interpolate(
+            torch.nn.functional.interpolate(gt, scale_factor=0.25, mode="area"), scale_factor=4, mode="bicubic"
+        ).clamp(0, 1).to(device),
+        "prompt": ["a photo of a cat on a sofa, detailed fur"] * b,
+        "name": [f"im{i}" for i in range(b)],
+    }  # fmt: skip
+    autocast_cpu = torch.bfloat16  # CPU autocast: bf16 (fp16 CPU kernels are not what anyone trains with)
+    for name in args.configs:
+        cfg = CONFIGS[name]
+        set_frozen_dtype(module, cfg["frozen"])
+        bb = module.backbone
+        if cfg["checkpointing"]:
+            bb.unet.enable_gradient_checkpointing()
+            bb.vae.enable_gradient_checkpointing()
+        for net in (bb.unet, bb.vae):
+            net.to(memory_format=torch.channels_last if cfg["channels_last"] else torch.contiguous_format)
+        cap = cfg["cap_gib"]
+        cap_memory(device, cap)
+        step = make_step(module, batch, cfg["autocast"] if cuda else autocast_cpu, device)
+        row = bench.row(f"train step {name}", step, b, needs_s=15,
+                        frozen=str(cfg["frozen"]).removeprefix("torch."),
+                        autocast=str(cfg["autocast"] if cuda else autocast_cpu).removeprefix("torch."),
+                        checkpointing=cfg["checkpointing"], channels_last=cfg["channels_last"],
+                        cap_gib=cap if cuda else None)  # fmt: skip
+        if row and "s_per_call" in row:
+            print(f"  -> {name}: {row['s_per_call']} s/step, peak {row.get('peak_gib', row.get('peak_rss_gib'))} GiB",
+                  flush=True)  # fmt: skip
+        if cfg["checkpointing"]:
+            bb.unet.disable_gradient_checkpointing()
+            bb.vae.disable_gradient_checkpointing()
+    cap_memory(device, None)
+
+    print("\n| configuration | batch x px | s/step | peak GiB (CPU: process RSS) |")
+    print("| --- | --- | ---: | ---: |")
+    for r in bench.rows:
+        if r.get("name", "").startswith("train step"):
+            value = r.get("s_per_call", r.get("skipped", r.get("error", "")))
+            print(f"| {r['name'][11:]} | {b} x {size} | {value} | {r.get('peak_gib', r.get('peak_rss_gib', ''))} |")
+    return 1 if any("error" in r for r in bench.rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""fidesr-upscale on awkward inputs: grayscale, RGBA, palette, 16-bit, EXIF-rotated, corrupt; no overwrite.
+
+The model is the tiny backbone written as an exported adapter file (``--checkpoint X.safetensors``); the
+checkpoint and official-file paths are covered in tests/test_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fidesr.backbone.sd import StableDiffusionBackbone
+from fidesr.cli.upscale import main
+from fidesr.components.lrrb import LatentResidualRefinementBlock
+from fidesr.export import save_adapter, trained_state
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_backbone_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    backbone = StableDiffusionBackbone.from_pretrained(tiny_backbone_folder, local_files_only=True)
+    config = {
+        "backbone": {"_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
+                     "pretrained": str(tiny_backbone_folder), "local_files_only": True, "lora_rank": 8},
+        "lrrb": {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock"},
+        "lfim": {"_target_": "fidesr.components.lfim.LatentFrequencyInjection"},
+        "model": {"color_fix": "adain", "min_lq_size": 16},
+    }  # fmt: skip
+    path = tmp_path_factory.mktemp("adapter") / "tiny.safetensors"
+    return save_adapter(path, config, trained_state(backbone, LatentResidualRefinementBlock()))
+
+
+def _gradient(h: int, w: int) -> np.ndarray:
+    """An RGB test picture [h, w, 3] uint8 that is not symmetric (so a rotation is visible)."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([255 * x / (w - 1), 255 * y / (h - 1), np.full((h, w), 90.0)], axis=2).astype(np.uint8)
+
+
+@pytest.fixture
+def awkward(tmp_path: Path) -> Path:
+    """One of each: gray, RGBA, palette, 16-bit gray, 16-bit RGB, EXIF-rotated JPEG, and a corrupt file."""
+    d = tmp_path / "in"
+    d.mkdir()
+    rgb = _gradient(16, 24)
+    Image.fromarray(rgb[..., 0]).save(d / "gray.png")
+    Image.fromarray(np.repeat(rgb[..., :1], 3, axis=2)).save(d / "gray_as_rgb.png")  # the same picture in RGB
+    rgba = np.concatenate([rgb, np.full((16, 24, 1), 128, np.uint8)], axis=2)
+    Image.fromarray(rgba, "RGBA").save(d / "rgba.png")
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(d / "palette.png")
+    Image.fromarray(rgb[..., 1].astype(np.uint16) * 257).save(d / "gray16.png")
+    import cv2
+
+    cv2.imwrite(str(d / "rgb16.png"), (rgb[..., ::-1].astype(np.uint16) * 257))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW when displayed -> 24 x 16 becomes 16 x 24 (h x w: 24 x 16)
+    Image.fromarray(rgb).save(d / "exif.jpg", exif=exif.tobytes(), quality=95)
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    return d
+
+
+def _run(inputs: list[Path], out: Path, adapter: Path, *extra: str) -> int:
+    return main([*map(str, inputs), "-o", str(out), "--checkpoint", str(adapter), "--device", "cpu",
+                 "--no-progress", "--scale", "2", *extra])  # fmt: skip
+
+
+def test_awkward_inputs_are_written_and_the_corrupt_one_reported(
+    awkward: Path, adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    code = _run([awkward], out, adapter)
+    captured = capsys.readouterr()
+    assert code == 1  # one input failed
+    assert "corrupt.png" in captured.err and "7 written, 0 skipped (exist), 1 failed" in captured.out
+    expected = {"gray": (32, 48), "gray_as_rgb": (32, 48), "rgba": (32, 48), "palette": (32, 48),
+                "gray16": (32, 48), "rgb16": (32, 48), "exif": (48, 32)}  # (h, w) at x2; EXIF swaps the sides
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{k}.png" for k in expected)
+    for stem, (h, w) in expected.items():
+        with Image.open(out / f"{stem}.png") as img:
+            assert img.mode == "RGB" and img.size == (w, h), stem
+    assert not list(out.glob(".*"))  # no temporary files left behind
+    # A grayscale file is the same picture as its 3-channel copy: identical results.
+    assert np.array_equal(np.asarray(Image.open(out / "gray.png")), np.asarray(Image.open(out / "gray_as_rgb.png")))
+
+
+def test_existing_outputs_are_kept_without_overwrite(
+    awkward: Path, adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gray.png").write_bytes(b"keep me")
+    assert _run([awkward / "gray.png", awkward / "rgba.png"], out, adapter) == 0
+    captured = capsys.readouterr()
+    assert (out / "gray.png").read_bytes() == b"keep me" and "use --overwrite" in captured.err
+    assert "1 written, 1 skipped (exist), 0 failed" in captured.out
+    assert _run([awkward / "gray.png"], out, adapter, "--overwrite", "--color-fix", "wavelet", "--no-lfim") == 0
+    assert (out / "gray.png").read_bytes() != b"keep me"
+    # Everything exists: nothing to do, the model is not even loaded.
+    assert _run([awkward / "gray.png", awkward / "rgba.png"], out, tmp_path / "missing.safetensors") == 0
+
+
+def test_missing_inputs_and_bad_arguments(adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run([tmp_path / "nope.png"], tmp_path / "o", adapter) == 1
+    assert "nope.png: no such file or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "-o", str(tmp_path / "o")])  # no model given
+
+
+@pytest.mark.slow
+def test_console_script_tiles_and_batches(awkward: Path, adapter: Path, tmp_path: Path) -> None:
+    """The installed entry point, with tiling forced small and two same-size images in one batch."""
+    exe = Path(sys.executable).with_name("fidesr-upscale")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "fidesr.cli.upscale"]
+    out = tmp_path / "cli"
+    proc = subprocess.run([*cmd, str(awkward / "rgba.png"), str(awkward / "palette.png"), "-o", str(out),
+                           "--checkpoint", str(adapter), "--device", "cpu", "--tile", "8", "--tile-overlap", "2",
+                           "--batch-size", "2", "--precision", "fp32", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 written" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["palette.png", "rgba.png"]
