@@ -9,7 +9,13 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from fidesr.backbone import ADAPTER_NAMES, LORA_TARGETS, BackboneLoadError, StableDiffusionBackbone, split_lora_targets
+from fidesr.backbone import (
+    ADAPTER_NAMES,
+    LORA_TARGETS,
+    BackboneLoadError,
+    StableDiffusionBackbone,
+    split_lora_targets,
+)
 
 
 def test_lora_split_matches_official_selection(tiny_backbone_folder: Path):

@@ -112,8 +112,9 @@ def test_validation_metrics_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
     skipped = [w for w in rec if "weights missing" in str(w.message)]
     assert len(skipped) == 1 and "musiq" in str(skipped[0].message)  # one warning, not one per validation
 
-    run = Path(trainer.log_dir)
-    assert run == tmp_path / "csv" / "version_0"
+    # Tables and images go to the run directory; loggers keep their own sub-folders (csv/version_0).
+    run = Path(trainer.default_root_dir)
+    assert run == tmp_path and Path(trainer.log_dir) == tmp_path / "csv" / "version_0"
     steps = sorted(int(p.name.split("_")[1]) for p in (run / "val").glob("step_*"))
     assert steps == [2, 4]  # two validations, none for the sanity check
 
@@ -125,7 +126,7 @@ def test_validation_metrics_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         assert f"val/{set_name}/musiq" not in metrics
     assert ckpt.best_model_score is not None
     assert float(ckpt.best_model_score) == pytest.approx(max(
-        r["psnr"] for r in read_csv(run / "val_metrics.csv") if r["set"] == "realsr"), abs=1e-4)
+        r["psnr"] for r in read_csv(run / "metrics.csv") if r["set"] == "realsr"), abs=1e-4)
 
     # images and per-image values of the last validation
     sr_dir = run / "val" / "step_4" / "realsr"
@@ -134,13 +135,14 @@ def test_validation_metrics_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
     assert len(per_image) == 4 and list(per_image[0]) == ["name", "psnr", "ssim", "lpips-standin"]
     assert float(metrics["val/realsr/psnr"]) == pytest.approx(sum(r["psnr"] for r in per_image) / 4, abs=1e-4)
 
-    # val_metrics.csv/.md (metrics.csv is the CSVLogger's): one row per (step, set); skipped metric: n/a
-    assert "val/realsr/psnr" in read_csv(run / "metrics.csv")[-1]
-    rows = read_csv(run / "val_metrics.csv")
+    # metrics.csv/.md in the run dir (the CSVLogger's own metrics.csv is in its log_dir): one row per
+    # (step, set); skipped metric: n/a
+    assert "val/realsr/psnr" in read_csv(Path(trainer.log_dir) / "metrics.csv")[-1]
+    rows = read_csv(run / "metrics.csv")
     assert [(r["step"], r["set"]) for r in rows] == [(2, "realsr"), (2, "synth"), (4, "realsr"), (4, "synth")]
     assert rows[0]["images"] == 4 and rows[1]["images"] == 3
     assert all(r["musiq"] == "n/a (weights missing)" for r in rows)
-    md = (run / "val_metrics.md").read_text()
+    md = (run / "metrics.md").read_text()
     assert "| step | epoch | set | images | PSNR ↑ | SSIM ↑ | LPIPS-STANDIN ↓ | MUSIQ ↑ | FID-STANDIN ↓ |" in md
     assert "## Best per set" in md
 
