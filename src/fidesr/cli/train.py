@@ -174,7 +174,10 @@ def _print_summary(out_dir: Path, trainer, datamodule, seconds: float) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    from fidesr.runinfo import run_job
+
+    # run_info.json (commit, config hash, status) per run; a failing sweep job is recorded, not fatal.
+    metrics = run_job(train, cfg) or {}
     # For Hydra sweepers that optimise a metric: cfg.get("optimized_metric").
     key = cfg.get("optimized_metric")
     return metrics.get(key) if key else None

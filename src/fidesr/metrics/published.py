@@ -57,3 +57,20 @@ def published_rows(test_set: str) -> tuple[PublishedRow, ...]:
     if key not in PUBLISHED:
         raise KeyError(f"no published rows for {test_set!r}; known: {', '.join(PUBLISHED)}")
     return PUBLISHED[key]
+
+
+def _published(test_set: str, label: str) -> PublishedRow:
+    return next(r for r in PUBLISHED[test_set] if r.label == label)
+
+
+#: The paper's DIV2K-Val ablation rows keyed by (DAW on, LRRB on): ``fidesr-report --paper-rows`` puts each
+#: beside the matching configuration of an ablation sweep.
+ABLATION_DAW_LRRB: dict[tuple[bool, bool], PublishedRow] = {
+    (False, False): _published("div2k_val", "FiDeSR ablation: base"),
+    (True, False): _published("div2k_val", "FiDeSR ablation: +DAW"),
+    (False, True): _published("div2k_val", "FiDeSR ablation: +LRRB"),
+    (True, True): _published("div2k_val", "FiDeSR ablation: +DAW +LRRB"),
+}
+
+#: "LRRB lowers the high-frequency noise-prediction error by 1.62 %" (FiDeSR paper; DESIGN section 3).
+LRRB_HF_REDUCTION_PCT: float = 1.62
