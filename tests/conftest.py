@@ -17,8 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # The tiny backbone as tests use it: same architecture as the demo's, a very short VAE warm-up (the tests
-# check plumbing and exactness, not image quality).
-TINY_OVERRIDES = ["backbone.ae_warmup_steps=10"]
+# check plumbing and exactness, not image quality) and a random conv_out, so that the CSD teacher and the
+# residual are non-trivial functions.
+TINY_OVERRIDES = ["backbone.ae_warmup_steps=10", "backbone.unet_zero_out=false"]
 # A training run that takes seconds: all components on, 32 px crops, 2 images per batch.
 FAST_TRAIN_OVERRIDES = [
     "experiment=demo",
@@ -47,7 +48,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_backbone_folder(cache_dir: Path) -> Path:
     from fidesr.backbone.tiny import tiny_sd_folder
 
-    spec = dict(unet_channels=[32, 64], vae_channels=[32, 64, 64], text_dim=32, ae_warmup_steps=10, ae_crop=32, ae_batch=16, seed=0)
+    spec = dict(unet_channels=[32, 64], vae_channels=[32, 64, 64], text_dim=32, ae_warmup_steps=10, ae_crop=32, ae_batch=16, seed=0,
+                unet_zero_out=False)
     return tiny_sd_folder(cache_dir, **spec)
 
 

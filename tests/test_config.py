@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 # What a CPU-only machine without SD or VGG16 weights can build: the tiny backbone, the CPU trainer and
 # the perceptual stand-in (the real LPIPS-VGG path is tested to fail fast in tests/components).
-LOCAL = ["backbone=tiny", "trainer=cpu", "trainer.devices=1", "backbone.ae_warmup_steps=10",
+LOCAL = ["backbone=tiny", "trainer=cpu", "trainer.devices=1", "backbone.ae_warmup_steps=10", "backbone.unet_zero_out=false",
          "perceptual=standin", "paths.output_dir=/tmp/x"]
 
 

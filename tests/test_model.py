@@ -14,7 +14,8 @@ from fidesr.components.daw import detail_map, error_map, resize_weights
 
 
 def _model(compose, overrides):
-    return instantiate(compose(["experiment=demo", "backbone.ae_warmup_steps=10", "paths.output_dir=/tmp/x", *overrides]).model)
+    return instantiate(compose(["experiment=demo", "backbone.ae_warmup_steps=10", "backbone.unet_zero_out=false",
+                                "paths.output_dir=/tmp/x", *overrides]).model)
 
 
 def _batch(seed=0, b=2, size=32):

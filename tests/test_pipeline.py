@@ -255,3 +255,28 @@ def test_large_image_completes_in_bounded_memory(large_run: dict) -> None:
     full-resolution attention over 128^2 latent tokens), and that part grows with the image.
     """
     assert large_run["peak_gib"] - large_run["base_gib"] < 0.6, large_run
+
+
+def test_eval_checkpoint_mode_applies_lfim_strengths(trained: dict, tmp_path: Path) -> None:
+    """fidesr-eval checkpoint=... upscales with the pipeline; LFIM strengths change only the output."""
+    from hydra import compose, initialize_config_module
+
+    from fidesr.cli.eval import run
+    from fidesr.data.imageio import load_image, save_image
+
+    lq_dir, gt_dir = tmp_path / "lq", tmp_path / "gt"
+    for i in range(2):
+        lq = _smooth_lq((16, 16), seed=i)[0]
+        save_image(lq, lq_dir / f"im{i}.png")
+        save_image(F.interpolate(lq[None], scale_factor=4, mode="bicubic")[0].clamp(0, 1), gt_dir / f"im{i}.png")
+    outs = {}
+    for lf in (0.0, 0.4):
+        with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
+            cfg = compose(config_name="eval", overrides=[
+                f"checkpoint={trained['ckpt']}", f"lq_dir={lq_dir}", f"gt_dir={gt_dir}", "metrics=[psnr]",
+                f"output_dir={tmp_path / f'out{lf}'}", "device=cpu", f"lfim.lf_scale={lf}", "lfim.hf_scale=0"])  # fmt: skip
+        result = run(cfg)
+        assert result.summary["psnr"] and (tmp_path / f"out{lf}" / "per_image.csv").is_file()
+        outs[lf] = load_image(next((tmp_path / f"out{lf}").rglob("im0.png")))
+    assert outs[0.0].shape == (3, 64, 64)
+    assert (outs[0.0] - outs[0.4]).abs().max() > 1 / 255

@@ -1,5 +1,5 @@
 """fidesr-eval: config composition (pkg://fidesr.conf), folder mode outputs, pairing errors, no-GT mode,
-published rows, checkpoint mode placeholder, and the installed console script."""
+published rows, and the installed console script."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from fidesr.cli.eval import PIPELINE_MISSING, run
+from fidesr.cli.eval import run
 from fidesr.metrics.images import save_image
 from fidesr.metrics.tables import read_csv
 
@@ -100,13 +100,6 @@ def test_no_gt_runs_only_no_reference_metrics(folders: tuple[Path, Path], tmp_pa
         result = run(_cfg(f"sr_dir={sr}", "metrics=[psnr,ssim,niqe,fid]", f"output_dir={tmp_path / 'o'}"))
     assert result.metrics == ["niqe"] and result.summary == {"niqe": "n/a (weights missing)"}
     assert list(read_csv(tmp_path / "o" / "per_image.csv")[0]) == ["name", "niqe"]
-
-
-def test_checkpoint_mode_needs_the_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "fidesr.pipeline", None)  # as if the module did not exist
-    with pytest.raises(RuntimeError, match=r"checkpoint mode arrives with the inference pipeline \(fidesr.pipeline\)"):
-        run(_cfg("checkpoint=model.ckpt", f"lq_dir={tmp_path}", f"output_dir={tmp_path / 'o'}"))
-    assert "fidesr.pipeline" in PIPELINE_MISSING
 
 
 def test_console_script(folders: tuple[Path, Path], tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ All metric definitions come from ``fidesr.metrics.MetricSuite`` (the callback us
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -32,7 +31,6 @@ from fidesr.metrics.tables import markdown_table, write_csv
 
 log = logging.getLogger(__name__)
 
-PIPELINE_MISSING = "checkpoint mode arrives with the inference pipeline (fidesr.pipeline)"
 
 
 @dataclass
@@ -188,22 +186,22 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path) -> Path:
     The pipeline is ``fidesr.pipeline.FiDeSRPipeline`` (``from_checkpoint(path, device=...)``, called on
     ``[1,3,h,w]`` LQ in [0,1]; its ``.sr`` is ``[1,3,H,W]`` SR in [0,1] on the pipeline's device).
     """
-    try:
-        pipeline_mod = importlib.import_module("fidesr.pipeline")
-    except ModuleNotFoundError as err:
-        if err.name in ("fidesr.pipeline", None):
-            raise RuntimeError(PIPELINE_MISSING) from err
-        raise
-    except ImportError as err:  # e.g. sys.modules["fidesr.pipeline"] = None
-        raise RuntimeError(PIPELINE_MISSING) from err
+    from fidesr import pipeline as pipeline_mod
+
     if cfg.lq_dir is None:
         raise ValueError("checkpoint mode needs lq_dir=DIR")
     pipe = pipeline_mod.FiDeSRPipeline.from_checkpoint(cfg.checkpoint, device=resolve_device(cfg.device))
     from tqdm.auto import tqdm
 
+    lfim = cfg.get("lfim") or {}
+    # LFIM strengths per call (None: the checkpoint's own), and a seeded VAE sample per image, so that the
+    # jobs of an LFIM sweep differ only in the strengths.
+    strengths = {"lf_scale": lfim.get("lf_scale"), "hf_scale": lfim.get("hf_scale")}
     for lq_path in tqdm(list_images(cfg.lq_dir), desc="upscale", disable=not cfg.progress):
+        generator = torch.Generator(device=pipe.device).manual_seed(0)
         with torch.no_grad():
-            save_image(pipe(read_image(lq_path)).sr.cpu(), sr_dir / f"{lq_path.stem}.png")
+            sr = pipe(read_image(lq_path), generator=generator, **strengths).sr
+        save_image(sr.cpu(), sr_dir / f"{lq_path.stem}.png")
     return sr_dir
 
 
@@ -230,6 +228,11 @@ def run(cfg: DictConfig) -> EvalResult:
 
 @hydra.main(config_path="pkg://fidesr.conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        cfg.output_dir = HydraConfig.get().runtime.output_dir  # each sweep job writes into its own folder
     run(cfg)
 
 
