@@ -1,7 +1,9 @@
-"""Image I/O for evaluation: the exact reading convention of the protocol, 8-bit writing, folder pairing.
+"""Image I/O for evaluation: the exact reading convention of the protocol, folder pairing.
 
 Reading follows pyiqa's ``imread2tensor`` (PIL, converted to RGB, ``to_tensor``), so metrics computed on
-files here equal pyiqa's when it is handed the paths (what OSEDiff's ``test_metrics.py`` does).
+files here equal pyiqa's when it is handed the paths (what OSEDiff's ``test_metrics.py`` does). This is
+deliberately not ``fidesr.data.imageio.load_image`` (which keeps 16 bits and composites alpha): scores
+must be computed the way the published tables were. Writing and listing are shared with ``imageio``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from fidesr.data import imageio
+from fidesr.data.imageio import IMAGE_EXTENSIONS, list_images
+
+__all__ = ["IMAGE_EXTENSIONS", "list_images", "match_pairs", "quantize", "read_image", "safe_stem",
+           "save_image", "thumbnail", "to_uint8"]  # fmt: skip
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
@@ -26,9 +32,7 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """``[3,H,W]`` or ``[1,3,H,W]`` in ``[0,1]`` -> ``[H,W,3]`` uint8 (round half to even, as torch)."""
-    if x.dim() == 4:
-        x = x[0]
-    return x.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return imageio.to_uint8(x[0] if x.dim() == 4 else x)
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -37,11 +41,8 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
 
 
 def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Save ``[3,H,W]``/``[1,3,H,W]`` in ``[0,1]`` as an 8-bit image (format from the suffix)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(x)).save(path)
-    return path
+    """Save ``[3,H,W]``/``[1,3,H,W]`` in ``[0,1]`` as an 8-bit image (format from the suffix), atomically."""
+    return imageio.save_image(x[0] if x.dim() == 4 else x, path)
 
 
 def thumbnail(x: torch.Tensor, size: int = 128) -> Image.Image:
@@ -55,14 +56,6 @@ def safe_stem(name: str) -> str:
     """File-system-safe stem of an image name (``"a/b.png"`` -> ``"a_b"``)."""
     stem = name.rsplit(".", 1)[0] if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
     return stem.replace("/", "_").replace("\\", "_")
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"not a folder: {folder}")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def match_pairs(sr: Sequence[Path], gt: Sequence[Path]) -> list[tuple[Path, Path]]:
