@@ -120,6 +120,19 @@ def resolve_cuda_index(device: torch.device) -> torch.device:
     return device
 
 
+def setup_device(name: str) -> tuple[torch.device, bool]:
+    """The bench device with its speed settings (cudnn autotune, TF32); one CPU thread off CUDA so that
+    CPU smoke runs do not fight other processes. Returns ``(device, is_cuda)``."""
+    device = resolve_cuda_index(torch.device(name))
+    cuda = device.type == "cuda"
+    if not cuda:
+        torch.set_num_threads(1)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return device, cuda
+
+
 def cap_memory(device: torch.device, gib: float | None) -> None:
     """Cap this process' CUDA allocations at ``gib`` GiB (``None`` lifts the cap); no-op off CUDA.
 
@@ -288,13 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     if rows - set(ROWS):
         ap.error(f"unknown rows {sorted(rows - set(ROWS))}; choose from {ROWS}")
 
-    device = resolve_cuda_index(torch.device(args.device))
-    cuda = device.type == "cuda"
-    if not cuda:
-        torch.set_num_threads(1)
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    device, cuda = setup_device(args.device)
     iters = args.iters or (20 if cuda else 2)
     bench = Bench(device, args.out, args.budget_s, iters, warmup=3 if cuda else 1)
     env = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference import Bench, build_backbone, cap_memory, random_lrrb, resolve_cuda_index  # noqa: E402
+from inference import Bench, build_backbone, cap_memory, random_lrrb, setup_device  # noqa: E402
 
 from fidesr.components.csd import ClassifierScoreDistillation  # noqa: E402
 from fidesr.components.daw import DetailAwareWeighting  # noqa: E402
@@ -85,13 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=150.0, help="skip configurations that would run past this")
     args = ap.parse_args(argv)
 
-    device = resolve_cuda_index(torch.device(args.device))
-    cuda = device.type == "cuda"
-    if not cuda:
-        torch.set_num_threads(1)
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    device, cuda = setup_device(args.device)
     b = args.batch or (2 if args.tiny else 8)
     size = args.size or (64 if args.tiny else 512)
     steps = args.steps or (5 if cuda else 1)
