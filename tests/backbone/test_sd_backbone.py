@@ -88,14 +88,18 @@ def test_hub_id_without_network_says_how_to_provide_weights(monkeypatch, tmp_pat
         StableDiffusionBackbone.from_pretrained("stabilityai/stable-diffusion-2-1-base", local_files_only=True)
 
 
-def test_teacher_equals_separately_built_frozen_unet(make_tiny_backbone, tiny_backbone_folder):
+def _with_trained_lora(bb: StableDiffusionBackbone) -> StableDiffusionBackbone:
+    """Non-zero LoRA B matrices (seeded), so that "adapters on" really differs from the base UNet."""
     torch.manual_seed(0)
-    bb = make_tiny_backbone()
-    # Give the adapters non-trivial weights so that "adapters on" really differs from the base.
     with torch.no_grad():
         for n, p in bb.unet.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
+    return bb
+
+
+def test_teacher_equals_separately_built_frozen_unet(make_tiny_backbone, tiny_backbone_folder):
+    bb = _with_trained_lora(make_tiny_backbone())
     frozen = UNet2DConditionModel.from_pretrained(tiny_backbone_folder / "unet").eval()
     z = torch.randn(2, 4, 16, 16)
     t = torch.tensor([20, 499])
@@ -110,12 +114,7 @@ def test_teacher_equals_separately_built_frozen_unet(make_tiny_backbone, tiny_ba
 
 
 def test_residual_is_unet_at_t1_and_merge_preserves_output(make_tiny_backbone):
-    torch.manual_seed(0)
-    bb = make_tiny_backbone()
-    with torch.no_grad():
-        for n, p in bb.unet.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+    bb = _with_trained_lora(make_tiny_backbone())
     z = torch.randn(2, 4, 16, 16)
     emb = bb.encode_prompt(["", ""])
     with torch.no_grad():
