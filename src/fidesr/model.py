@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,9 @@ class FiDeSRModule(L.LightningModule):
         color_fix, min_lq_size: validation inference settings (see ``FiDeSRPipeline``).
         seed: base seed of the per-step random streams (dropout of prompts, VAE sampling, CSD noise), so
             that a resumed run draws exactly what an uninterrupted one would.
+        loss_chunk: decode and score the SR images this many at a time (``None``: the whole batch), each
+            chunk's backward run at once; same loss and gradient, a fraction of the decoder + LPIPS
+            activation memory (the 24 GiB mode uses 2).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class FiDeSRModule(L.LightningModule):
         color_fix: str = "adain",
         min_lq_size: int = 128,
         seed: int = 123,
+        loss_chunk: int | None = None,
     ) -> None:
         super().__init__()
         if perceptual is None and (lambda_lpips > 0 or daw is not None):
@@ -75,6 +80,9 @@ class FiDeSRModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.lambda_mse, self.lambda_lpips, self.lambda_csd = lambda_mse, lambda_lpips, lambda_csd
         self.null_text_ratio, self.seed = null_text_ratio, seed
+        if loss_chunk is not None and loss_chunk < 1:
+            raise ValueError(f"model.loss_chunk must be a positive number of images or null, got {loss_chunk}")
+        self.loss_chunk = loss_chunk
         self.pipeline = FiDeSRPipeline(backbone, lrrb, lfim, color_fix=color_fix, min_lq_size=min_lq_size)
         self.val_set_names: list[str] = ["val"]
         self.run_config: dict | None = None  # the resolved Hydra config, stored in checkpoints
@@ -82,11 +90,15 @@ class FiDeSRModule(L.LightningModule):
         self.strict_loading = False
 
     # ------------------------------------------------------------------ randomness
-    def step_generator(self, device: torch.device, stream: int = 0) -> torch.Generator:
-        """A generator seeded by (seed, global step, rank, stream): reproducible across resumes."""
+    def step_seed(self, stream: int = 0) -> int:
+        """A 63-bit seed from (seed, global step, rank, stream): reproducible across resumes."""
         key = f"{self.seed}/{self.global_step}/{self.global_rank}/{stream}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
+
+    def step_generator(self, device: torch.device, stream: int = 0) -> torch.Generator:
+        """A torch generator on ``device`` seeded with :meth:`step_seed`."""
         g = torch.Generator(device=device)
-        g.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1))
+        g.manual_seed(self.step_seed(stream))
         return g
 
     # ------------------------------------------------------------------ data
@@ -101,24 +113,23 @@ class FiDeSRModule(L.LightningModule):
     def generate(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, OneStepOutput]:  # fmt: skip
         """Training forward: upsampled LQ [B,3,H,W] in [-1,1] -> (SR [B,3,H,W] in [-1,1], latents)."""
+        out = self.generate_latent(lq_up, prompts, generator)
+        return self.backbone.decode(out.z_sr), out
+
+    def generate_latent(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
+                        ) -> OneStepOutput:  # fmt: skip
+        """Encode (no grad), UNet + LRRB: the SR latent ``z_sr`` [B,C,H/8,W/8] with its graph."""
         with torch.no_grad():
             z_lq = self.backbone.encode(lq_up, generator=generator)
             embeds = self.backbone.encode_prompt(prompts)
-        out = one_step(self.backbone, self.lrrb, z_lq.float(), embeds.float())
-        return self.backbone.decode(out.z_sr), out
+        return one_step(self.backbone, self.lrrb, z_lq.float(), embeds.float())
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        gt = batch["gt"] * 2 - 1
-        lq = batch["lq"] * 2 - 1
-        tags = list(batch.get("prompt") or [""] * gt.shape[0])
-        g_cpu = self.step_generator(torch.device("cpu"))
-        g_dev = self.step_generator(gt.device, stream=1)
-        # The whole batch drops its tags together, as the official null_text_ratio does.
-        drop = float(torch.rand((), generator=g_cpu)) < self.null_text_ratio
-        sr, out = self.generate(lq, [""] * len(tags) if drop else tags, generator=g_dev)
-        sr = sr.float()
-
-        logs: dict[str, torch.Tensor | float] = {}
+    def pixel_losses(self, z_sr: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        """Decode ``z_sr`` and score it against ``gt`` [n,3,H,W] in [-1,1]: the weighted MSE + LPIPS term
+        (a scalar mean over these n images), the DAW weights [n,1,H,W] (None while DAW is off) and the
+        detached loss parts. Every term is a per-image mean, so chunks of a batch combine exactly."""
+        sr = self.backbone.decode(z_sr).float()
+        parts: dict[str, torch.Tensor] = {}
         lpips_map = self.perceptual(sr, gt) if self.perceptual is not None else None
         weights = None
         if self.daw is not None:
@@ -126,17 +137,68 @@ class FiDeSRModule(L.LightningModule):
                 detail = detail_map(gt)
                 error = error_map(sr.detach(), gt, lpips_map.detach())
                 weights = self.daw.weights(detail, error, self.global_step)
-            logs["daw/alpha"] = self.daw.alpha_at(self.global_step)
-            if weights is not None:
-                logs["daw/w_mean"], logs["daw/w_max"] = weights.mean(), weights.max()
-
         loss_mse = weighted_mean((sr - gt) ** 2, weights)
         loss = self.lambda_mse * loss_mse
-        logs["loss/mse"] = loss_mse.detach()
+        parts["loss/mse"] = loss_mse.detach()
         if lpips_map is not None:
             loss_lpips = weighted_mean(lpips_map, weights)
             loss = loss + self.lambda_lpips * loss_lpips
-            logs[f"loss/{self.perceptual.name}"] = loss_lpips.detach()
+            parts[f"loss/{self.perceptual.name}"] = loss_lpips.detach()
+        return loss, weights, parts
+
+    def chunked_pixel_losses(self, z_sr: torch.Tensor, gt: torch.Tensor, chunk: int
+                             ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:  # fmt: skip
+        """:meth:`pixel_losses` ``chunk`` images at a time, each chunk's backward run at once down to the
+        latent, so that only one chunk's decoder and LPIPS activations are ever alive (the memory peak of
+        a training step at 512 px). The returned loss has the full-batch value and, through ``z_sr``, the
+        full-batch gradient: ``L + <z_sr, g> - <z_sr, g>.detach()`` with ``g = dL/dz_sr`` from the chunks.
+        """
+        b = z_sr.shape[0]
+        scale = self._loss_scale()
+        grads, weights, total = [], [], torch.zeros((), device=z_sr.device)
+        parts: dict[str, torch.Tensor] = {}
+        for start in range(0, b, chunk):
+            z_c = z_sr[start:start + chunk].detach().requires_grad_()
+            loss_c, w_c, parts_c = self.pixel_losses(z_c, gt[start:start + chunk])
+            share = z_c.shape[0] / b  # per-chunk means -> the batch mean
+            # fp16 training: scale like the GradScaler does, or the small per-pixel gradients underflow.
+            # The backward runs outside autocast, as the final one does.
+            with torch.autocast(z_c.device.type, enabled=False):
+                (g_c,) = torch.autograd.grad(loss_c * (share * scale), z_c)
+            grads.append(g_c)
+            weights.append(w_c)
+            total = total + share * loss_c.detach()
+            for k, v in parts_c.items():
+                parts[k] = parts.get(k, 0.0) + share * v
+        g = torch.cat(grads) / scale
+        link = (z_sr.float() * g).sum()
+        loss = total + link - link.detach()
+        return loss, (None if weights[0] is None else torch.cat(weights)), parts
+
+    def _loss_scale(self) -> float:
+        """The current fp16 GradScaler scale (1 without one)."""
+        plugin = getattr(self._trainer, "precision_plugin", None)
+        scaler = getattr(plugin, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        gt = batch["gt"] * 2 - 1
+        lq = batch["lq"] * 2 - 1
+        tags = list(batch.get("prompt") or [""] * gt.shape[0])
+        g_dev = self.step_generator(gt.device, stream=1)
+        # The whole batch drops its tags together, as the official null_text_ratio does (a host-side draw).
+        drop = random.Random(self.step_seed(0)).random() < self.null_text_ratio
+        out = self.generate_latent(lq, [""] * len(tags) if drop else tags, generator=g_dev)
+
+        if self.loss_chunk and self.loss_chunk < gt.shape[0]:
+            loss, weights, parts = self.chunked_pixel_losses(out.z_sr, gt, self.loss_chunk)
+        else:
+            loss, weights, parts = self.pixel_losses(out.z_sr, gt)
+        logs: dict[str, torch.Tensor | float] = dict(parts)
+        if self.daw is not None:
+            logs["daw/alpha"] = self.daw.alpha_at(self.global_step)
+            if weights is not None:
+                logs["daw/w_mean"], logs["daw/w_max"] = weights.mean(), weights.max()
         if self.csd is not None:
             pos = self.backbone.encode_prompt(tags)
             neg = self.backbone.encode_prompt([self.csd.negative_prompt] * len(tags))
