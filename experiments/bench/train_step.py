@@ -9,12 +9,18 @@ as LPIPS with ImageNet weights, which cannot be downloaded here; it is a stand-i
     python experiments/bench/train_step.py [--out results.json]     # one GPU, ~1-2 min
     python experiments/bench/train_step.py --tiny --device cpu      # tiny preset on the CPU (< 1 min)
 
-Configurations (each prints s/step, median over --steps after 2 warm-up steps, and peak allocated memory):
-  paper      frozen weights float32, fp16 autocast + GradScaler (the paper's fp16 mixed precision)
-  bf16       frozen weights bf16 (half the weight memory, no per-step weight casts), bf16 autocast, no scaler
-  bf16_cl    the same with channels_last UNet and VAE
-  24gib      frozen weights bf16, gradient checkpointing in the UNet and the VAE decoder, under a 24 GiB
-             cap (torch.cuda.set_per_process_memory_fraction): batch 8 at 512 px on a 24 GB card
+Configurations (each prints s/step, median over --steps after 2 warm-up steps, and peak allocated memory;
+the memory of each is also estimated without a GPU by train_memory.py):
+  paper         frozen weights float32, fp16 autocast + GradScaler (the paper's fp16 mixed precision)
+  24gib         the `memory=24gib` preset: frozen weights fp16 (the same fp16 convolutions autocast runs),
+                fp16 autocast, loss_chunk=1 (decoder + LPIPS one image at a time), no recomputation;
+                under a 24 GiB cap (torch.cuda.set_per_process_memory_fraction): batch 8 at 512 px
+  16gib         the `memory=16gib` preset: 24gib plus gradient checkpointing in the UNet, under a 16 GiB cap
+  paper_chunk1  the paper's precision with loss_chunk=1 (what chunking alone saves)
+  bf16          frozen weights bf16, bf16 autocast, no scaler
+  bf16_cl       the same with channels_last UNet and VAE
+The bench has no Lightning trainer, so the chunks' backward is not loss-scaled here (values are not the
+point of a timing run; FiDeSRModule scales them by the trainer's GradScaler in training).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference import Bench, build_backbone, cap_memory, random_lrrb, setup_device  # noqa: E402
@@ -36,10 +43,12 @@ from fidesr.components.perceptual import PerceptualLoss  # noqa: E402
 from fidesr.model import FiDeSRModule  # noqa: E402
 
 CONFIGS = {  # in run order: the paper's and the 24 GiB configuration first
-    "paper": dict(frozen=torch.float32, autocast=torch.float16, checkpointing=False, channels_last=False, cap_gib=None),
-    "24gib": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, checkpointing=True, channels_last=False, cap_gib=24.0),
-    "bf16": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, checkpointing=False, channels_last=False, cap_gib=None),
-    "bf16_cl": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, checkpointing=False, channels_last=True, cap_gib=None),
+    "paper": dict(frozen=torch.float32, autocast=torch.float16, unet_ckpt=False, loss_chunk=None, channels_last=False, cap_gib=None),
+    "24gib": dict(frozen=torch.float16, autocast=torch.float16, unet_ckpt=False, loss_chunk=1, channels_last=False, cap_gib=24.0),
+    "16gib": dict(frozen=torch.float16, autocast=torch.float16, unet_ckpt=True, loss_chunk=1, channels_last=False, cap_gib=16.0),
+    "paper_chunk1": dict(frozen=torch.float32, autocast=torch.float16, unet_ckpt=False, loss_chunk=1, channels_last=False, cap_gib=None),
+    "bf16": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, unet_ckpt=False, loss_chunk=None, channels_last=False, cap_gib=None),
+    "bf16_cl": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, unet_ckpt=False, loss_chunk=None, channels_last=True, cap_gib=None),
 }  # fmt: skip
 
 
@@ -54,23 +63,68 @@ def set_frozen_dtype(module: FiDeSRModule, dtype: torch.dtype) -> None:
     bb._prompt_cache.clear()  # cached embeddings follow the text encoder's dtype
 
 
-def make_step(module: FiDeSRModule, batch: dict, autocast: torch.dtype, device: torch.device):
+def make_step(module: FiDeSRModule, batch: dict, autocast: torch.dtype, device: torch.device, scaler: bool = True):
+    """One optimizer step as Lightning runs it (autocast forward, (scaled) backward, clip 1.0, AdamW).
+
+    ``scaler=False`` leaves out fp16 loss scaling (the memory estimator: its inf checks need real values).
+    The step takes an optional ``phases`` callback, told "backward" and "optimizer" as they start."""
     params = module.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16 and device.type == "cuda")
+    use_scaler = scaler and autocast == torch.float16 and device.type == "cuda"
+    grad_scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
-    def step() -> float:
+    def step(phases=lambda phase: None) -> torch.Tensor:
         with torch.autocast(device.type, dtype=autocast):
             loss = module.training_step(batch, 0)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
+        phases("backward")
+        grad_scaler.scale(loss).backward()
+        phases("optimizer")
+        grad_scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        scaler.step(opt)
-        scaler.update()
+        grad_scaler.step(opt)
+        grad_scaler.update()
         opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return loss.detach()
 
     return step
+
+
+def build_module(tiny: bool, device: torch.device) -> FiDeSRModule:
+    """The paper's training configuration on the SD 2.1-base architecture (random weights) or the tiny preset."""
+    module = FiDeSRModule(
+        backbone=build_backbone(tiny, device, lora_rank=8, lora_alpha=8),
+        optimizer=functools.partial(torch.optim.AdamW, lr=5e-5),
+        lrrb=random_lrrb(device),
+        daw=DetailAwareWeighting(warmup_steps=0, ramp_steps=0),
+        csd=ClassifierScoreDistillation(),
+        perceptual=PerceptualLoss(net="vgg", backbone="random"),
+        lambda_mse=1.0, lambda_lpips=2.0, lambda_csd=1.0, null_text_ratio=0.5,
+    ).to(device)  # fmt: skip
+    module.train()
+    return module
+
+
+def make_batch(b: int, size: int, device: torch.device) -> dict:
+    """GT crops and their x4 bicubic-degraded LQ (resized back), with tags."""
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(b, 3, size, size, generator=g)
+    lq = F.interpolate(F.interpolate(gt, scale_factor=0.25, mode="area"), scale_factor=4, mode="bicubic")
+    return {"gt": gt.to(device), "lq": lq.clamp(0, 1).to(device),
+            "prompt": ["a photo of a cat on a sofa, detailed fur"] * b, "name": [f"im{i}" for i in range(b)]}  # fmt: skip
+
+
+def apply_config(module: FiDeSRModule, cfg: dict) -> None:
+    """Frozen dtype, UNet gradient checkpointing, loss chunk and memory format of one configuration (undoes
+    the previous one's)."""
+    set_frozen_dtype(module, cfg["frozen"])
+    module.loss_chunk = cfg["loss_chunk"]
+    bb = module.backbone
+    if cfg["unet_ckpt"]:
+        bb.unet.enable_gradient_checkpointing()
+    else:
+        bb.unet.disable_gradient_checkpointing()
+    for net in (bb.unet, bb.vae):
+        net.to(memory_format=torch.channels_last if cfg["channels_last"] else torch.contiguous_format)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,50 +148,26 @@ def main(argv: list[str] | None = None) -> int:
                   "torch": torch.__version__, "tiny": args.tiny, "date": time.strftime("%Y-%m-%d"),
                   "batch": b, "size": size, "argv": sys.argv[1:]})  # fmt: skip
 
-    module = FiDeSRModule(
-        backbone=build_backbone(args.tiny, device, lora_rank=8, lora_alpha=8),
-        optimizer=functools.partial(torch.optim.AdamW, lr=5e-5),
-        lrrb=random_lrrb(device),
-        daw=DetailAwareWeighting(warmup_steps=0, ramp_steps=0),
-        csd=ClassifierScoreDistillation(),
-        perceptual=PerceptualLoss(net="vgg", backbone="random"),
-        lambda_mse=1.0, lambda_lpips=2.0, lambda_csd=1.0, null_text_ratio=0.5,
-    ).to(device)  # fmt: skip
-    module.train()
-    g = torch.Generator().manual_seed(0)
-    gt = torch.rand(b, 3, size, size, generator=g)
-    batch = {
-        "gt": gt.to(device),
-        "lq": torch.nn.functional.interpolate(
-            torch.nn.functional.interpolate(gt, scale_factor=0.25, mode="area"), scale_factor=4, mode="bicubic"
-        ).clamp(0, 1).to(device),
-        "prompt": ["a photo of a cat on a sofa, detailed fur"] * b,
-        "name": [f"im{i}" for i in range(b)],
-    }  # fmt: skip
+    module = build_module(args.tiny, device)
+    batch = make_batch(b, size, device)
     autocast_cpu = torch.bfloat16  # CPU autocast: bf16 (fp16 CPU kernels are not what anyone trains with)
     for name in args.configs:
         cfg = CONFIGS[name]
-        set_frozen_dtype(module, cfg["frozen"])
-        bb = module.backbone
-        if cfg["checkpointing"]:
-            bb.unet.enable_gradient_checkpointing()
-            bb.vae.enable_gradient_checkpointing()
-        for net in (bb.unet, bb.vae):
-            net.to(memory_format=torch.channels_last if cfg["channels_last"] else torch.contiguous_format)
+        if not cuda and cfg["frozen"] == torch.float16:  # CPU autocast is bf16; fp16 weights would not mix
+            cfg = {**cfg, "frozen": torch.bfloat16}
+        apply_config(module, cfg)
         cap = cfg["cap_gib"]
         cap_memory(device, cap)
         step = make_step(module, batch, cfg["autocast"] if cuda else autocast_cpu, device)
         row = bench.row(f"train step {name}", step, b, needs_s=15,
                         frozen=str(cfg["frozen"]).removeprefix("torch."),
                         autocast=str(cfg["autocast"] if cuda else autocast_cpu).removeprefix("torch."),
-                        checkpointing=cfg["checkpointing"], channels_last=cfg["channels_last"],
+                        unet_ckpt=cfg["unet_ckpt"], loss_chunk=cfg["loss_chunk"],
+                        channels_last=cfg["channels_last"],
                         cap_gib=cap if cuda else None)  # fmt: skip
         if row and "s_per_call" in row:
             print(f"  -> {name}: {row['s_per_call']} s/step, peak {row.get('peak_gib', row.get('peak_rss_gib'))} GiB",
                   flush=True)  # fmt: skip
-        if cfg["checkpointing"]:
-            bb.unet.disable_gradient_checkpointing()
-            bb.vae.disable_gradient_checkpointing()
     cap_memory(device, None)
 
     print("\n| configuration | batch x px | s/step | peak GiB (CPU: process RSS) |")
