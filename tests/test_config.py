@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -51,6 +52,25 @@ def test_paper_experiment_has_the_papers_values(compose):
     assert (cfg.csd.cfg_scale, cfg.csd.t_min, cfg.csd.t_max) == (7.5, 20, 500)
     assert (cfg.lfim.lf_scale, cfg.lfim.hf_scale, cfg.lfim.grid) == (0.2, 0.2, "official")
     assert cfg.perceptual.backbone == "pretrained" and cfg.perceptual.net == "vgg"
+
+
+@pytest.mark.parametrize(("memory", "expected"), [
+    ("default", (None, False, None, "16-mixed")),
+    ("24gib", ("float16", False, 1, "16-mixed")),
+    ("16gib", ("float16", True, 1, "16-mixed")),
+])  # fmt: skip
+def test_memory_presets_override_the_experiment(memory, expected, compose, cache_dir, tiny_backbone_folder):
+    """The presets apply on top of the paper's experiment (they come after it in the defaults list) and the
+    resulting model builds with them (tiny backbone: fp16 frozen weights, float32 LoRA)."""
+    cfg = compose(["experiment=fidesr_sd21", f"memory={memory}"])
+    got = (cfg.backbone.frozen_dtype, cfg.backbone.gradient_checkpointing, cfg.model.loss_chunk, cfg.trainer.precision)
+    assert got == expected
+    model = instantiate(compose(["experiment=fidesr_sd21", f"memory={memory}", *LOCAL, "prompts=empty",
+                                 "data=demo"]).model)  # fmt: skip
+    assert model.loss_chunk == expected[2]
+    dtypes = {p.dtype for n, p in model.backbone.unet.named_parameters() if "lora_" not in n}
+    assert dtypes == {torch.float16 if expected[0] else torch.float32}
+    assert {p.dtype for p in model.trainable_parameters()} == {torch.float32}
 
 
 @pytest.mark.parametrize("group", ["lrrb", "daw", "csd", "lfim"])
