@@ -12,6 +12,7 @@ math fallback.
 
     python experiments/bench/train_memory.py                        # all configurations, ~1-2 min on 2 cores
     python experiments/bench/train_memory.py --configs 24gib --batch 8 --size 512 --out rows.jsonl
+    python experiments/bench/train_memory.py --configs paper --flops  # + FLOPs of the step and its parts
 
 Each row gives the peak and what was live at the peak, by where it was allocated (weights, the module whose
 forward made it, backward, optimizer).
@@ -251,14 +252,56 @@ def estimate(config: str, batch: int, size: int) -> dict:
     }  # fmt: skip
 
 
+def flops(config: str, batch: int, size: int) -> dict:
+    """FLOPs (``torch.utils.flop_counter``) of one training step and of its parts' forward passes per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = CONFIGS[config]
+    module = build_module(tiny=False, device=torch.device("meta"))
+    apply_config(module, cfg)
+    module.step_generator = lambda device, stream=0: None
+    device, bb = torch.device("cpu"), module.backbone
+    latent = size // bb.vae_scale_factor
+
+    def count(fn) -> float:
+        counter = FlopCounterMode(display=False)
+        with counter, torch.autocast(device.type, dtype=cfg["autocast"]):
+            fn()
+        return round(counter.get_total_flops() / 1e12, 3)
+
+    with fake_gpu():
+        materialize(module, device)
+        img, z = torch.empty(1, 3, size, size), torch.empty(1, bb.latent_channels, latent, latent)
+        emb, t = torch.empty(1, 77, bb.unet.config.cross_attention_dim), torch.ones(1, dtype=torch.long)
+        parts = {
+            "vae_encoder": count(lambda: bb.vae.encode(img)),
+            "unet": count(lambda: bb.unet(z, t, encoder_hidden_states=emb)),
+            "vae_decoder": count(lambda: bb.vae.decode(z)),
+            "lpips_pair": count(lambda: module.perceptual(img, img)),
+        }
+        step = make_step(module, make_batch(batch, size, device), cfg["autocast"], device, scaler=False)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+    return {"name": f"train flops {config}", "batch": batch, "size": size,
+            "step_tflop": round(counter.get_total_flops() / 1e12, 2), "forward_tflop_per_image": parts}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--out", type=Path, default=None, help="append JSON rows to this file")
+    ap.add_argument("--flops", action="store_true", help="also count the FLOPs of a step and of its parts")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.flops:
+        row = flops(args.configs[0], args.batch, args.size)
+        print(json.dumps(row), flush=True)
+        if args.out is not None:
+            with args.out.open("a") as fh:
+                fh.write(json.dumps({"date": time.strftime("%Y-%m-%d"), **row}) + "\n")
     rows = []
     for name in args.configs:
         row = estimate(name, args.batch, args.size)

@@ -126,3 +126,16 @@ def test_estimate_matches_the_h200_measurement_and_the_presets_fit():
     assert paper["live_at_peak_gib"]["vae decoder"] > 30  # what the chunking removes
     assert train_memory.estimate("24gib", 8, 512)["estimated_peak_gib"] < 20.0
     assert train_memory.estimate("16gib", 8, 512)["estimated_peak_gib"] < 12.0
+
+
+@pytest.mark.slow
+def test_flops_of_the_inference_parts_add_up_to_the_published_total():
+    """Per 512 px image, encoder + UNet + decoder = DESIGN's 4.4 TFLOP (82 % in the VAE); a training step at
+    batch 4 is about 10 TFLOP per image (encoder, UNet forward + backward, teacher pass, decoder forward +
+    backward, LPIPS)."""
+    row = train_memory.flops("paper", 4, 512)
+    parts = row["forward_tflop_per_image"]
+    inference = parts["vae_encoder"] + parts["unet"] + parts["vae_decoder"]
+    assert inference == pytest.approx(4.4, rel=0.03)
+    assert (parts["vae_encoder"] + parts["vae_decoder"]) / inference == pytest.approx(0.82, abs=0.01)
+    assert 9.0 < row["step_tflop"] / 4 < 11.5
