@@ -212,3 +212,28 @@ def test_loss_chunk_trains_like_the_whole_batch_through_lightning(compose, fast_
     assert max(float(v.abs().max()) for k, v in whole.items() if "lora_B" in k) > 1e-3  # B starts at 0: it moved
     for k in whole:
         torch.testing.assert_close(chunked[k], whole[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_compile_parts_train_like_eager_and_reject_unknown_parts(compose, tiny_backbone_folder):
+    """Compiled decoder, LPIPS and LRRB (aot_eager: Dynamo graphs + AOTAutograd backward, no codegen, so the
+    test stays fast on the CPU) give the eager loss and gradients; the state dict keys do not change."""
+    batch = _batch(b=2)
+    eager = _model(compose, ["model.null_text_ratio=0.0"])
+    _randomize_lora(eager)
+    compiled = _model(compose, ["model.null_text_ratio=0.0", "model.compile_parts=[vae_decoder,lpips,lrrb]",
+                                "+model.compile_options.backend=aot_eager"])  # fmt: skip
+    compiled.load_state_dict(eager.state_dict())
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    grads = []
+    for model in (eager, compiled):
+        loss = _loss(model, batch, step=10**6)
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()), msg=name)
+    assert compiled.backbone.vae.decoder._compiled_call_impl is not None
+    with pytest.raises(Exception, match="unknown part 'vae'"):
+        _model(compose, ["model.compile_parts=[vae]"])
+    with pytest.raises(Exception, match="'lrrb', which is switched off"):
+        _model(compose, ["model.compile_parts=[lrrb]", "lrrb=off"])

@@ -196,12 +196,25 @@ def cuda_autocast_policy() -> Iterator[None]:
 @contextlib.contextmanager
 def fake_gpu() -> Iterator[FakeTensorMode]:
     """Fake CPU tensors that behave as CUDA ones for memory: CUDA's autocast policy and fused attention."""
-    with (
-        FakeTensorMode(allow_non_fake_inputs=True) as mode,
-        cuda_autocast_policy(),
-        mock.patch.object(F, "scaled_dot_product_attention", fused_attention),
-    ):
-        yield mode
+    try:
+        with (
+            FakeTensorMode(allow_non_fake_inputs=True) as mode,
+            cuda_autocast_policy(),
+            mock.patch.object(F, "scaled_dot_product_attention", fused_attention),
+        ):
+            yield mode
+    finally:
+        clear_caches()
+
+
+def clear_caches() -> None:
+    """Empty fidesr's memoised functions (e.g. DAW's constant kernels): they would hand fake tensors made
+    in here to real code later in the same process."""
+    for name, module in list(sys.modules.items()):
+        if name == "fidesr" or name.startswith("fidesr."):
+            for obj in vars(module).values():
+                if callable(getattr(obj, "cache_clear", None)):
+                    obj.cache_clear()
 
 
 def materialize(module: nn.Module, device: torch.device) -> None:
@@ -289,7 +302,9 @@ def flops(config: str, batch: int, size: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    # Compiled configurations are left out: Inductor plans its own buffers, which fake eager ops do not show.
+    eager = [name for name, cfg in CONFIGS.items() if not cfg["compile"]]
+    ap.add_argument("--configs", nargs="*", default=eager, choices=eager)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--out", type=Path, default=None, help="append JSON rows to this file")

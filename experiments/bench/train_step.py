@@ -19,6 +19,8 @@ the memory of each is also estimated without a GPU by train_memory.py):
   paper_chunk1  the paper's precision with loss_chunk=1 (what chunking alone saves)
   bf16          frozen weights bf16, bf16 autocast, no scaler
   bf16_cl       the same with channels_last UNet and VAE
+  paper_compiled / 24gib_compiled   paper / 24gib with the VAE decoder and LPIPS torch.compile'd
+                (model.compile_parts; the first step includes compilation)
 The bench has no Lightning trainer, so the chunks' backward is not loss-scaled here (values are not the
 point of a timing run; FiDeSRModule scales them by the trainer's GradScaler in training).
 """
@@ -43,12 +45,14 @@ from fidesr.components.perceptual import PerceptualLoss  # noqa: E402
 from fidesr.model import FiDeSRModule  # noqa: E402
 
 CONFIGS = {  # in run order: the paper's and the 24 GiB configuration first
-    "paper": dict(frozen=torch.float32, autocast=torch.float16, unet_ckpt=False, loss_chunk=None, channels_last=False, cap_gib=None),
-    "24gib": dict(frozen=torch.float16, autocast=torch.float16, unet_ckpt=False, loss_chunk=1, channels_last=False, cap_gib=24.0),
-    "16gib": dict(frozen=torch.float16, autocast=torch.float16, unet_ckpt=True, loss_chunk=1, channels_last=False, cap_gib=16.0),
-    "paper_chunk1": dict(frozen=torch.float32, autocast=torch.float16, unet_ckpt=False, loss_chunk=1, channels_last=False, cap_gib=None),
-    "bf16": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, unet_ckpt=False, loss_chunk=None, channels_last=False, cap_gib=None),
-    "bf16_cl": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, unet_ckpt=False, loss_chunk=None, channels_last=True, cap_gib=None),
+    "paper": dict(frozen=torch.float32, autocast=torch.float16, unet_ckpt=False, loss_chunk=None, channels_last=False, compile=(), cap_gib=None),
+    "24gib": dict(frozen=torch.float16, autocast=torch.float16, unet_ckpt=False, loss_chunk=1, channels_last=False, compile=(), cap_gib=24.0),
+    "16gib": dict(frozen=torch.float16, autocast=torch.float16, unet_ckpt=True, loss_chunk=1, channels_last=False, compile=(), cap_gib=16.0),
+    "paper_chunk1": dict(frozen=torch.float32, autocast=torch.float16, unet_ckpt=False, loss_chunk=1, channels_last=False, compile=(), cap_gib=None),
+    "bf16": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, unet_ckpt=False, loss_chunk=None, channels_last=False, compile=(), cap_gib=None),
+    "bf16_cl": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, unet_ckpt=False, loss_chunk=None, channels_last=True, compile=(), cap_gib=None),
+    "paper_compiled": dict(frozen=torch.float32, autocast=torch.float16, unet_ckpt=False, loss_chunk=None, channels_last=False, compile=("vae_decoder", "lpips"), cap_gib=None),
+    "24gib_compiled": dict(frozen=torch.float16, autocast=torch.float16, unet_ckpt=False, loss_chunk=1, channels_last=False, compile=("vae_decoder", "lpips"), cap_gib=24.0),
 }  # fmt: skip
 
 
@@ -123,6 +127,11 @@ def apply_config(module: FiDeSRModule, cfg: dict) -> None:
         bb.unet.enable_gradient_checkpointing()
     else:
         bb.unet.disable_gradient_checkpointing()
+    for name, part in module._compilable_parts().items():  # torch.compile(mode="default") in place, or undone
+        if name in cfg["compile"]:
+            part.compile()
+        elif part is not None:
+            part._compiled_call_impl = None
     for net in (bb.unet, bb.vae):
         net.to(memory_format=torch.channels_last if cfg["channels_last"] else torch.contiguous_format)
 
@@ -159,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         cap = cfg["cap_gib"]
         cap_memory(device, cap)
         step = make_step(module, batch, cfg["autocast"] if cuda else autocast_cpu, device)
-        row = bench.row(f"train step {name}", step, b, needs_s=15,
+        row = bench.row(f"train step {name}", step, b, needs_s=150 if cfg["compile"] else 15,
                         frozen=str(cfg["frozen"]).removeprefix("torch."),
                         autocast=str(cfg["autocast"] if cuda else autocast_cpu).removeprefix("torch."),
-                        unet_ckpt=cfg["unet_ckpt"], loss_chunk=cfg["loss_chunk"],
+                        unet_ckpt=cfg["unet_ckpt"], loss_chunk=cfg["loss_chunk"], compile=list(cfg["compile"]),
                         channels_last=cfg["channels_last"],
                         cap_gib=cap if cuda else None)  # fmt: skip
         if row and "s_per_call" in row:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -46,7 +46,11 @@ class FiDeSRModule(L.LightningModule):
             that a resumed run draws exactly what an uninterrupted one would.
         loss_chunk: decode and score the SR images this many at a time (``None``: the whole batch), each
             chunk's backward run at once; same loss and gradient, a fraction of the decoder + LPIPS
-            activation memory (the 24 GiB mode uses 2).
+            activation memory (``memory=24gib`` uses 1).
+        compile_parts: parts to ``torch.compile`` in place for training (and validation), from
+            ``unet``, ``vae_decoder``, ``lpips``, ``lrrb``: the decoder's fp32 GroupNorm + SiLU at full
+            resolution are memory-bound in eager mode, which fusion addresses.
+        compile_options: keyword arguments of ``torch.compile`` (e.g. ``mode``, ``dynamic``, ``backend``).
     """
 
     def __init__(
@@ -68,6 +72,8 @@ class FiDeSRModule(L.LightningModule):
         min_lq_size: int = 128,
         seed: int = 123,
         loss_chunk: int | None = None,
+        compile_parts: Sequence[str] = (),
+        compile_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if perceptual is None and (lambda_lpips > 0 or daw is not None):
@@ -83,11 +89,27 @@ class FiDeSRModule(L.LightningModule):
         if loss_chunk is not None and loss_chunk < 1:
             raise ValueError(f"model.loss_chunk must be a positive number of images or null, got {loss_chunk}")
         self.loss_chunk = loss_chunk
+        self.compile_parts = tuple(compile_parts)
+        parts = self._compilable_parts()
+        for name in self.compile_parts:
+            if name not in parts:
+                raise ValueError(f"model.compile_parts: unknown part {name!r}; choose from {sorted(parts)}")
+            if parts[name] is None:
+                raise ValueError(f"model.compile_parts names {name!r}, which is switched off in this config")
+            parts[name].compile(**dict(compile_options or {}))
         self.pipeline = FiDeSRPipeline(backbone, lrrb, lfim, color_fix=color_fix, min_lq_size=min_lq_size)
         self.val_set_names: list[str] = ["val"]
         self.run_config: dict | None = None  # the resolved Hydra config, stored in checkpoints
         # Checkpoints hold only what trains; frozen SD weights come from backbone.pretrained.
         self.strict_loading = False
+
+    def _compilable_parts(self) -> dict[str, nn.Module | None]:
+        return {
+            "unet": self.backbone.unet,
+            "vae_decoder": self.backbone.vae.decoder,
+            "lpips": self.perceptual.lpips if self.perceptual is not None else None,
+            "lrrb": self.lrrb,
+        }
 
     # ------------------------------------------------------------------ randomness
     def step_seed(self, stream: int = 0) -> int:
