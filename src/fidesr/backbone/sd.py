@@ -36,8 +36,8 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from err
 
 
-def check_pretrained_folder(folder: Path) -> None:
-    """Fail with one line naming what a local diffusers folder lacks."""
+def check_pretrained_folder(folder: Path, weights: bool = True) -> None:
+    """Fail with one line naming what a local diffusers folder lacks (``weights=False``: configs only)."""
     missing = []
     for sub in SUBFOLDERS:
         marker = "scheduler_config.json" if sub == "scheduler" else None
@@ -48,7 +48,7 @@ def check_pretrained_folder(folder: Path) -> None:
             missing.append(f"{sub}/{marker}")
         elif sub in ("unet", "vae", "text_encoder") and not (path / "config.json").is_file():
             missing.append(f"{sub}/config.json")
-        elif sub in ("unet", "vae", "text_encoder") and not any(
+        elif weights and sub in ("unet", "vae", "text_encoder") and not any(
             p.suffix in (".safetensors", ".bin") for p in path.iterdir()
         ):
             missing.append(f"{sub}/ weights (*.safetensors or *.bin)")
@@ -125,34 +125,44 @@ class StableDiffusionBackbone(nn.Module):
         revision: str | None = None,
         variant: str | None = None,
         local_files_only: bool | None = None,
+        weights: bool = True,
         **kwargs,
     ) -> StableDiffusionBackbone:
         """Load from a hub id or a local diffusers folder (``unet/ vae/ text_encoder/ tokenizer/
-        scheduler/``); remaining kwargs go to the constructor."""
+        scheduler/``); remaining kwargs go to the constructor. ``weights=False`` builds the architecture
+        from the config files alone, randomly initialised (on the meta device inside ``torch.device("meta")``):
+        what ``fidesr-memory`` needs to plan a run without the 5 GB of weights."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
         source = str(pretrained)
         local = Path(source).expanduser()
         if local.exists() or source.startswith((".", "/", "~")):
             if not local.is_dir():
                 raise BackboneLoadError(f"backbone.pretrained={source}: no such folder")
-            check_pretrained_folder(local)
+            check_pretrained_folder(local, weights=weights)
             source = str(local)
         common = {"revision": revision, "local_files_only": local_files_only or False}
         try:
-            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", variant=variant, **common)
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, **common)
-            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", variant=variant, **common)
+            if weights:
+                unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", variant=variant, **common)
+                vae = AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, **common)
+                text_encoder = CLIPTextModel.from_pretrained(
+                    source, subfolder="text_encoder", variant=variant, **common
+                )
+            else:
+                unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(source, subfolder="unet", **common))
+                vae = AutoencoderKL.from_config(AutoencoderKL.load_config(source, subfolder="vae", **common))
+                text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(source, subfolder="text_encoder", **common))
             tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
             scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common)
         except (OSError, ValueError) as err:
             if local.is_dir():
                 raise BackboneLoadError(f"backbone.pretrained={source}: cannot load ({err})") from err
             raise BackboneLoadError(
-                f"cannot load SD weights {source!r} from the Hugging Face hub or its cache ({type(err).__name__}). "
-                "Without network, download the model elsewhere (`huggingface-cli download "
-                f"{source}`) and copy the cache (HF_HOME), or point backbone.pretrained at a local "
+                f"cannot load SD {'weights' if weights else 'configs'} {source!r} from the Hugging Face hub or its "
+                f"cache ({type(err).__name__}). Without network, download the model elsewhere (`huggingface-cli "
+                f"download {source}`) and copy the cache (HF_HOME), or point backbone.pretrained at a local "
                 "diffusers folder with unet/ vae/ text_encoder/ tokenizer/ scheduler/."
             ) from err
         return cls(unet, vae, text_encoder, tokenizer, scheduler, **kwargs)
