@@ -17,11 +17,13 @@ forward made it, backward, optimizer).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -29,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from fidesr.memory import estimate_training_step, fake_gpu, materialize, training_batch
+from fidesr.model import FiDeSRModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import CONFIGS, apply_config, build_module, make_batch, make_step  # noqa: E402
@@ -49,24 +52,40 @@ def estimate(config: str, batch: int, size: int) -> dict:
     }  # fmt: skip
 
 
+@contextlib.contextmanager
+def fake_module(config: str) -> Iterator[FiDeSRModule]:
+    """``train_step.py``'s module in ``config``, on fake tensors (inside :func:`fidesr.memory.fake_gpu`)."""
+    module = build_module(tiny=False, device=torch.device("meta"))
+    apply_config(module, CONFIGS[config])
+    module.log = module.log_dict = lambda *args, **kwargs: None  # no trainer to log to
+    with fake_gpu():
+        materialize(module, torch.device("cpu"))
+        yield module
+
+
+def steady_step(module: FiDeSRModule, config: str, batch: int, size: int) -> Callable[[], object]:
+    """A training step of ``module`` after one untimed step (AdamW's state made, fixed prompts embedded)."""
+    device = torch.device("cpu")
+    step = make_step(module, make_batch(batch, size, device), CONFIGS[config]["autocast"], device, scaler=False)
+    step()
+    return step
+
+
 def flops(config: str, batch: int, size: int) -> dict:
     """FLOPs (``torch.utils.flop_counter``) of one training step and of its parts' forward passes per image."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = CONFIGS[config]
-    module = build_module(tiny=False, device=torch.device("meta"))
-    apply_config(module, cfg)
-    device, bb = torch.device("cpu"), module.backbone
-    latent = size // bb.vae_scale_factor
+    autocast = CONFIGS[config]["autocast"]
 
     def count(fn) -> float:
         counter = FlopCounterMode(display=False)
-        with counter, torch.autocast(device.type, dtype=cfg["autocast"]):
+        with counter, torch.autocast("cpu", dtype=autocast):
             fn()
         return round(counter.get_total_flops() / 1e12, 3)
 
-    with fake_gpu():
-        materialize(module, device)
+    with fake_module(config) as module:
+        bb = module.backbone
+        latent = size // bb.vae_scale_factor
         img, z = torch.empty(1, 3, size, size), torch.empty(1, bb.latent_channels, latent, latent)
         emb, t = torch.empty(1, 77, bb.unet.config.cross_attention_dim), torch.ones(1, dtype=torch.long)
         parts = {
@@ -75,8 +94,7 @@ def flops(config: str, batch: int, size: int) -> dict:
             "vae_decoder": count(lambda: bb.vae.decode(z)),
             "lpips_pair": count(lambda: module.perceptual(img, img)),
         }
-        step = make_step(module, make_batch(batch, size, device), cfg["autocast"], device, scaler=False)
-        step()  # steady state, as the roofline: the fixed prompts' embeddings are cached from here on
+        step = steady_step(module, config, batch, size)  # as the roofline: the steady state
         counter = FlopCounterMode(display=False)
         with counter:
             step()
@@ -129,15 +147,8 @@ class Roofline(TorchDispatchMode):
 
 def roofline(config: str, batch: int, size: int, machine: dict[str, float] = H200) -> dict:
     """The roofline sum of the second of two training steps (the first creates AdamW's state)."""
-    cfg = CONFIGS[config]
-    module = build_module(tiny=False, device=torch.device("meta"))
-    apply_config(module, cfg)
-    module.log = module.log_dict = lambda *a, **k: None
-    device = torch.device("cpu")
-    with fake_gpu():
-        materialize(module, device)
-        step = make_step(module, make_batch(batch, size, device), cfg["autocast"], device, scaler=False)
-        step()
+    with fake_module(config) as module:
+        step = steady_step(module, config, batch, size)
         counter = Roofline(machine)
         with counter:
             step()

@@ -223,7 +223,6 @@ def materialize(module: nn.Module, device: torch.device) -> None:
                 m._buffers[name] = torch.empty_like(b, device=device)
 
 
-
 #: FiDeSRModule parts whose forward allocations are labelled separately (qualified name -> label).
 PARTS = {"backbone.vae.encoder": "vae encoder", "backbone.vae.decoder": "vae decoder", "backbone.unet": "unet",
          "lrrb": "lrrb", "perceptual": "lpips", "csd": "csd teacher", "backbone.text_encoder": "text encoder"}  # fmt: skip
