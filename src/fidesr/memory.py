@@ -136,7 +136,7 @@ def fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
 # aten/src/ATen/autocast_mode.cpp: ops registered for AutocastCUDA but not AutocastCPU). The estimator runs
 # fake *CPU* tensors (the autograd engine wants a CUDA driver for CUDA tensors, even fake ones) under CPU
 # autocast with these kernels added, so that every saved activation gets the dtype it has on a GPU.
-# tests/bench/test_train_memory.py checks the resulting forward trace against fake-CUDA autocast.
+# tests/test_memory.py checks the resulting forward trace against fake-CUDA autocast.
 FP32 = ("acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log1p", "log2", "reciprocal", "rsqrt",
         "sinh", "tan", "pow.Scalar", "pow.Tensor_Scalar", "pow.Tensor_Tensor", "softplus", "layer_norm",
         "native_layer_norm", "group_norm", "rms_norm", "frobenius_norm.dim", "nuclear_norm", "nuclear_norm.dim",
