@@ -22,13 +22,10 @@ import functools
 import json
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from fidesr.memory import estimate_training_step, fake_gpu, materialize, training_batch
 from fidesr.model import FiDeSRModule
@@ -99,65 +96,7 @@ def flops(config: str, batch: int, size: int) -> dict:
         with counter:
             step()
     return {"name": f"train flops {config}", "batch": batch, "size": size,
-            "step_tflop": round(counter.get_total_flops() / 1e12, 2), "forward_tflop_per_image": parts}  # fmt: skip
-
-
-#: NVIDIA H200 SXM: dense fp16/bf16 tensor-core peak, TF32 peak, HBM3e bandwidth (datasheet figures).
-H200 = {"half_flops": 989e12, "fp32_flops": 494e12, "bytes_per_s": 4.8e12}
-
-
-class Roofline(TorchDispatchMode):
-    """Per operator: FLOPs (``torch.utils.flop_counter``'s formulas: matmuls, convolutions, attention) and the
-    bytes it reads and writes (tensor inputs + new outputs; views move nothing); its roofline time is
-    ``max(FLOPs / peak, bytes / bandwidth)``. Summed: a lower bound for the GPU time of eager execution,
-    with the operator count that the CPU has to dispatch."""
-
-    def __init__(self, machine: dict[str, float]) -> None:
-        super().__init__()
-        self.machine = machine
-        self.seconds: Counter[str] = Counter()  # "compute" (FLOP-bound ops) / "memory" (bandwidth-bound ops)
-        self.by_op: Counter[str] = Counter()  # roofline seconds per operator
-        self.ops = 0
-        self.flops = 0.0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        from torch.utils.flop_counter import flop_registry
-
-        out = func(*args, **(kwargs or {}))
-        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        seen = {t.untyped_storage()._cdata for t in inputs}
-        new = [t for t in outputs if t.untyped_storage()._cdata not in seen]
-        if not new and func.overloadpacket not in flop_registry and torch.Tag.inplace_view not in func.tags:
-            if all(t.untyped_storage()._cdata in seen for t in outputs) and not func._schema.is_mutable:
-                return out  # a view or metadata op: no kernel
-        nbytes = sum(t.numel() * t.element_size() for t in inputs + new)
-        flops = 0.0
-        if func.overloadpacket in flop_registry:
-            flops = flop_registry[func.overloadpacket](*args, **(kwargs or {}), out_val=out)
-        half = any(t.dtype in (torch.float16, torch.bfloat16) for t in inputs)
-        peak = self.machine["half_flops" if half else "fp32_flops"]
-        compute, memory = flops / peak, nbytes / self.machine["bytes_per_s"]
-        self.seconds["compute" if compute >= memory else "memory"] += max(compute, memory)
-        self.by_op[func.overloadpacket.__name__] += max(compute, memory)
-        self.ops += 1
-        self.flops += flops
-        return out
-
-
-def roofline(config: str, batch: int, size: int, machine: dict[str, float] = H200) -> dict:
-    """The roofline sum of the second of two training steps (the first creates AdamW's state)."""
-    with fake_module(config) as module:
-        step = steady_step(module, config, batch, size)
-        counter = Roofline(machine)
-        with counter:
-            step()
-    total = sum(counter.seconds.values())
-    return {"name": f"train roofline {config}", "batch": batch, "size": size, "machine": "H200 datasheet",
-            "roofline_s": round(total, 4), "flop_bound_s": round(counter.seconds["compute"], 4),
-            "bandwidth_bound_s": round(counter.seconds["memory"], 4), "tflop": round(counter.flops / 1e12, 2),
-            "kernels": counter.ops,
-            "top_ops_ms": {k: round(v * 1e3, 1) for k, v in counter.by_op.most_common(8)}}  # fmt: skip
+            "step_tflop": round(counter.get_total_flops() / 1e12, 3), "forward_tflop_per_image": parts}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--out", type=Path, default=None, help="append JSON rows to this file")
     ap.add_argument("--flops", action="store_true", help="also count the FLOPs of a step and of its parts")
-    ap.add_argument("--roofline", action="store_true", help="also sum the roofline times of the step's operators")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.flops:
@@ -178,13 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None:
             with args.out.open("a") as fh:
                 fh.write(json.dumps({"date": time.strftime("%Y-%m-%d"), **row}) + "\n")
-    if args.roofline:
-        for name in args.configs:
-            row = roofline(name, args.batch, args.size)
-            print(json.dumps(row), flush=True)
-            if args.out is not None:
-                with args.out.open("a") as fh:
-                    fh.write(json.dumps({"date": time.strftime("%Y-%m-%d"), **row}) + "\n")
     rows = []
     for name in args.configs:
         row = estimate(name, args.batch, args.size)
