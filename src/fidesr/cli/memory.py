@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def estimate_config(overrides: list[str]):
-    """Compose the training config and estimate its step: ``(config, MemoryEstimate, autocast dtype)``."""
+    """Compose the training config and estimate its step: ``(config, MemoryEstimate)``."""
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
     from omegaconf import open_dict
@@ -43,7 +43,9 @@ def estimate_config(overrides: list[str]):
     from fidesr.memory import estimate_training_step, training_batch
 
     with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, "paths.output_dir=/tmp/fidesr-memory"])
+        # Nothing is written; a fixed output dir only spares resolving the run-time timestamp.
+        own_dir = any(o.startswith("paths.output_dir=") for o in overrides)
+        cfg = compose("train", overrides=[*overrides, *([] if own_dir else ["paths.output_dir=/tmp/fidesr-memory"])])
     if cfg.backbone._target_ != FROM_PRETRAINED:
         raise ValueError(
             f"fidesr-memory builds SD backbones from their config files (backbone=sd21, any hub id or folder); "
@@ -63,13 +65,13 @@ def estimate_config(overrides: list[str]):
         warnings.simplefilter("ignore")  # "copying ... to a meta parameter is a no-op": shapes are all we need
         model = instantiate(cfg.model)
     batch = functools.partial(training_batch, int(cfg.data.batch_size), int(cfg.data.crop_size))
-    return cfg, estimate_training_step(model, batch, PRECISIONS[precision]), PRECISIONS[precision]
+    return cfg, estimate_training_step(model, batch, PRECISIONS[precision])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg, est, autocast = estimate_config(args.overrides)
+        cfg, est = estimate_config(args.overrides)
     except Exception as err:  # noqa: BLE001 - one clear line for config, folder and hub errors
         print(f"fidesr-memory: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
