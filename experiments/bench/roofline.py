@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from fidesr.memory import fake_gpu, materialize
-from fidesr.pipeline import FiDeSRPipeline, fuse_lora
+from fidesr.pipeline import FiDeSRPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference import build_backbone, random_lrrb  # noqa: E402
@@ -96,16 +96,14 @@ def result(name: str, counter: Roofline, per: int, **info) -> dict:
 def inference_roofline(batch: int, lq_size: int = 128, dtype: torch.dtype = torch.bfloat16,
                        machine: dict[str, float] = H200) -> dict:  # fmt: skip
     """Per image: ``inference.py``'s FiDeSR pipeline (LoRA merged, LRRB, LFIM, AdaIN), LQ ``lq_size`` -> x4."""
-    backbone = build_backbone(False, torch.device("meta"), lora_rank=8, lora_alpha=8)
-    lrrb, lfim = random_lrrb(torch.device("meta")), LatentFrequencyInjection()
-    fuse_lora(backbone)
-    for module in (backbone, lrrb):
-        module.requires_grad_(False).eval().to(dtype)
-    backbone.alphas_cumprod.data = backbone.alphas_cumprod.data.float()
+    meta = torch.device("meta")
+    backbone = build_backbone(False, meta, lora_rank=8, lora_alpha=8)
+    # The pipeline as inference.py builds it, on the meta device (shapes only), then made fake.
+    pipe = FiDeSRPipeline.for_inference(backbone, random_lrrb(meta), LatentFrequencyInjection(), device=meta,
+                                        dtype=dtype, offload_text_encoder=False, min_lq_size=lq_size)  # fmt: skip
     with fake_gpu(), torch.no_grad():
-        for module in (backbone, lrrb, lfim):
+        for module in (pipe.backbone, pipe.lrrb, pipe.lfim):
             materialize(module, torch.device("cpu"))
-        pipe = FiDeSRPipeline(backbone, lrrb, lfim, min_lq_size=lq_size)
         lq = torch.empty(batch, 3, lq_size, lq_size)
         pipe(lq)  # the empty prompt's embedding is cached from here on, as in a served model
         counter = Roofline(machine)

@@ -49,6 +49,19 @@ def estimate(config: str, batch: int, size: int) -> dict:
     }  # fmt: skip
 
 
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def measured_peak_gib(config: str, results: Path = RESULTS / "train.jsonl") -> float:
+    """``torch.cuda.max_memory_allocated`` measured by ``train_step.py`` for ``config`` on a GPU (the rows in
+    ``results/train.jsonl``, H200): the reference the estimates are checked against."""
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    peaks = [r["peak_gib"] for r in rows if r.get("name") == f"train step {config}" and "peak_gib" in r]
+    if not peaks:
+        raise KeyError(f"no GPU measurement of {config!r} in {results}")
+    return float(peaks[-1])
+
+
 @contextlib.contextmanager
 def fake_module(config: str) -> Iterator[FiDeSRModule]:
     """``train_step.py``'s module in ``config``, on fake tensors (inside :func:`fidesr.memory.fake_gpu`)."""
@@ -63,7 +76,7 @@ def fake_module(config: str) -> Iterator[FiDeSRModule]:
 def steady_step(module: FiDeSRModule, config: str, batch: int, size: int) -> Callable[[], object]:
     """A training step of ``module`` after one untimed step (AdamW's state made, fixed prompts embedded)."""
     device = torch.device("cpu")
-    step = make_step(module, make_batch(batch, size, device), CONFIGS[config]["autocast"], device, scaler=False)
+    step = make_step(module, make_batch(batch, size, device), CONFIGS[config]["autocast"], device)
     step()
     return step
 

@@ -67,22 +67,17 @@ def set_frozen_dtype(module: FiDeSRModule, dtype: torch.dtype) -> None:
     bb._prompt_cache.clear()  # cached embeddings follow the text encoder's dtype
 
 
-def make_step(module: FiDeSRModule, batch: dict, autocast: torch.dtype, device: torch.device, scaler: bool = True):
-    """One optimizer step as Lightning runs it (autocast forward, (scaled) backward, clip 1.0, AdamW).
-
-    ``scaler=False`` leaves out fp16 loss scaling (the memory estimator: its inf checks need real values).
-    The step takes an optional ``phases`` callback, told "backward" and "optimizer" as they start."""
+def make_step(module: FiDeSRModule, batch: dict, autocast: torch.dtype, device: torch.device):
+    """One optimizer step as Lightning runs it (autocast forward, backward scaled in fp16 on CUDA, clip 1.0,
+    AdamW)."""
     params = module.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    use_scaler = scaler and autocast == torch.float16 and device.type == "cuda"
-    grad_scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    grad_scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16 and device.type == "cuda")
 
-    def step(phases=lambda phase: None) -> torch.Tensor:
+    def step() -> torch.Tensor:
         with torch.autocast(device.type, dtype=autocast):
             loss = module.training_step(batch, 0)
-        phases("backward")
         grad_scaler.scale(loss).backward()
-        phases("optimizer")
         grad_scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         grad_scaler.step(opt)

@@ -95,17 +95,18 @@ class LiveBytes(TorchDispatchMode):
 
 @contextlib.contextmanager
 def label_modules(tracker: LiveBytes, root: nn.Module, names: dict[str, str]) -> Iterator[None]:
-    """While a module named in ``names`` (qualified name -> label) runs forward, new storages get its label
-    (the innermost one wins; CSD's teacher pass is labelled by the CSD module around the UNet)."""
+    """While a module named in ``names`` (qualified name -> label) runs forward, new storages get its label.
+    The outermost named module wins: the UNet called by the CSD module counts as the CSD teacher pass."""
     modules = dict(root.named_modules())
-    stack: list[str] = []
+    stack: list[str] = []  # the labels in force before each named module still running
     handles = []
     for qual, label in names.items():
         m = modules[qual]
 
         def pre(_m, _args, label=label):
             stack.append(tracker.where)
-            tracker.where = label if not tracker.where.startswith("csd") else tracker.where
+            if len(stack) == 1:
+                tracker.where = label
 
         def post(_m, _args, _out):
             tracker.where = stack.pop()

@@ -12,11 +12,8 @@ import torch
 from fidesr.cli.memory import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "bench"))
+import train_memory  # noqa: E402
 from inference import SD21_TEXT, SD21_UNET, SD21_VAE  # noqa: E402
-
-#: torch.cuda.max_memory_allocated of a paper-configuration step at batch 8 x 512 px on an H200
-#: (experiments/bench/results/train.jsonl).
-H200_PAPER_PEAK_GIB = 62.414
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +45,7 @@ def test_paper_config_and_presets_from_config_files_alone(sd21_configs: Path, ca
     """The paper experiment at batch 8 matches the H200 measurement; memory=24gib fits a 24 GiB card."""
     common = ["experiment=fidesr_sd21", f"backbone.pretrained={sd21_configs}", "data.batch_size=8"]
     paper = _estimate(capsys, *common)
-    assert paper["estimated_peak_gib"] == pytest.approx(H200_PAPER_PEAK_GIB, rel=0.02)
+    assert paper["estimated_peak_gib"] == pytest.approx(train_memory.measured_peak_gib("paper"), rel=0.02)
     assert (paper["batch_size"], paper["crop_size"], paper["precision"]) == (8, 512, "16-mixed")
     assert paper["verdict"] == "does not fit"
     small = _estimate(capsys, *common, "memory=24gib")
