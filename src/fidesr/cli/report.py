@@ -424,6 +424,15 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save_figure(fig: Any, path: Path, title: str, rect: tuple[float, ...] | None = None) -> Path:
+    """Title, lay out, write at 120 dpi and close a figure; returns ``path``."""
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
 def _colors(n: int) -> list[Any]:
     plt = _pyplot()
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
@@ -473,11 +482,7 @@ def _curves_figure(confs: Sequence[Configuration], series: Mapping[str, Mapping[
     fig.legend(
         handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8, frameon=False
     )
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.08 if nrow == 1 else 0.05, 1, 0.95))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, title, rect=(0, 0.08 if nrow == 1 else 0.05, 1, 0.95))
 
 
 def plot_training_curves(confs: Sequence[Configuration], path: Path) -> Path | None:
@@ -537,11 +542,7 @@ def plot_perception_distortion(rows: Sequence[Mapping[str, Any]], path: Path) ->
         ax.set_xlabel(header("psnr") + "  (distortion: right is better)")
         ax.set_ylabel(header(m) + ("  (lower is better)" if lower_better(m) else "  (higher is better)"))
         ax.grid(alpha=0.3)
-    fig.suptitle("Perception-distortion", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, "Perception-distortion")
 
 
 def plot_bars(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], path: Path) -> Path | None:
@@ -574,11 +575,7 @@ def plot_bars(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], path: P
         ax.grid(alpha=0.3, axis="y")
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
-    fig.suptitle("Final validation metrics (outlined: best)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, "Final validation metrics (outlined: best)")
 
 
 # ---------------------------------------------------------------------------------------------- W&B
@@ -793,11 +790,7 @@ def plot_lfim(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], out: Pa
             ax.set_xlabel(header(p))
             ax.set_ylabel(header(f))
         axes.flat[0].legend(fontsize=7)
-        fig.suptitle("LFIM trade-off: fidelity vs perception as the strengths rise", fontsize=11)
-        fig.tight_layout()
-        fig.savefig(out / "lfim_tradeoff.png", dpi=120)
-        plt.close(fig)
-        files.append(out / "lfim_tradeoff.png")
+        files.append(_save_figure(fig, out / "lfim_tradeoff.png", "LFIM trade-off: fidelity vs perception as the strengths rise"))
     ncol = min(3, len(metrics))
     nrow = math.ceil(len(metrics) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.4 * nrow), squeeze=False)
@@ -808,11 +801,7 @@ def plot_lfim(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], out: Pa
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle("Metrics vs LFIM strength", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(out / "lfim_strength.png", dpi=120)
-    plt.close(fig)
-    files.append(out / "lfim_strength.png")
+    files.append(_save_figure(fig, out / "lfim_strength.png", "Metrics vs LFIM strength"))
     return files
 
 
