@@ -14,7 +14,9 @@ REALSR = SHARED / "datasets" / "realsr"
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread for the whole suite: the tensors are small, and on a shared 2-core machine OpenMP
+# threads mostly wait on each other (NIQE's float64 ops, the degradation ops: 2-9x slower with two).
+torch.set_num_threads(1)
 
 # The tiny backbone as tests use it: same architecture as the demo's, a very short VAE warm-up (the tests
 # check plumbing and exactness, not image quality) and a random conv_out, so that the CSD teacher and the

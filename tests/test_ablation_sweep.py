@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from fidesr.metrics.tables import read_csv
@@ -19,7 +18,6 @@ from fidesr.runinfo import RUN_INFO, SweepSummary, read_run_info, run_job, write
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------------------------------------- configs

@@ -25,8 +25,6 @@ from fidesr.export import load_adapter, read_checkpoint, trained_state
 from fidesr.pipeline import FiDeSRPipeline
 from fidesr.tiling import seam_score, tile_borders, tile_starts
 
-torch.set_num_threads(1)
-
 LFIM_CFG = {"_target_": "fidesr.components.lfim.LatentFrequencyInjection", "lf_scale": 0.2, "hf_scale": 0.2}
 LRRB_CFG = {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock", "latent_channels": 4}
 

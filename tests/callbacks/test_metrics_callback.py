@@ -29,12 +29,10 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     wd = tmp_path_factory.mktemp("weights")
     monkeypatch.setenv("FIDESR_WEIGHTS_DIR", str(wd))
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    home, hub, threads = os.environ.get("TORCH_HOME"), torch.hub._hub_dir, torch.get_num_threads()
-    torch.set_num_threads(1)
+    home, hub = os.environ.get("TORCH_HOME"), torch.hub._hub_dir
     yield wd
     os.environ.pop("TORCH_HOME", None) if home is None else os.environ.update(TORCH_HOME=home)
     torch.hub._hub_dir = hub
-    torch.set_num_threads(threads)
 
 
 def _pairs(n: int, seed: int) -> list[dict]:

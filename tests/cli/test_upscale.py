@@ -12,15 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fidesr.backbone.sd import StableDiffusionBackbone
 from fidesr.cli.upscale import main
 from fidesr.components.lrrb import LatentResidualRefinementBlock
 from fidesr.export import save_adapter, trained_state
-
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

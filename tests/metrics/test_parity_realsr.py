@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import torch
 from _metrics_shared import NIQE_NPZ, REALSR, needs_niqe_npz, needs_realsr
 from hydra import compose, initialize_config_module
 
@@ -37,18 +34,9 @@ def parse_osediff_log(path: Path) -> tuple[dict[str, dict[str, float]], dict[str
     return per_image, mean
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    # NIQE runs many small float64 ops: on a busy 2-core machine two OpenMP threads are ~9x slower than one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @needs_realsr
 @needs_niqe_npz
-def test_realsr_folder_mode_reproduces_osediff_log(tmp_path: Path, weights_dir: Path, one_thread: None) -> None:
+def test_realsr_folder_mode_reproduces_osediff_log(tmp_path: Path, weights_dir: Path) -> None:
     W.adopt([NIQE_NPZ], weights_dir, log=lambda _: None)
     log_rows, log_mean = parse_osediff_log(REALSR / "osediff_metrics.log")
     assert len(log_rows) == 100 and log_mean["niqe"] == 5.6476

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -11,15 +9,6 @@ import torch.nn.functional as F
 
 from fidesr.data.degradations import kernels as K
 from fidesr.data.degradations import ops
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny tensors: intra-op threading only adds overhead (and stalls badly on a shared 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _image(b: int = 2, h: int = 40, w: int = 48, seed: int = 0) -> torch.Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,15 +14,6 @@ from fidesr.data.degradations import (
     RealESRGANDegradation,
     load_preset,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny tensors: intra-op threading only adds overhead (and stalls badly on a shared 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _gt(b: int, h: int = 64, w: int = 80, seed: int = 0) -> torch.Tensor:
