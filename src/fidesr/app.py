@@ -38,7 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("fidesr.app")
 
 #: Photographs inside scikit-image's wheel (no download), as (file, crop box y, x, size) -> LQ examples.
-EXAMPLE_PHOTOS = (("motorcycle_right.png", 10, 130, 480), ("astronaut.png", 0, 0, 512), ("coffee.png", 0, 100, 400))
+EXAMPLE_PHOTOS = (
+    ("motorcycle_right.png", 10, 130, 480),
+    ("astronaut.png", 0, 0, 512),
+    ("coffee.png", 0, 100, 400),
+)
 #: Slider range of the LFIM strengths (the released settings are 0.2 / 0.2; 0 switches a branch off).
 STRENGTH_MAX = 1.0
 
@@ -90,7 +94,9 @@ def read_upload(path: str | os.PathLike, limits: InputLimits = InputLimits()) ->
     except Image.DecompressionBombError as err:
         raise AppInputError(f"{name} is far too large to process ({err}).") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        raise AppInputError(f"{name} is not an image file that can be read (PNG, JPEG, WebP, TIFF, BMP...).") from None
+        raise AppInputError(
+            f"{name} is not an image file that can be read (PNG, JPEG, WebP, TIFF, BMP...)."
+        ) from None
     if width * height > limits.max_pixels:
         raise AppInputError(
             f"{name} is {width} x {height} px ({width * height / 1e6:.1f} MP); this app takes inputs up to "
@@ -139,13 +145,17 @@ def upscale_request(
         if lf_scale or hf_scale:
             raise AppInputError("this model has no LFIM (lfim: null): its strengths cannot be set")
         lf_scale = hf_scale = None
-    lq = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 255 if isinstance(image, np.ndarray) else image
+    lq = image
+    if isinstance(image, np.ndarray):
+        lq = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
     generator = torch.Generator(device=pipe.device).manual_seed(seed)
     start = time.perf_counter()
     out = pipe(lq[None], lf_scale=lf_scale, hf_scale=hf_scale, color_fix=color_fix, generator=generator)
     sr, bicubic = out.sr[0].cpu(), out.lq_up[0].cpu()  # .cpu() waits for the device: the time is complete
     seconds = time.perf_counter() - start
-    tag = "nolfim" if pipe.lfim is None else f"lf{_strength(pipe, 'lf_scale', lf_scale):.2f}_hf{_strength(pipe, 'hf_scale', hf_scale):.2f}"
+    tag = "nolfim"
+    if pipe.lfim is not None:
+        tag = f"lf{_strength(pipe, 'lf_scale', lf_scale):.2f}_hf{_strength(pipe, 'hf_scale', hf_scale):.2f}"
     png = save_image(sr, Path(out_dir) / f"{name}_x{pipe.scale}_{tag}_{color_fix}.png")
     return AppResult(sr=to_uint8(sr), bicubic=to_uint8(bicubic), seconds=seconds, png=png)
 
@@ -239,7 +249,9 @@ def build_app(
                                label="LFIM low-frequency strength" + no_lfim)  # fmt: skip
                 hf = gr.Slider(0.0, STRENGTH_MAX, value=hf0, step=0.05, interactive=has_lfim, elem_id="fidesr-hf",
                                label="LFIM high-frequency strength" + no_lfim)  # fmt: skip
-                color = gr.Radio(list(COLOR_FIXES), value=pipe.color_fix, label="Colour fix", elem_id="fidesr-color")
+                color = gr.Radio(
+                    list(COLOR_FIXES), value=pipe.color_fix, label="Colour fix", elem_id="fidesr-color"
+                )
                 button = gr.Button("Upscale", variant="primary", elem_id="fidesr-run")
                 if examples:
                     gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Examples")
@@ -251,7 +263,9 @@ def build_app(
                                              elem_id="fidesr-download")  # fmt: skip
         inputs, outputs = [upload, lf, hf, color], [compare, timing, download]
         # One model, one request at a time (queue); a burst of slider moves runs only the last one.
-        button.click(lambda *a: run(*a, required=True), inputs, outputs, concurrency_limit=1, concurrency_id="model")
+        button.click(
+            lambda *a: run(*a, required=True), inputs, outputs, concurrency_limit=1, concurrency_id="model"
+        )
         gr.on([lf.release, hf.release, color.input], lambda *a: run(*a, required=False), inputs, outputs,
               concurrency_limit=1, concurrency_id="model", trigger_mode="always_last")  # fmt: skip
         # A new image: the previous result no longer belongs to it.

@@ -38,7 +38,9 @@ def pipe(tiny_backbone_folder: Path) -> FiDeSRPipeline:
 def _picture(h: int = 32, w: int = 32) -> np.ndarray:
     """[h, w, 3] uint8 with flat areas and edges (LFIM's gates need both)."""
     y, x = np.mgrid[0:h, 0:w]
-    return np.stack([128 + 100 * np.sin(x / 3), 128 + 100 * np.cos(y / 4), 255.0 * ((x // 8 + y // 8) % 2)], 2).astype(np.uint8)
+    return np.stack(
+        [128 + 100 * np.sin(x / 3), 128 + 100 * np.cos(y / 4), 255.0 * ((x // 8 + y // 8) % 2)], 2
+    ).astype(np.uint8)
 
 
 def test_strengths_and_colour_fix_change_the_result(pipe: FiDeSRPipeline, tmp_path: Path) -> None:
@@ -46,10 +48,17 @@ def test_strengths_and_colour_fix_change_the_result(pipe: FiDeSRPipeline, tmp_pa
     base = upscale_request(pipe, img, 0.2, 0.2, "adain", tmp_path, name="pic")
     assert base.sr.shape == base.bicubic.shape == (128, 128, 3) and base.sr.dtype == np.uint8
     assert base.seconds > 0 and base.png == tmp_path / "pic_x4_lf0.20_hf0.20_adain.png"
-    assert np.array_equal(np.asarray(Image.open(base.png)), base.sr)  # the download is the full-resolution result
+    assert np.array_equal(
+        np.asarray(Image.open(base.png)), base.sr
+    )  # the download is the full-resolution result
     # The bicubic baseline is the pipeline's own upsampling of the same input.
     lq = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255
-    assert np.abs(base.bicubic.astype(int) - np.asarray(pipe.upsample(lq)[0][0].permute(1, 2, 0) * 255).round()).max() <= 1
+    assert (
+        np.abs(
+            base.bicubic.astype(int) - np.asarray(pipe.upsample(lq)[0][0].permute(1, 2, 0) * 255).round()
+        ).max()
+        <= 1
+    )
     again = upscale_request(pipe, img, 0.2, 0.2, "adain", tmp_path, name="pic")
     assert np.array_equal(again.sr, base.sr)  # fixed seed: only the settings change the result
     for lf, hf, fix in ((0.2, 0.9, "adain"), (0.9, 0.2, "adain"), (0.0, 0.0, "adain"), (0.2, 0.2, "none")):
@@ -72,7 +81,10 @@ def test_invalid_settings_are_messages(pipe: FiDeSRPipeline, tmp_path: Path) -> 
 def _png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG that declares width x height px and holds no pixels: a decompression bomb costs nothing to make."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
     return path
 
@@ -86,16 +98,26 @@ def test_bad_uploads_give_a_clear_message(tmp_path: Path) -> None:
         read_upload(tmp_path / "notes.png")
     with pytest.raises(AppInputError, match=r"^bomb.png is far too large to process"):
         read_upload(_png_header_only(tmp_path / "bomb.png", 40_000, 40_000))  # PIL's own bomb limit
-    with pytest.raises(AppInputError, match=r"^big.png is 3000 x 2000 px \(6.0 MP\); this app takes inputs up to 1.0 MP"):
-        read_upload(_png_header_only(tmp_path / "big.png", 3000, 2000))  # the app's limit, checked before decoding
+    with pytest.raises(
+        AppInputError, match=r"^big.png is 3000 x 2000 px \(6.0 MP\); this app takes inputs up to 1.0 MP"
+    ):
+        read_upload(
+            _png_header_only(tmp_path / "big.png", 3000, 2000)
+        )  # the app's limit, checked before decoding
     Image.fromarray(_picture(8, 40)).save(tmp_path / "tiny.png")
-    with pytest.raises(AppInputError, match=r"^tiny.png is 40 x 8 px, too small: the app needs at least 16 px"):
+    with pytest.raises(
+        AppInputError, match=r"^tiny.png is 40 x 8 px, too small: the app needs at least 16 px"
+    ):
         read_upload(tmp_path / "tiny.png")
     data = good.read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(AppInputError, match=r"^cut.png is corrupt or truncated"):
         read_upload(tmp_path / "cut.png")
-    assert read_upload(good, InputLimits(min_side=16, max_pixels=480)).shape == (3, 20, 24)  # exactly at the limit
+    assert read_upload(good, InputLimits(min_side=16, max_pixels=480)).shape == (
+        3,
+        20,
+        24,
+    )  # exactly at the limit
 
 
 def test_examples_and_page_build_offline(pipe: FiDeSRPipeline, tmp_path: Path) -> None:
@@ -114,4 +136,8 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "give exactly one of --checkpoint or --official" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path / "missing.safetensors"), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
-    assert "fidesr-app: cannot load the model from" in err and "missing.safetensors" in err and "Traceback" not in err
+    assert (
+        "fidesr-app: cannot load the model from" in err
+        and "missing.safetensors" in err
+        and "Traceback" not in err
+    )

@@ -23,20 +23,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fidesr-app", description="Interactive FiDeSR explorer in the browser "
                                 "(LFIM strengths, colour fix, before/after against bicubic).")  # fmt: skip
     src = p.add_argument_group("model (one of)")
-    src.add_argument("--checkpoint", type=Path, help="training checkpoint (.ckpt) or exported adapter (.safetensors)")
+    src.add_argument(
+        "--checkpoint", type=Path, help="training checkpoint (.ckpt) or exported adapter (.safetensors)"
+    )
     src.add_argument("--official", type=Path, metavar="PKL", help="official FiDeSR checkpoint (fidesr.pkl)")
     src.add_argument("--pretrained", help="base SD 2.1-base: hub id or local diffusers folder (required with "
                      "--official; overrides the one stored in a checkpoint/adapter)")  # fmt: skip
     s = p.add_argument_group("server")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
     s.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     s.add_argument("--max-input-mp", type=float, default=1.0,
                    help="largest input accepted, in megapixels (default 1.0: 1024 x 1024 -> 4096 x 4096 px)")  # fmt: skip
     s.add_argument("--no-examples", action="store_true", help="no example images in the page")
     m = p.add_argument_group("inference (as fidesr-upscale)")
     m.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
-    m.add_argument("--tile", type=int, default=96, help="latent tile size in latent px (x8 image px); 0 = no tiling")
-    m.add_argument("--tile-overlap", type=int, default=32, help="latent tile overlap in latent px (default 32)")
+    m.add_argument(
+        "--tile", type=int, default=96, help="latent tile size in latent px (x8 image px); 0 = no tiling"
+    )
+    m.add_argument(
+        "--tile-overlap", type=int, default=32, help="latent tile overlap in latent px (default 32)"
+    )
     m.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True,
                    help="tiled VAE encode / decode of large images")  # fmt: skip
     m.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
@@ -59,7 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
-        print("fidesr-app: Gradio is not installed; install the extra: pip install 'fidesr[app]'", file=sys.stderr)
+        print(
+            "fidesr-app: Gradio is not installed; install the extra: pip install 'fidesr[app]'",
+            file=sys.stderr,
+        )
         return 1
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's start-up self-check requests
