@@ -222,7 +222,7 @@ def build_app(
         except AppInputError as err:
             log.warning("fidesr-app: rejected upload: %s", err)
             raise gr.Error(str(err), title="Cannot use this image", print_exception=False) from None
-        except (RuntimeError, MemoryError) as err:  # e.g. out of memory on a large image: the server goes on
+        except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory: the server goes on
             log.error("fidesr-app: the model failed: %s: %s", type(err).__name__, err)
             raise gr.Error(f"The model failed on this image ({type(err).__name__}: {err}). A smaller image may work.",
                            title="Processing failed", print_exception=False) from None  # fmt: skip
@@ -234,7 +234,8 @@ def build_app(
         # The SR is shown from its PNG (no second encoding); the bicubic baseline as a lossless array.
         return (res.bicubic, str(res.png)), timing, gr.DownloadButton(value=str(res.png), interactive=True)
 
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    # delete_cache: Gradio's copies of uploads and results go after an hour (and when the server restarts).
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             f"# FiDeSR one-step diffusion super-resolution\n"
             f"Upload a low-quality image, press **Upscale**, then move the LFIM strengths: the low-frequency "
