@@ -71,11 +71,25 @@ def test_strengths_and_colour_fix_change_the_result(pipe: FiDeSRPipeline, tmp_pa
     assert np.array_equal(as_tensor.sr, base.sr)
 
 
-def test_invalid_settings_are_messages(pipe: FiDeSRPipeline, tmp_path: Path) -> None:
+def test_invalid_settings_and_a_model_without_lfim(pipe: FiDeSRPipeline, tmp_path: Path) -> None:
     with pytest.raises(AppInputError, match="colour fix must be one of adain, wavelet, none"):
         upscale_request(pipe, _picture(), 0.2, 0.2, "sepia", tmp_path)
     with pytest.raises(AppInputError, match="high-frequency strength must be a number >= 0"):
         upscale_request(pipe, _picture(), 0.2, -1.0, "adain", tmp_path)
+    # A model without LFIM: its strengths cannot be set, the page's sliders are off, the rest works.
+    plain = FiDeSRPipeline(pipe.backbone, pipe.lrrb, None, min_lq_size=16)
+    with pytest.raises(AppInputError, match="this model has no LFIM"):
+        upscale_request(plain, _picture(), 0.2, 0.2, "adain", tmp_path)
+    assert (
+        upscale_request(plain, _picture(), None, None, "adain", tmp_path).png.name
+        == "image_x4_nolfim_adain.png"
+    )
+    sliders = [
+        b
+        for b in build_app(plain, tmp_path).blocks.values()
+        if getattr(b, "elem_id", "") in ("fidesr-lf", "fidesr-hf")
+    ]
+    assert len(sliders) == 2 and not any(s.interactive for s in sliders)
 
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:
