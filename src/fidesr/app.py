@@ -10,7 +10,7 @@ Two layers, so that the logic is testable without a browser:
 - :func:`read_upload` (file -> image tensor, or :class:`AppInputError` with a message for the page) and
   :func:`upscale_request` (image + strengths + colour fix -> :class:`AppResult`) are plain functions;
 - :func:`build_app` wires them into a ``gr.Blocks``; :func:`launch_app` serves it offline (no analytics, no
-  share link, the theme's fonts are Gradio's bundled ones or the system's).
+  share link, system fonts).
 """
 
 from __future__ import annotations

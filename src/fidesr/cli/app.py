@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
     s.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    s.add_argument("--max-input-mp", type=float, default=1.0,
-                   help="largest input accepted, in megapixels (default 1.0: 1024 x 1024 -> 4096 x 4096 px)")  # fmt: skip
+    s.add_argument("--max-input-px", type=int, default=1024 * 1024, metavar="PIXELS",
+                   help="largest input accepted, width x height (default 1048576: 1024 x 1024 -> 4096 x 4096 px)")  # fmt: skip
     s.add_argument("--no-examples", action="store_true", help="no example images in the page")
     m = p.add_argument_group("inference (as fidesr-upscale)")
     m.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
@@ -60,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.official is None):
         parser.error("give exactly one of --checkpoint or --official")
-    if args.max_input_mp <= 0:
-        parser.error("--max-input-mp must be > 0")
+    if args.max_input_px <= 0:
+        parser.error("--max-input-px must be > 0")
     # Before Gradio is imported: it reads this at import time (no usage statistics, no version check).
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="fidesr-app-") as work_dir:
         examples = [] if args.no_examples else write_examples(Path(work_dir) / "examples", scale=args.scale)
-        limits = InputLimits(max_pixels=int(args.max_input_mp * 1e6))
+        limits = InputLimits(max_pixels=args.max_input_px)
         demo = build_app(pipe, Path(work_dir) / "outputs", limits=limits, examples=examples, seed=args.seed)
         try:
             launch_app(demo, work_dir, host=args.host, port=args.port)
