@@ -269,6 +269,15 @@ class FiDeSRModule(L.LightningModule):
             keys |= {f"lrrb.{k}" for k in self.lrrb.state_dict()}
         return keys
 
+    @classmethod
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> FiDeSRModule:  # type: ignore[override]
+        """Not supported: the module is built from the Hydra config (components, not hyper-parameters)."""
+        raise NotImplementedError(
+            "FiDeSRModule is composed from the Hydra config, so Lightning's load_from_checkpoint cannot rebuild "
+            "it. For inference: fidesr.pipeline.FiDeSRPipeline.from_pretrained(path) (checkpoint, exported folder, "
+            "official .pkl or Hub id); to train on: fidesr-train <the run's overrides> ckpt_path=path"
+        )
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}

@@ -115,5 +115,7 @@ def load_torch_file(path: str | os.PathLike, what: str, unsafe_pickle: bool = Fa
             "fidesr loads model files as data only; if you trust the file's origin, --unsafe-pickle "
             "(unsafe_pickle=True) unpickles it fully, which runs any code it names"
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ModelFileError(f"{path} is not a readable {what} (corrupt or truncated?): {err}") from err
+    except Exception as err:  # noqa: BLE001 - arbitrary bytes raise anything (IndexError, EOFError, ...)
+        raise ModelFileError(
+            f"{path} is not a readable {what} (corrupt, truncated or not a torch file): {type(err).__name__}: {err}"
+        ) from err
