@@ -128,3 +128,25 @@ def trained_model(tiny_backbone_folder: Path, tmp_path_factory: pytest.TempPathF
     return {"ckpt": ckpt, "backbone": backbone, "lrrb": lrrb, "live": live, "folder": tiny_backbone_folder}
 
 
+
+
+def write_png_bomb(path: Path, side: int = 100_000) -> Path:
+    """A valid PNG whose header claims ``side`` x ``side`` RGB pixels, a few hundred bytes on disk: a
+    decompression bomb (the pixels would take side^2 x 3 bytes once decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+                     + chunk(b"IEND", b""))  # fmt: skip
+    return path
+
+
+@pytest.fixture
+def png_bomb():
+    """write_png_bomb(path, side=100_000) -> path."""
+    return write_png_bomb

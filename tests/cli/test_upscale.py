@@ -125,26 +125,12 @@ def test_console_script_tiles_and_batches(awkward: Path, adapter: Path, tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["palette.png", "rgba.png"]
 
 
-def _bomb(path: Path, side: int = 100_000) -> Path:
-    """A PNG whose header claims side x side pixels (a few hundred bytes on disk: a decompression bomb)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 1000)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-    return path
-
-
-def test_a_decompression_bomb_is_named_and_skipped(awkward: Path, adapter: Path, tmp_path: Path,
+def test_a_decompression_bomb_is_named_and_skipped(awkward: Path, adapter: Path, tmp_path: Path, png_bomb,
                                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     folder = tmp_path / "mixed"
     folder.mkdir()
     (folder / "good.png").write_bytes((awkward / "rgba.png").read_bytes())
-    _bomb(folder / "bomb.png")
+    png_bomb(folder / "bomb.png")
     assert _run([folder], tmp_path / "out", adapter) == 1
     captured = capsys.readouterr()
     assert "bomb.png" in captured.err and "10,000,000,000 pixels" in captured.err and "--max-pixels" in captured.err
