@@ -9,7 +9,7 @@ before (``r``) and after (``r' = r + LRRB(z_L, r)``) the LRRB with the ideal res
 high-pass, cut-off 0.32, order 2, the official grid). Prints and writes ``lrrb_hf.md`` and
 ``lrrb_hf.csv`` (per image, then the data-set figure: a ratio of means, as ``HFErrorMeter`` computes it).
 
-CKPT is a training checkpoint (``*.ckpt``), an exported adapter (``*.safetensors``) or, with
+CKPT is a training checkpoint (``*.ckpt``), an exported folder (``fidesr-export``), a Hub repo id or, with
 ``--official PKL --pretrained SD21``, the released FiDeSR weights. The VAE posterior is sampled with a
 seeded generator (``--seed``), so reruns give the same numbers.
 """
@@ -32,7 +32,7 @@ from fidesr.metrics.tables import write_csv
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "checkpoint", nargs="?", help="training checkpoint (.ckpt) or exported adapter (.safetensors)"
+        "checkpoint", nargs="?", help="training checkpoint (.ckpt), exported folder or Hub repo id"
     )
     p.add_argument("--official", help="the released FiDeSR .pkl instead of CKPT (needs --pretrained)")
     p.add_argument("--pretrained", help="SD 2.1-base hub id or local folder (replaces the checkpoint's)")
