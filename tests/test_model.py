@@ -156,6 +156,19 @@ def test_training_checkpoint_holds_only_trainable_weights_and_resume_is_exact(co
     assert (full / "checkpoints" / "last.ckpt").stat().st_size < 100 * 2**20
 
 
+@pytest.mark.slow
+def test_daw_p_reaches_training(compose, fast_train_overrides, tmp_path):
+    """daw.p (the perceptual share of DAW's error map) changes what trains once DAW is on; it was ignored
+    by the training step (and the logged weight maps) before DAW's weights were computed in one place."""
+    common = [*fast_train_overrides, "trainer.max_steps=3", "trainer.val_check_interval=3", "validate_before_fit=false",
+              "callbacks.validation_images=null", "logger=csv", "daw.warmup_steps=1"]  # fmt: skip
+    out = {}
+    for p in (0.0, 1.0):
+        train(compose([*common, f"daw.p={p}", f"paths.output_dir={tmp_path / str(p)}"]))
+        out[p] = _final_trainable(tmp_path / str(p))
+    assert any(not torch.equal(out[0.0][k], out[1.0][k]) for k in out[0.0])
+
+
 @pytest.mark.parametrize("loss_scale", [None, 2.0**16])
 def test_loss_chunk_gives_the_full_batch_loss_and_gradient(compose, tiny_backbone_folder, loss_scale):
     """Decoding and scoring 1 or 2 images at a time (backward per chunk down to the latent) reproduces the

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fidesr.backbone.sd import StableDiffusionBackbone
-from fidesr.components.daw import detail_map, error_map, resize_weights, weighted_mean
+from fidesr.components.daw import resize_weights, weighted_mean
 from fidesr.components.perceptual import PerceptualLoss
 from fidesr.generator import OneStepOutput, one_step
 from fidesr.pipeline import FiDeSRPipeline
@@ -153,12 +153,7 @@ class FiDeSRModule(L.LightningModule):
         sr = self.backbone.decode(z_sr).float()
         parts: dict[str, torch.Tensor] = {}
         lpips_map = self.perceptual(sr, gt) if self.perceptual is not None else None
-        weights = None
-        if self.daw is not None:
-            with torch.no_grad():
-                detail = detail_map(gt)
-                error = error_map(sr.detach(), gt, lpips_map.detach())
-                weights = self.daw.weights(detail, error, self.global_step)
+        weights = self.daw(sr, gt, lpips_map, self.global_step) if self.daw is not None else None
         loss_mse = weighted_mean((sr - gt) ** 2, weights)
         loss = self.lambda_mse * loss_mse
         parts["loss/mse"] = loss_mse.detach()
