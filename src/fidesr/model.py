@@ -231,6 +231,12 @@ class FiDeSRModule(L.LightningModule):
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=gt.shape[0])
         return loss
 
+    def setup(self, stage: str) -> None:
+        """Validation set names (dataloader index -> name) from the datamodule, for the outputs' ``set``."""
+        names = getattr(getattr(self._trainer, "datamodule", None), "val_set_names", None)
+        if names:
+            self.val_set_names = list(names)
+
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         out = self.pipeline(batch["lq"])

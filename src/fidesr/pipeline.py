@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fidesr.backbone.sd import StableDiffusionBackbone
+from fidesr.backbone.sd import StableDiffusionBackbone, resolve_dtype
 from fidesr.components.color_fix import color_fix as apply_color_fix
 from fidesr.generator import OneStepOutput, one_step
 from fidesr.tiling import tiled_apply
@@ -42,11 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PRECISIONS: dict[str, torch.dtype] = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-}  # fmt: skip
 COLOR_FIXES = ("adain", "wavelet", "none")
 
 
@@ -71,8 +66,8 @@ def resolve_precision(precision: str | torch.dtype | None, device: torch.device)
     if precision is None or precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     try:
-        return PRECISIONS[str(precision).removeprefix("torch.")]
-    except KeyError as err:
+        return resolve_dtype(precision)
+    except ValueError as err:
         raise ValueError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16") from err
 
 
@@ -122,7 +117,6 @@ class FiDeSRPipeline:
         self.vae_decoder_tile, self.vae_decoder_overlap = vae_decoder_tile, vae_decoder_overlap
         self.offload_text_encoder = False
         self.compiled: str | None = None
-        self._embeds: dict[tuple[str, str], torch.Tensor] = {}
         self.weights: TrainedWeights | None = None  # set by from_pretrained (what save_pretrained writes)
 
     # ------------------------------------------------------------------ construction for inference
@@ -263,14 +257,12 @@ class FiDeSRPipeline:
             te.to("cpu")
 
     def prompt_embeds(self, prompt: str, batch: int) -> torch.Tensor:
-        """CLIP hidden states of ``prompt`` for a batch, ``[batch, L, D]`` (an expanded view)."""
-        key = (str(self.device), prompt)
-        embeds = self._embeds.get(key)
+        """CLIP hidden states of ``prompt`` for a batch, ``[batch, L, D]`` (an expanded view). The backbone
+        caches them per device; the (offloaded) text encoder only moves over for a prompt it has not seen."""
+        embeds = self.backbone.cached_prompt_embeds(prompt)
         if embeds is None:
             with self._text_encoder_on_device():
                 embeds = self.backbone.encode_prompt([prompt])
-            if len(self._embeds) < 16:  # a handful of prompts repeat; per-image prompts would not
-                self._embeds[key] = embeds
         return embeds.expand(batch, -1, -1)
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -22,7 +22,12 @@ DEFAULT_PRETRAINED = "stabilityai/stable-diffusion-2-1-base"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 ONE_STEP_TIMESTEP = 1  # the UNet is called once at t = 1 (OSEDiff / PiSA-SR / FiDeSR)
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: Names of the floating-point types fidesr accepts in configs and on the command line.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}  # fmt: skip
 
 
 class BackboneLoadError(FidesrError, RuntimeError):
@@ -30,12 +35,13 @@ class BackboneLoadError(FidesrError, RuntimeError):
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A dtype from its name (``"float16"``, ``"fp16"``, ``"torch.float16"``); None stays None."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     try:
-        return _DTYPES[dtype.removeprefix("torch.")]
+        return DTYPES[str(dtype).removeprefix("torch.")]
     except KeyError as err:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from err
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}") from err
 
 
 def check_pretrained_folder(folder: Path, weights: bool = True) -> None:
@@ -203,6 +209,11 @@ class StableDiffusionBackbone(nn.Module):
         device = self.alphas_cumprod.device
         out = [self._cached_prompt(p, device) for p in prompts]
         return torch.cat(out, dim=0)
+
+    def cached_prompt_embeds(self, prompt: str) -> torch.Tensor | None:
+        """``[1, L, D]`` embeddings of ``prompt`` if already computed on the current device, else None
+        (lets the inference pipeline skip bringing an offloaded text encoder over)."""
+        return self._prompt_cache.get(f"{self.alphas_cumprod.device}|{prompt}")
 
     def _cached_prompt(self, prompt: str, device: torch.device) -> torch.Tensor:
         key = f"{device}|{prompt}"

@@ -254,11 +254,11 @@ def run(cfg: DictConfig) -> EvalResult:
 
 @hydra.main(config_path="pkg://fidesr.conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from fidesr.runinfo import hydra_multirun
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        cfg.output_dir = HydraConfig.get().runtime.output_dir  # each sweep job writes into its own folder
+    multirun, job_dir, _ = hydra_multirun()
+    if multirun and job_dir is not None:
+        cfg.output_dir = str(job_dir)  # each sweep job writes into its own folder
     # The user's input errors are one line (the traceback with HYDRA_FULL_ERROR=1).
     report_errors("fidesr-eval", lambda: run(cfg))
 

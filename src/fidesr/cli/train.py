@@ -50,12 +50,12 @@ def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
 
 def resolve_output_dir(cfg: DictConfig) -> None:
     """Multirun jobs write into their own job folder (``hydra.sweep.dir/<num>_<overrides>``)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from fidesr.runinfo import hydra_multirun
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    multirun, job_dir, _ = hydra_multirun()
+    if multirun and job_dir is not None:
         with open_dict(cfg):
-            cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+            cfg.paths.output_dir = str(job_dir)
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
@@ -101,7 +101,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("Output dir: %s", out_dir)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    model.val_set_names = list(getattr(datamodule, "val_set_names", ["val"]))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
 

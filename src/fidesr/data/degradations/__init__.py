@@ -5,7 +5,7 @@ See docs/degradation.md and the contract in docs/ARCHITECTURE.md.
 
 from .base import Degradation
 from .bicubic import BicubicDegradation
-from .pipeline import RealESRGANDegradation
+from .realesrgan import RealESRGANDegradation
 from .presets import PRESETS, load_preset
 
 __all__ = ["PRESETS", "BicubicDegradation", "Degradation", "RealESRGANDegradation", "load_preset"]
