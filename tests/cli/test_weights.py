@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from fidesr.cli.weights import main
 
@@ -16,13 +13,10 @@ NIQE_NPZ = REPO.parent / "shared" / "weights" / "niqe_pris_params.npz"
 
 
 @pytest.fixture(autouse=True)
-def weights_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def weights_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     wd = tmp_path_factory.mktemp("weights")
     monkeypatch.setenv("FIDESR_WEIGHTS_DIR", str(wd))
-    home, hub = os.environ.get("TORCH_HOME"), torch.hub._hub_dir
-    yield wd
-    os.environ.pop("TORCH_HOME", None) if home is None else os.environ.update(TORCH_HOME=home)
-    torch.hub._hub_dir = hub
+    return wd
 
 
 def test_status_lists_files_hashes_paths_and_sources(weights_dir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -34,7 +28,8 @@ def test_status_lists_files_hashes_paths_and_sources(weights_dir: Path, capsys: 
     assert "LPIPS_v0.1_alex-df73285e.pth  sha256 df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0" in out
     assert f"missing: {weights_dir}/hub/checkpoints/alexnet-owt-7be5be79.pth" in out
     assert "source:  https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in out
-    assert "(or: fidesr-weights install)" in out
+    assert f"torchvision: {weights_dir}/hub/checkpoints" in out
+    assert "fetch the missing files: fidesr-weights download --metrics lpips dists fid niqe musiq maniqa clipiqa" in out
     assert out.rstrip().endswith("ready: psnr, ssim; weights missing: lpips, dists, fid, niqe, musiq, maniqa, clipiqa")
     assert main(["status", "--metrics", "psnr", "ssim", "--check"]) == 0
     assert main(["status", "--metrics", "psnr", "lpips", "--check"]) == 1
