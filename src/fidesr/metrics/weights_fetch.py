@@ -7,7 +7,8 @@
 - A mirror (``--mirror`` or ``$FIDESR_WEIGHTS_MIRROR``) is a base URL or a local folder holding the files
   by their file names: it replaces everything in each source URL but the file name.
 - Offline (``$FIDESR_OFFLINE=1``, ``$HF_HUB_OFFLINE=1``, or no route to the server) nothing is fetched and
-  ``ensure_weights`` raises one error listing every missing file and the command that fetches them.
+  ``ensure_weights`` raises one error listing every missing file and the command that fetches them. A
+  mirror is the offline path itself, so a configured mirror is used whatever the offline flags say.
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ class OfflineError(FetchError):
     """Fetching is switched off, or the server cannot be reached at all."""
 
 
-def offline_reason() -> str | None:
-    """``"$FIDESR_OFFLINE=1"`` (or HF_HUB_OFFLINE) when fetching is switched off, else None."""
+def offline_reason(mirror: str | os.PathLike | None = None) -> str | None:
+    """``"$FIDESR_OFFLINE=1"`` (or HF_HUB_OFFLINE) when fetching from the source URLs is switched off and
+    no mirror (``mirror`` or ``$FIDESR_WEIGHTS_MIRROR``) is configured, else None."""
+    if mirror or os.environ.get(MIRROR_ENV):
+        return None
     for name in OFFLINE_ENVS:
         if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
             return f"${name}={os.environ[name]}"
@@ -112,7 +116,7 @@ def fetch_file(
     dest = file_path(f, wd)
     if file_status(f, wd).ok:
         return dest
-    if reason := offline_reason():
+    if reason := offline_reason(mirror):
         raise OfflineError(f"{f.filename}: not fetched, offline ({reason})")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest.parent / f".{f.filename}.lock")):

@@ -12,8 +12,8 @@ The one rule (every command, ``fidesr-train`` included, goes through ``resolve_w
   points ``HF_HOME`` at ``<weights dir>/huggingface``, so one folder holds everything.
 
 Process-wide settings are touched in two places only: ``apply_environment`` at start-up (environment
-variables that torch and huggingface_hub read), and ``torch_cache_scope`` around the construction of a
-network that loads through torch.hub or pyiqa, which restores what it changed.
+variables for child processes and huggingface_hub), and ``torch_cache_scope`` around the construction of
+a network that loads through torch.hub or pyiqa, which restores what it changed.
 """
 
 from __future__ import annotations
@@ -78,18 +78,18 @@ def hf_home() -> Path:
 
 
 def apply_environment(weights_dir: str | os.PathLike | None = None) -> Path:
-    """Start-up, once per process: make torch, pyiqa and huggingface_hub use the resolved directory.
+    """Start-up, once per process: the resolved directory for this process, its children and huggingface_hub.
 
     Nothing changes when the weights directory is the torch home already (the standard caches). Otherwise
-    ``TORCH_HOME`` and ``$FIDESR_WEIGHTS_DIR`` are set to it (child processes such as DDP ranks inherit
-    them), and ``HF_HOME`` defaults to ``<dir>/huggingface``; huggingface_hub reads ``HF_HOME`` when it is
-    imported, so a later change is reported rather than half applied.
+    ``$FIDESR_WEIGHTS_DIR`` is set to it (child processes such as DDP ranks inherit it) and ``HF_HOME``
+    defaults to ``<dir>/huggingface``; huggingface_hub reads ``HF_HOME`` when it is imported, so a later
+    change is reported rather than half applied. torch and pyiqa need no global setting: fidesr builds
+    their networks inside ``torch_cache_scope``.
     """
     wd = resolve_weights_dir(weights_dir)
     if wd == default_torch_home():
         return wd
     os.environ[ENV_VAR] = str(wd)
-    os.environ["TORCH_HOME"] = str(wd)
     if not os.environ.get("HF_HOME"):
         if "huggingface_hub" in sys.modules:
             warnings.warn(f"huggingface_hub was imported before the weights directory {wd} was set: "
@@ -271,7 +271,9 @@ def status(
 
 def fetch_command(targets: Iterable[str], weights_dir: str | os.PathLike | None = None) -> str:
     """The one command that fetches the files of ``targets`` into ``weights_dir``."""
-    where = "" if resolve_weights_dir(weights_dir) == resolve_weights_dir() else f" --weights-dir {weights_dir}"
+    wd = resolve_weights_dir(weights_dir)
+    # Named unless it is torch's default: the user's shell may lack the $FIDESR_WEIGHTS_DIR this process has.
+    where = "" if wd == default_torch_home() else f" --weights-dir {wd}"
     return f"fidesr-weights{where} download --metrics {' '.join(dict.fromkeys(targets))}"
 
 
