@@ -24,7 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
 from _weights_server import serve  # noqa: E402
-
 from fidesr.cli.weights import main  # noqa: E402
 from fidesr.metrics import weights_registry as R  # noqa: E402
 from fidesr.metrics.weights_install import niqe_mat_from_npz  # noqa: E402
