@@ -34,6 +34,9 @@ def test_status_lists_files_hashes_paths_and_sources(weights_dir: Path, capsys: 
     assert out.rstrip().endswith("ready: psnr, ssim; weights missing: lpips, dists, fid, niqe, musiq, maniqa, clipiqa")
     assert main(["status", "--metrics", "psnr", "ssim", "--check"]) == 0
     assert main(["status", "--metrics", "psnr", "lpips", "--check"]) == 1
+    assert "(or: fidesr-weights install)" in capsys.readouterr().out  # the LPIPS head ships in a wheel
+    assert main(["download", "--metrics", "psnr", "nique"]) == 2
+    assert "unknown metric 'nique'" in capsys.readouterr().err
 
 
 def test_install_from_wheels(weights_dir: Path, capsys: pytest.CaptureFixture) -> None:

@@ -107,6 +107,7 @@ def test_killed_download_leaves_no_file_under_the_final_name(server: WeightsServ
     assert not W.file_path(f, weights_dir).exists()
     server.drip.clear()
     assert W.fetch_file(f, weights_dir).read_bytes() == data  # the lock died with the process
+    assert not _leftovers(weights_dir)  # the killed fetch's partial file is cleaned up by the next one
 
 
 def test_two_processes_fetching_the_same_file(server: WeightsServer, weights_dir: Path,

@@ -46,7 +46,8 @@ def format_status(metrics: Sequence[str] | None = None, weights_dir: str | None 
                 lines.append(f"        found:   {s.path}")
             else:
                 lines.append(f"        {s.state}: {s.path}" + (f"  [{s.detail}]" if s.detail else ""))
-                lines.append(f"        source:  {W.source_url(s.file)}")
+                how = "  (or: fidesr-weights install)" if s.file.providers else ""
+                lines.append(f"        source:  {W.source_url(s.file)}{how}")
     if missing:
         lines += ["", f"fetch the missing files: {W.fetch_command(missing, weights_dir)}"]
     lines += ["", f"ready: {', '.join(ready) or '-'}; weights missing: {', '.join(missing) or '-'}"]
@@ -80,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyError as err:  # an unknown metric name: the message lists the known ones
+        print(f"fidesr-weights: {err.args[0]} (and lpips_vgg for the training loss)", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     wd = args.weights_dir
     if args.command == "status":
         text, ok = format_status(args.metrics, wd)

