@@ -161,7 +161,7 @@ class StableDiffusionBackbone(nn.Module):
                 raise BackboneLoadError(f"backbone.pretrained={source}: cannot load ({err})") from err
             raise BackboneLoadError(
                 f"cannot load SD {'weights' if weights else 'configs'} {source!r} from the Hugging Face hub or its "
-                f"cache ({type(err).__name__}). Without network, download the model elsewhere (`hf "
+                f"cache ({type(err).__name__}). Without network, download the model elsewhere (`huggingface-cli "
                 f"download {source}`) and copy the cache (HF_HOME), or point backbone.pretrained at a local "
                 "diffusers folder with unet/ vae/ text_encoder/ tokenizer/ scheduler/."
             ) from err
