@@ -3,7 +3,7 @@
 ``run_info.json`` records what is needed to tell whether two runs are comparable: the git commit (or
 ``"unknown"``) and whether the source tree had local changes, a hash of the package source, the package
 version, a hash of the resolved config without the run-specific parts (``paths``, ``hydra``, ``seed``,
-``ckpt_path``), start/end time, status (``running`` -> ``completed`` | ``failed``), and for a failed run
+``ckpt_path``), start/end time, status (``running`` -> ``completed`` | ``failed`` | ``interrupted``), and for a failed run
 the error and its traceback. ``fidesr-report`` reads it to refuse mixing code versions silently.
 
 The train app runs its task through :func:`run_job`::
@@ -298,8 +298,15 @@ def run_job(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
     info = collect_run_info(cfg) if writer else {}
     if writer:
         write_run_info(out_dir, info)
+    from fidesr.callbacks.training import TrainingInterrupted
+
     try:
         result = task(cfg)
+    except TrainingInterrupted as stop:  # the user stops the whole sweep: recorded, then re-raised
+        if writer:
+            info.update(status="interrupted", end_time=_now(), error=str(stop))
+            write_run_info(out_dir, info)
+        raise
     except Exception as err:
         tb = traceback.format_exc()
         if writer:

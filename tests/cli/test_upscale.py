@@ -1,7 +1,8 @@
-"""fidesr-upscale on awkward inputs: grayscale, RGBA, palette, 16-bit, EXIF-rotated, corrupt; no overwrite.
+"""fidesr-upscale on awkward inputs: grayscale, RGBA, palette, 16-bit, EXIF-rotated, corrupt, decompression
+bombs; no overwrite; output folder checked first; errors as one line.
 
-The model is the tiny backbone written as an exported adapter file (``--checkpoint X.safetensors``); the
-checkpoint and official-file paths are covered in tests/test_pipeline.py.
+The model is the tiny backbone written as an exported folder (``--checkpoint DIR``); the checkpoint and
+official-file paths are covered in tests/test_pipeline.py and tests/test_model_files.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from PIL import Image
 from fidesr.backbone.sd import StableDiffusionBackbone
 from fidesr.cli.upscale import main
 from fidesr.components.lrrb import LatentResidualRefinementBlock
-from fidesr.export import save_adapter, trained_state
+from fidesr.model_files import TrainedWeights, trained_state
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,8 @@ def adapter(tiny_backbone_folder: Path, tmp_path_factory: pytest.TempPathFactory
         "lfim": {"_target_": "fidesr.components.lfim.LatentFrequencyInjection"},
         "model": {"color_fix": "adain", "min_lq_size": 16},
     }  # fmt: skip
-    path = tmp_path_factory.mktemp("adapter") / "tiny.safetensors"
-    return save_adapter(path, config, trained_state(backbone, LatentResidualRefinementBlock()))
+    weights = TrainedWeights(config, trained_state(backbone, LatentResidualRefinementBlock()), "tiny")
+    return weights.save_pretrained(tmp_path_factory.mktemp("adapter") / "tiny")
 
 
 def _gradient(h: int, w: int) -> np.ndarray:
@@ -99,7 +100,7 @@ def test_existing_outputs_are_kept_without_overwrite(
     assert _run([awkward / "gray.png"], out, adapter, "--overwrite", "--color-fix", "wavelet", "--no-lfim") == 0
     assert (out / "gray.png").read_bytes() != b"keep me"
     # Everything exists: nothing to do, the model is not even loaded.
-    assert _run([awkward / "gray.png", awkward / "rgba.png"], out, tmp_path / "missing.safetensors") == 0
+    assert _run([awkward / "gray.png", awkward / "rgba.png"], out, tmp_path / "missing") == 0
 
 
 def test_missing_inputs_and_bad_arguments(adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,3 +123,55 @@ def test_console_script_tiles_and_batches(awkward: Path, adapter: Path, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 written" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == ["palette.png", "rgba.png"]
+
+
+def _bomb(path: Path, side: int = 100_000) -> Path:
+    """A PNG whose header claims side x side pixels (a few hundred bytes on disk: a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1000)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_named_and_skipped(awkward: Path, adapter: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "good.png").write_bytes((awkward / "rgba.png").read_bytes())
+    _bomb(folder / "bomb.png")
+    assert _run([folder], tmp_path / "out", adapter) == 1
+    captured = capsys.readouterr()
+    assert "bomb.png" in captured.err and "10,000,000,000 pixels" in captured.err and "--max-pixels" in captured.err
+    assert "Traceback" not in captured.err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.png"]
+    # The limit is an option: a smaller one refuses the good image too.
+    assert _run([folder / "good.png"], tmp_path / "out2", adapter, "--max-pixels", "100") == 1
+    assert "over the limit of 100" in capsys.readouterr().err
+
+
+def test_output_folder_and_model_errors_are_one_line_before_any_work(
+    awkward: Path, adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    # The output is checked before the model: a missing model is not even looked at.
+    assert _run([awkward / "gray.png"], a_file, tmp_path / "missing") == 1
+    err = capsys.readouterr().err
+    assert "fidesr-upscale: error: -o " in err and "not a folder" in err and "Traceback" not in err
+    for bad, expect in [(tmp_path / "missing.ckpt", "model not found"), (awkward / "corrupt.png", "corrupt.png")]:
+        assert _run([awkward / "gray.png"], tmp_path / "o", bad) == 1
+        err = capsys.readouterr().err
+        assert "fidesr-upscale: error: " in err and expect in err and "Traceback" not in err, err
+    truncated = tmp_path / "trunc.ckpt"
+    truncated.write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    assert _run([awkward / "gray.png"], tmp_path / "o", truncated) == 1
+    assert "trunc.ckpt" in capsys.readouterr().err
+    assert main([str(awkward / "gray.png"), "-o", str(tmp_path / "o"), "--checkpoint", str(truncated),
+                 "--device", "cpu", "--debug"]) == 1  # fmt: skip
+    assert "Traceback" in capsys.readouterr().err  # --debug shows where it came from
