@@ -45,3 +45,20 @@ def test_offline_run_stops_before_building_listing_metrics_and_lpips_vgg(compose
     assert f"fidesr-weights --weights-dir {wd} download --metrics niqe lpips_vgg" in msg
     assert os.environ["FIDESR_WEIGHTS_DIR"] == str(wd)  # what the run's DDP ranks inherit
     assert os.environ["HF_HOME"] == str(tmp_path / "hf")  # a user's own HF_HOME is kept
+
+
+def test_fidesr_train_offline_prints_the_listing_not_a_traceback(tmp_path: Path) -> None:
+    """The real command: exit status 1, the list and the fetch command on stderr, no traceback."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FIDESR_OFFLINE": "1", "FIDESR_WEIGHTS_DIR": str(tmp_path / "w"), "HYDRA_FULL_ERROR": "0",
+           "FIDESR_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env.pop(W.MIRROR_ENV, None)
+    proc = subprocess.run([str(Path(sys.executable).parent / "fidesr-train"), "perceptual=lpips_vgg", "metrics=[psnr]",
+                           f"paths.output_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "fidesr-train: error: weight files missing in" in proc.stderr
+    assert f"vgg16-397923af.pth [missing] -> {tmp_path}/w/hub/checkpoints" in proc.stderr
+    assert f"fidesr-weights --weights-dir {tmp_path}/w download --metrics lpips_vgg" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -33,14 +33,17 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fidesr.errors import FidesrError
 from fidesr.metrics.specs import PROTOCOL, STANDIN_SUFFIX, canonical_name, parse_metric_config
 from fidesr.metrics.weights_registry import WeightFile, canonical_target, metric_files
 
 ENV_VAR = "FIDESR_WEIGHTS_DIR"
 
 
-class WeightsMissingError(RuntimeError):
-    """Weight files are absent or fail their checksum (the message lists them and how to fetch them)."""
+class WeightsMissingError(FidesrError, RuntimeError):
+    """Weight files are absent or fail their checksum (the message lists them and how to fetch them).
+
+    A user error: the ``fidesr-*`` commands print the listing, not a traceback."""
 
 
 # --------------------------------------------------------------------------------------------------
