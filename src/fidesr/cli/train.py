@@ -87,15 +87,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolve_output_dir(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("FIDESR_WEIGHTS_DIR", str(cfg.paths.weights_dir))
     L.seed_everything(cfg.seed, workers=True)
     if cfg.trainer.get("accelerator") == "cpu":
         torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
-    # Fail fast, before any model is built: required metrics must have their weights.
-    from fidesr.metrics.weights import check_weights
+    # Before any model is built: one weights directory for the whole process (and its DDP ranks); missing
+    # files of the metrics and of LPIPS-VGG fetched when online, else one error listing them all.
+    from fidesr.metrics import weights as W
 
-    check_weights(cfg.metrics, weights_dir=cfg.paths.weights_dir)
+    W.apply_environment(cfg.paths.weights_dir)
+    lpips_vgg = OmegaConf.select(cfg, "perceptual.backbone") == "pretrained"
+    W.ensure_run_weights(cfg.metrics, cfg.paths.weights_dir, also=[W.LPIPS_VGG] if lpips_vgg else [],
+                         log=log.info)
 
     ckpt_path = resolve_ckpt_path(cfg)
     log.info("Output dir: %s", out_dir)
