@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from fidesr.backbone.sd import DEFAULT_PRETRAINED
 from fidesr.errors import MissingInputError, ModelFileError
 from fidesr.trust import check_stored_config, load_torch_file
 
@@ -50,7 +51,6 @@ CARD_FILE = "README.md"
 LEGACY_ADAPTER_FORMAT = "fidesr-adapter"
 CONFIG_SECTIONS = ("backbone", "lrrb", "lfim", "model")
 MODEL_KEYS = ("color_fix", "min_lq_size")
-DEFAULT_PRETRAINED = "stabilityai/stable-diffusion-2-1-base"
 #: peft's default ``lora_alpha``, which the official code never sets (scale 8 / rank).
 OFFICIAL_LORA_ALPHA = 8.0
 OFFICIAL_KEYS = ("unet_lora_encoder_modules", "unet_lora_decoder_modules", "unet_lora_others_modules",

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fidesr.backbone.sd import StableDiffusionBackbone, resolve_dtype
+from fidesr.backbone.sd import StableDiffusionBackbone
 from fidesr.components.color_fix import color_fix as apply_color_fix
+from fidesr.devices import resolve_device, resolve_precision
 from fidesr.generator import OneStepOutput, one_step
 from fidesr.tiling import tiled_apply
 
@@ -50,25 +51,6 @@ class PipelineOutput:
     sr: torch.Tensor  # [B,3,s*h,s*w] in [0,1]
     lq_up: torch.Tensor  # [B,3,s*h,s*w] in [0,1], the bicubic-upsampled LQ (the baseline)
     latents: OneStepOutput | None = None
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None``/``"auto"`` -> float16 on CUDA (what the references run), float32 elsewhere."""
-    if isinstance(precision, torch.dtype):
-        return precision
-    if precision is None or precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    try:
-        return resolve_dtype(precision)
-    except ValueError as err:
-        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16") from err
 
 
 class FiDeSRPipeline:

@@ -16,32 +16,16 @@ import torch
 from torch import nn
 
 from fidesr.backbone.lora import LORA_TARGETS, add_lora_adapters
+from fidesr.devices import resolve_dtype
 from fidesr.errors import FidesrError
 
 DEFAULT_PRETRAINED = "stabilityai/stable-diffusion-2-1-base"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 ONE_STEP_TIMESTEP = 1  # the UNet is called once at t = 1 (OSEDiff / PiSA-SR / FiDeSR)
 
-#: Names of the floating-point types fidesr accepts in configs and on the command line.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}  # fmt: skip
-
 
 class BackboneLoadError(FidesrError, RuntimeError):
     """The SD weights could not be found; the message says what is missing and how to provide it."""
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """A dtype from its name (``"float16"``, ``"fp16"``, ``"torch.float16"``); None stays None."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[str(dtype).removeprefix("torch.")]
-    except KeyError as err:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}") from err
 
 
 def check_pretrained_folder(folder: Path, weights: bool = True) -> None:

@@ -24,11 +24,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS
+from fidesr.devices import resolve_device
 from fidesr.errors import FidesrError, MissingInputError, report_errors
 from fidesr.metrics.images import check_images, list_images, match_pairs, read_image, save_image
 from fidesr.metrics.published import published_rows
 from fidesr.metrics.specs import PROTOCOL, get_spec, parse_metric_config
-from fidesr.metrics.suite import MetricSuite, resolve_device
+from fidesr.metrics.suite import MetricSuite
 from fidesr.metrics.tables import markdown_table, write_csv
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,11 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path) -> Path:
 
 def run(cfg: DictConfig) -> EvalResult:
     """The app without Hydra's wrapper (tests call it with a composed config)."""
+    from fidesr.metrics import weights as W
+
+    # Before any image is produced or read: the metrics' weight files, fetched when online (required
+    # metrics must then be complete; optional ones without files are reported as skipped).
+    W.ensure_run_weights(OmegaConf.to_container(cfg.metrics, resolve=True), cfg.weights_dir, log=log.info)
     out = Path(cfg.output_dir)
     if cfg.checkpoint is not None:
         sr_dir = sr_from_checkpoint(cfg, out / "sr")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fidesr.devices import resolve_device
 from fidesr.metrics import weights as W
 from fidesr.metrics.specs import (
     PROTOCOL,
@@ -41,13 +42,6 @@ NA_WEIGHTS = "n/a (weights missing)"
 
 #: ``(sr, gt_or_None) -> [B]`` scores; for FID a feature extractor ``[N,3,299,299] in [0,255] -> [N,D]``.
 Scorer = Callable[..., torch.Tensor]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/``None`` -> CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # --------------------------------------------------------------------------------------------------
