@@ -77,7 +77,7 @@ def test_generator_wiring_matches_the_formula(compose, tiny_backbone_folder):
     _randomize_lora(model)
     lq = _batch()["lq"] * 2 - 1
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    sr, out = model.generate(lq, ["", ""], generator=g1)
+    sr, out = model(lq, ["", ""], generator=g1)
     bb = model.backbone
     z = bb.encode(lq, generator=g2)
     emb = bb.encode_prompt(["", ""])
@@ -107,7 +107,7 @@ def test_losses_weighted_and_csd_uses_tags_negative_prompt_and_frozen_teacher(co
     type(model).global_step = property(lambda self: step)
     g_dev = model.step_generator(torch.device("cpu"), stream=1)
     gt, lq = batch["gt"] * 2 - 1, batch["lq"] * 2 - 1
-    sr, out = model.generate(lq, batch["prompt"], generator=g_dev)
+    sr, out = model(lq, batch["prompt"], generator=g_dev)
     lp = model.perceptual(sr, gt)
     w = model.daw.weights(detail_map(gt), error_map(sr.detach(), gt, lp.detach()), step)
     assert w is not None and torch.allclose(w.mean(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)

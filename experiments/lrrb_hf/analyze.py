@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fidesr.components.hf_error import HFErrorMeter, high_frequency_error, ideal_residual
-from fidesr.metrics.images import list_images, match_pairs, read_image
+from fidesr.metrics.images import list_images, match_pairs, read_for_metrics
 from fidesr.metrics.published import LRRB_HF_REDUCTION_PCT
 from fidesr.metrics.tables import write_csv
 
@@ -56,9 +56,9 @@ def analyze(pipe, pairs: list[tuple[Path, Path]], meter: HFErrorMeter, seed: int
     resized = 0
     for lq_path, gt_path in pairs:
         g = torch.Generator(device=pipe.device).manual_seed(seed)
-        lq = read_image(lq_path).to(pipe.device)
+        lq = read_for_metrics(lq_path).to(pipe.device)
         up, _ = pipe.upsample(lq)
-        gt = read_image(gt_path).to(pipe.device)
+        gt = read_for_metrics(gt_path).to(pipe.device)
         if gt.shape[-2:] != up.shape[-2:]:
             # The model works at the size of the (enlarged, trimmed) upsampled LQ; the GT follows it.
             gt = F.interpolate(gt, size=up.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)

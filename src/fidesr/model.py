@@ -132,14 +132,14 @@ class FiDeSRModule(L.LightningModule):
         return batch
 
     # ------------------------------------------------------------------ forward
-    def generate(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
+    def forward(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, OneStepOutput]:  # fmt: skip
         """Training forward: upsampled LQ [B,3,H,W] in [-1,1] -> (SR [B,3,H,W] in [-1,1], latents)."""
-        out = self.generate_latent(lq_up, prompts, generator)
+        out = self.sr_latent(lq_up, prompts, generator)
         return self.backbone.decode(out.z_sr), out
 
-    def generate_latent(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
-                        ) -> OneStepOutput:  # fmt: skip
+    def sr_latent(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
+                   ) -> OneStepOutput:  # fmt: skip
         """Encode (no grad), UNet + LRRB: the SR latent ``z_sr`` [B,C,H/8,W/8] with its graph."""
         with torch.no_grad():
             z_lq = self.backbone.encode(lq_up, generator=generator)
@@ -205,7 +205,7 @@ class FiDeSRModule(L.LightningModule):
         g_dev = self.step_generator(gt.device, stream=1)
         # The whole batch drops its tags together, as the official null_text_ratio does (a host-side draw).
         drop = random.Random(self.step_seed(0)).random() < self.null_text_ratio
-        out = self.generate_latent(lq, [""] * len(tags) if drop else tags, generator=g_dev)
+        out = self.sr_latent(lq, [""] * len(tags) if drop else tags, generator=g_dev)
 
         if self.loss_chunk and self.loss_chunk < gt.shape[0]:
             loss, weights, parts = self.chunked_pixel_losses(out.z_sr, gt, self.loss_chunk)

@@ -34,11 +34,11 @@ def niqe_weights(weights_dir: Path) -> Path:
 def image_pair() -> tuple[torch.Tensor, torch.Tensor]:
     """Two SR/GT batches ``[2,3,96,96]`` in [0,1]: RealSR crops when available, else smooth synthetics."""
     if REALSR.is_dir():
-        from fidesr.metrics.images import read_image
+        from fidesr.metrics.images import read_for_metrics
 
         names = ["Canon_001_LR4.png", "Nikon_010_LR4.png"]
-        sr = torch.cat([read_image(REALSR / "osediff" / n)[..., 200:296, 160:256] for n in names])
-        gt = torch.cat([read_image(REALSR / "gt" / n)[..., 200:296, 160:256] for n in names])
+        sr = torch.cat([read_for_metrics(REALSR / "osediff" / n)[..., 200:296, 160:256] for n in names])
+        gt = torch.cat([read_for_metrics(REALSR / "gt" / n)[..., 200:296, 160:256] for n in names])
         return sr, gt
     return synthetic_pair(96)
 

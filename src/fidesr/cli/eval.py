@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS
 from fidesr.devices import resolve_device
 from fidesr.errors import FidesrError, MissingInputError, report_errors
-from fidesr.metrics.images import check_images, list_images, match_pairs, read_image, save_image
+from fidesr.metrics.images import check_images, list_images, match_pairs, read_for_metrics, save_image
 from fidesr.metrics.published import published_rows
 from fidesr.metrics.specs import PROTOCOL, get_spec, parse_metric_config
 from fidesr.metrics.suite import MetricSuite
@@ -61,7 +61,7 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor, torch.Tensor]:
         sr, gt = self.pairs[i]
-        return sr.name, read_image(sr)[0], read_image(gt)[0] if gt is not None else torch.empty(0)
+        return sr.name, read_for_metrics(sr)[0], read_for_metrics(gt)[0] if gt is not None else torch.empty(0)
 
 
 def _batches(
@@ -227,7 +227,7 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path) -> Path:
     for lq_path in tqdm(lqs, desc="upscale", disable=not cfg.progress):
         generator = torch.Generator(device=pipe.device).manual_seed(0)
         with torch.no_grad():
-            sr = pipe(read_image(lq_path, cfg.max_pixels), generator=generator, **strengths).sr
+            sr = pipe(read_for_metrics(lq_path, cfg.max_pixels), generator=generator, **strengths).sr
         save_image(sr.cpu(), sr_dir / f"{lq_path.stem}.png")
     return sr_dir
 

@@ -21,11 +21,11 @@ from fidesr.data import imageio
 from fidesr.data.imageio import IMAGE_EXTENSIONS, list_images
 from fidesr.errors import ConfigValueError
 
-__all__ = ["IMAGE_EXTENSIONS", "check_images", "list_images", "match_pairs", "quantize", "read_image", "safe_stem",
+__all__ = ["IMAGE_EXTENSIONS", "check_images", "list_images", "match_pairs", "quantize", "read_for_metrics", "safe_stem",
            "save_image", "thumbnail", "to_uint8"]  # fmt: skip
 
 
-def read_image(path: str | os.PathLike, max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS) -> torch.Tensor:
+def read_for_metrics(path: str | os.PathLike, max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Read an image file as ``[1,3,H,W]`` float32 in ``[0,1]`` (8-bit values / 255, 16-bit / 65535).
 
     Raises:
