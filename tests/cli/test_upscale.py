@@ -161,3 +161,24 @@ def test_output_folder_and_model_errors_are_one_line_before_any_work(
     assert main([str(awkward / "gray.png"), "-o", str(tmp_path / "o"), "--checkpoint", str(truncated),
                  "--device", "cpu", "--debug"]) == 1  # fmt: skip
     assert "Traceback" in capsys.readouterr().err  # --debug shows where it came from
+
+
+def test_official_without_pretrained_offline_is_one_line_naming_the_fetch(trained_model: dict, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """--official defaults to SD 2.1-base from the Hugging Face cache; offline and not cached, the error says
+    what is missing and the command that fetches it (the suite runs with HF_HUB_OFFLINE=1)."""
+    import torch
+
+    backbone = trained_model["backbone"]
+    pkl = tmp_path / "fidesr.pkl"
+    torch.save({"unet_lora_encoder_modules": backbone.lora_split["default_encoder"],
+                "unet_lora_decoder_modules": backbone.lora_split["default_decoder"],
+                "unet_lora_others_modules": backbone.lora_split["default_others"], "lora_rank_unet": 8,
+                "state_dict_unet": backbone.lora_state_dict(), "lrrb_state_dict": trained_model["lrrb"].state_dict()},
+               pkl)  # fmt: skip
+    img = tmp_path / "in.png"
+    Image.fromarray(_gradient(16, 16)).save(img)
+    assert main([str(img), "-o", str(tmp_path / "out"), "--official", str(pkl), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "fidesr-upscale: error: cannot load SD weights 'stabilityai/stable-diffusion-2-1-base'" in err
+    assert "hf download stabilityai/stable-diffusion-2-1-base" in err and "Traceback" not in err
