@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
-from fidesr.data.imageio import ImageLoadError, load_image, save_image, to_uint8
+from fidesr.data.imageio import ImageLoadError, load_image, open_image, save_image, to_uint8
 from fidesr.pipeline import COLOR_FIXES, FiDeSRPipeline
 
 if TYPE_CHECKING:
@@ -78,38 +76,25 @@ class AppResult:
 def read_upload(path: str | os.PathLike, limits: InputLimits = InputLimits()) -> torch.Tensor:
     """An uploaded file -> [3, H, W] float32 in [0, 1], through :func:`fidesr.data.imageio.load_image`.
 
-    The size is checked from the header before anything is decoded, so a decompression bomb costs nothing.
+    The size is checked on the header before anything is decoded (``open_image``), so a decompression bomb
+    costs nothing.
 
     Raises:
-        AppInputError: not an image, corrupt, too large or too small (the message names the file by its
-            base name: upload paths are server temporary files).
+        AppInputError: not an image, corrupt, truncated, too large or too small. The message names the file
+            by its base name: an upload's path is a server temporary file that means nothing to the user.
     """
     name = Path(path).name
     try:
-        # Our own, lower size limit applies below; PIL's bomb warning would only duplicate it.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-    except Image.DecompressionBombError as err:
-        raise AppInputError(f"{name} is far too large to process ({err}).") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        raise AppInputError(
-            f"{name} is not an image file that can be read (PNG, JPEG, WebP, TIFF, BMP...)."
-        ) from None
-    if width * height > limits.max_pixels:
-        raise AppInputError(
-            f"{name} is {width} x {height} px ({width * height / 1e6:.1f} MP); this app takes inputs up to "
-            f"{limits.max_pixels / 1e6:.1f} MP. Use a crop, or fidesr-upscale for whole large images."
-        )
-    if min(width, height) < limits.min_side:
-        raise AppInputError(
-            f"{name} is {width} x {height} px, too small: the app needs at least {limits.min_side} px on each side."
-        )
-    try:
-        return load_image(path)
-    except ImageLoadError:
-        raise AppInputError(f"{name} is corrupt or truncated and cannot be decoded.") from None
+        with open_image(path, max_pixels=limits.max_pixels) as img:
+            width, height = img.size
+        if min(width, height) < limits.min_side:
+            raise AppInputError(
+                f"{name} is {width} x {height} px, too small: the app needs at least {limits.min_side} px on "
+                "each side."
+            )
+        return load_image(path, max_pixels=limits.max_pixels)
+    except ImageLoadError as err:
+        raise AppInputError(str(err).replace(str(path), name)) from None
 
 
 def upscale_request(

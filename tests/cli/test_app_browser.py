@@ -155,7 +155,7 @@ def test_app_in_headless_chromium(app_url: tuple[str, Path], tmp_path: Path) -> 
         driver.find_element(By.CSS_SELECTOR, file_input).send_keys(str(bad))
         wait.until(lambda d: "notes.png" in d.find_element(By.ID, "fidesr-upload").text.replace("\n", ""))
         driver.find_element(By.ID, "fidesr-run").click()
-        message = "notes.png is not an image file that can be read"
+        message = "cannot read image notes.png: cannot identify image file"
         wait.until(lambda d: message in d.find_element(By.TAG_NAME, "body").text)
         assert "Traceback" not in driver.find_element(By.TAG_NAME, "body").text
 
@@ -170,4 +170,4 @@ def test_app_in_headless_chromium(app_url: tuple[str, Path], tmp_path: Path) -> 
     finally:
         driver.quit()
     server_log = log.read_text()
-    assert "rejected upload: notes.png" in server_log and "Traceback" not in server_log
+    assert "rejected upload: cannot read image notes.png" in server_log and "Traceback" not in server_log
