@@ -102,7 +102,9 @@ def load_torch_file(path: str | os.PathLike, what: str, unsafe_pickle: bool = Fa
         warnings.warn(f"{path}: fully unpickling (--unsafe-pickle): any code the file names runs now", stacklevel=2)
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on foreign pickle protocols: the outcome is what counts
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" not in str(err).lower():  # not a pickle at all: random bytes, another format
             raise ModelFileError(f"{path} is not a readable {what} (corrupt or not a torch file): {err}") from err

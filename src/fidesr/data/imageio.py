@@ -143,7 +143,7 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
 
 def _too_large(path: Path, size: str, limit: int) -> str:
     return (f"cannot read image {path}: {size} is over the limit of {limit:,} (a decompression bomb, or a very "
-            "large image: raise the limit with --max-pixels)")  # fmt: skip
+            "large image: raise the limit with --max-pixels, or max_pixels= in fidesr-eval)")  # fmt: skip
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
