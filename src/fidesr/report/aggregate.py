@@ -150,7 +150,7 @@ def verdict(results: dict[str, PairedDifference], baseline: str, lower: bool) ->
     better = {k: v for k, v in others.items() if v.detected and sign * v.delta > 0}
     if better:
         best = max(better, key=lambda k: sign * better[k].delta)
-        note = "" if len(better) == 1 else f" (also better than the baseline: {', '.join(k for k in better if k != best)})"
+        note = "" if len(better) == 1 else f" (also better than the baseline: {', '.join(f'`{k}`' for k in better if k != best)})"
         return best, f"best: `{best}`, {_interval(better[best])} vs the baseline{note}"
     if others and all(v.detected for v in others.values()):
         return baseline, f"best: the baseline `{baseline}` (every other configuration is worse, {size})"
