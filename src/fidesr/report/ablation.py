@@ -16,7 +16,13 @@ from typing import Any
 from fidesr.metrics.tables import write_csv
 from fidesr.report import comparisons as cmp
 from fidesr.report import tracker
-from fidesr.report.aggregate import add_paired, choose_baseline, group_configurations, summarize
+from fidesr.report.aggregate import (
+    Configuration,
+    add_paired,
+    choose_baseline,
+    group_configurations,
+    summarize,
+)
 from fidesr.report.jobs import PERCEPTUAL, discover_jobs, metric_order
 from fidesr.report.plots import plot_deltas, plot_perception_distortion, plot_training_curves, plot_val_curves
 from fidesr.report.provenance import provenance_notes, provenance_warnings
@@ -151,7 +157,7 @@ def ablation_report(sweep_dir: Path, opts: AblationOptions) -> int:
     return 1 if opts.strict and (warnings or len(done) < len(jobs)) else 0
 
 
-def _comparisons(confs: Sequence[Any], set_name: str, path: Path, opts: AblationOptions, files: list[Path],
+def _comparisons(confs: Sequence[Configuration], set_name: str, path: Path, opts: AblationOptions, files: list[Path],
                  wandb_tables: dict[str, Any]) -> list[str]:  # fmt: skip
     """comparisons.png for one set (appended to ``files``), its W&B table, and the Markdown lines."""
     found, how = cmp.collect(confs, set_name, opts.n_comparisons, opts.crop_size, opts.boxes)

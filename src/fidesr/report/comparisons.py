@@ -75,10 +75,10 @@ def collect(confs: Sequence[Configuration], set_name: str, n_images: int = 3, cr
     """Crops for ``boxes`` (or the ``n_images`` most different images) and a sentence saying how they were
     chosen; ([], reason) when the jobs lack the images."""
     jobs = [min(c.jobs, key=lambda j: str(j.seed)) for c in confs]
-    ref = next((j for j in jobs if j.image(set_name, "x", "gt").parent.is_dir()), None)
+    ref = next((j for j in jobs if j.image_dir(set_name, "gt").is_dir()), None)
     if ref is None:
         return [], f"no val/gt/{set_name} in the job folders (written by the metrics callback with save_images)"
-    names = sorted(p.stem for p in ref.image(set_name, "x", "gt").parent.glob("*.png"))
+    names = sorted(p.stem for p in ref.image_dir(set_name, "gt").glob("*.png"))
     names = [n for n in names if all(j.image(set_name, n).is_file() for j in jobs) and ref.image(set_name, n, "lq").is_file()]
     if not names:
         return [], f"no SR images of the last validation of {set_name!r} in every configuration"

@@ -141,10 +141,13 @@ class Job:
             out[str(r["name"])] = {k: float(v) for k, v in r.items() if k != "name" and _is_number(v)}
         return out
 
+    def image_dir(self, set_name: str, kind: str = "sr") -> Path:
+        """Folder of ``sr`` (last validation), ``gt`` or ``lq`` (native LQ size) images of ``set_name``."""
+        return self.val_dir(set_name) if kind == "sr" else self.dir / "val" / kind / set_name
+
     def image(self, set_name: str, name: str, kind: str = "sr") -> Path:
-        """The PNG of image ``name``: ``sr`` (last validation), ``gt`` or ``lq`` (native LQ size)."""
-        folder = self.val_dir(set_name) if kind == "sr" else self.dir / "val" / kind / set_name
-        return folder / f"{safe_stem(name)}.png"
+        """The PNG of image ``name`` in ``image_dir(set_name, kind)``."""
+        return self.image_dir(set_name, kind) / f"{safe_stem(name)}.png"
 
     def train_log(self) -> list[dict[str, Any]]:
         """Rows of the CSVLogger's ``csv/metrics.csv`` (training losses), or [] without one."""
