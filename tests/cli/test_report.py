@@ -314,10 +314,16 @@ def test_wandb_table_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    sweep = make_sweep(tmp_path, seeds=(0,))
-    assert main([str(sweep), "--wandb", "on"]) == 0
+    sweep = make_sweep(tmp_path, seeds=(0,), images=True)
+    assert main([str(sweep), "--wandb", "on", "--resamples", "500"]) == 0
     runs = list((sweep / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
+    # The comparison as a table of images: one image column per configuration (plus LQ, bicubic, GT).
+    tables = {p.name.split("_")[0]: p for p in runs[0].rglob("media/table/**/*.table.json")}
+    assert set(tables) >= {"ablation", "comparisons"}
+    comp = json.loads(next(p for p in runs[0].rglob("*.table.json") if "comparisons" in str(p)).read_text())
+    assert comp["columns"][:3] == ["image", "box", "LQ (nearest, x4)"] and len(comp["data"]) == 3
+    assert all(cell == "Image" for row in comp["data"] for cell in row[2:])  # how wandb 0.31 writes image cells
     assert "W&B: table and plots logged" in (sweep / "ablation.md").read_text()
 
 
