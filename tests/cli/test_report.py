@@ -319,9 +319,10 @@ def test_wandb_table_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     runs = list((sweep / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     # The comparison as a table of images: one image column per configuration (plus LQ, bicubic, GT).
-    tables = {p.name.split("_")[0]: p for p in runs[0].rglob("media/table/**/*.table.json")}
-    assert set(tables) >= {"ablation", "comparisons"}
-    comp = json.loads(next(p for p in runs[0].rglob("*.table.json") if "comparisons" in str(p)).read_text())
+    tables = {str(p.relative_to(p.parents[1] if p.parent.name != "table" else p.parent)).split("_")[0]: p
+              for p in runs[0].rglob("media/table/**/*.table.json")}  # fmt: skip
+    assert set(tables) == {"ablation", "comparisons/demo"}
+    comp = json.loads(tables["comparisons/demo"].read_text())
     assert comp["columns"][:3] == ["image", "box", "LQ (nearest, x4)"] and len(comp["data"]) == 3
     assert all(cell == "Image" for row in comp["data"] for cell in row[2:])  # how wandb 0.31 writes image cells
     assert "W&B: table and plots logged" in (sweep / "ablation.md").read_text()
