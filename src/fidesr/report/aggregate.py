@@ -155,7 +155,9 @@ def verdict(results: dict[str, PairedDifference], baseline: str, lower: bool) ->
     if others and all(v.detected for v in others.values()):
         return baseline, f"best: the baseline `{baseline}` (every other configuration is worse, {size})"
     worse = [k for k, v in others.items() if v.detected]
+    same = [k for k, v in others.items() if v.delta == v.ci_low == v.ci_high == 0]
     tail = f"; worse than the baseline: {', '.join(f'`{k}`' for k in worse)}" if worse else ""
+    tail += f"; identical to the baseline on every image: {', '.join(f'`{k}`' for k in same)}" if same else ""
     return None, f"no difference detected at {size}{tail}"
 
 

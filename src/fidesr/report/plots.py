@@ -17,6 +17,8 @@ from fidesr.report.jobs import FIXED, PERCEPTUAL, is_real_metric, lower_better, 
 #: config label -> series key -> one curve per seed (step -> value)
 Series = Mapping[str, Mapping[str, list[dict[int, float]]]]
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+#: Line styles per configuration: identical curves (a component that never switched on) stay visible.
+STYLES = ("-", "--", "-.", ":")
 
 
 def pyplot() -> Any:
@@ -85,7 +87,7 @@ def curves_figure(confs: Sequence[Configuration], series: Series, keys: Sequence
     nrow = math.ceil(len(keys) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.4 * nrow), squeeze=False)
     for ax, key in zip(axes.flat, keys, strict=False):
-        for c, color in zip(confs, colors(len(confs)), strict=True):
+        for i, (c, color) in enumerate(zip(confs, colors(len(confs)), strict=True)):
             curves = [cv for cv in series.get(c.label, {}).get(key, []) if cv]
             steps, mean, lo, hi = _mean_curve(curves)
             if not steps:
@@ -93,7 +95,8 @@ def curves_figure(confs: Sequence[Configuration], series: Series, keys: Sequence
             if smooth:
                 ax.plot(steps, mean, color=color, lw=0.6, alpha=0.25)
                 mean = ema(mean, smoothing_weight(len(mean)))
-            ax.plot(steps, mean, color=color, label=c.label, lw=1.4, marker="o" if len(steps) < 8 else None, ms=3)
+            ax.plot(steps, mean, color=color, label=c.label, lw=1.6, ls=STYLES[i % len(STYLES)],
+                    marker=MARKERS[i % len(MARKERS)] if len(steps) < 8 else None, ms=4)  # fmt: skip
             if len(curves) > 1:
                 ax.fill_between(steps, lo, hi, color=color, alpha=0.12, lw=0)
         ax.set_title(ylabel(key) if ylabel else key, fontsize=10)
@@ -127,7 +130,7 @@ def plot_training_curves(confs: Sequence[Configuration], path: Path) -> tuple[Pa
     keys = sorted(keys, key=lambda k: (k.endswith("/total"), k))  # the total last
     informative = [k for k in keys if _informative(series, k)][:6]
     figure, dropped = curves_figure(confs, series, informative, path,
-                                    "Training losses (mean over seeds, EMA-smoothed over the raw points)",
+                                    "Training losses (mean over seeds; from 20 logged points on, an EMA over the faint raw points)",
                                     ylabel=lambda k: k.removeprefix("train/"), smooth=True)  # fmt: skip
     return figure, [k for k in keys if not _informative(series, k)] + dropped
 
@@ -154,16 +157,19 @@ def plot_perception_distortion(rows: Sequence[Mapping[str, Any]], path: Path) ->
     for ax, m in zip(axes.flat, ys, strict=True):
         for i, r in enumerate(rows):
             if isinstance(r.get("psnr"), float) and isinstance(r.get(m), float):
+                # Shrinking markers: a configuration on top of another (same values) leaves it visible.
                 ax.errorbar(r["psnr"], r[m], xerr=r.get("psnr_std"), yerr=r.get(f"{m}_std"), fmt=MARKERS[i % len(MARKERS)],
-                            color=cols[i], ms=7, capsize=3, label=r["configuration"])  # fmt: skip
+                            color=cols[i], ms=max(4, 11 - 2 * i), capsize=3, label=r["configuration"], alpha=0.9)  # fmt: skip
         ax.set_xlabel(header("psnr") + "  (distortion: right is better)")
         ax.set_ylabel(header(m) + ("  (lower is better)" if lower_better(m) else "  (higher is better)"))
         ax.grid(alpha=0.3)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    ncol = max(1, min(len(labels), int(4.8 * len(ys) // 2.4)))  # about 2.4 inches per legend entry
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     seeds = max((r.get("n_seeds") or 1) for r in rows)
     note = "error bars: std over seeds" if seeds > 1 else "one seed: no error bars"
-    return save_figure(fig, path, f"Perception-distortion ({note})", rect=(0, 0.1, 1, 0.95))
+    rows_of_legend = math.ceil(len(labels) / ncol)
+    return save_figure(fig, path, f"Perception-distortion ({note})", rect=(0, 0.06 * rows_of_legend + 0.02, 1, 0.95))
 
 
 def plot_deltas(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], baseline: str, path: Path) -> Path | None:

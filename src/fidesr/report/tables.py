@@ -50,6 +50,8 @@ def delta_cell(row: Mapping[str, Any], m: str) -> str:
     d, lo, hi = (row.get(f"{m}_{k}") for k in ("delta", "ci_low", "ci_high"))
     if not all(isinstance(x, float) for x in (d, lo, hi)):
         return "-"
+    if d == lo == hi == 0:
+        return "0 (identical per-image values)"
     text = f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
     return f"**{text}**" if lo > 0 or hi < 0 else text
 
