@@ -158,7 +158,7 @@ def test_interval_straddling_zero_claims_no_best(tmp_path: Path) -> None:
     """Per-image differences of +-1 around a mean of 0: no difference detected, no best, no bold."""
     sweep = tmp_path / "sw"
     for i, (daw, lrrb) in enumerate(SWITCHES):
-        noise = (0.0,) * 4 if (daw, lrrb) == ("off", "off") else (1.0, -1.0, 1.0, -1.0)
+        noise = (0.0,) * 4 if lrrb == "off" else (1.0, -1.0, 1.0, -1.0)  # daw=on,lrrb=off: the baseline's values
         make_job(sweep, i, [f"daw={daw}", f"lrrb={lrrb}"], {"psnr": 20.0, "ssim": 0.5}, make_config(daw, lrrb, 0),
                  noise=noise)  # fmt: skip
     assert main([str(sweep), "--wandb", "off", "--resamples", "2000"]) == 0
@@ -168,7 +168,9 @@ def test_interval_straddling_zero_claims_no_best(tmp_path: Path) -> None:
     assert on["psnr_delta"] == pytest.approx(0.0) and on["psnr_ci_low"] < 0 < on["psnr_ci_high"]
     assert on["psnr_p"] == pytest.approx(1.0)
     md = (sweep / "ablation.md").read_text()
-    assert "- PSNR: no difference detected at n = 4 images" in md and "**" not in md.split("### Differences")[1]
+    assert "- PSNR: no difference detected at n = 4 images; identical to the baseline on every image: `daw=on,lrrb=off`" in md
+    assert "**" not in md.split("### Differences")[1]
+    assert "| `daw=on,lrrb=off` | 0 (identical per-image values) (p = 1) |" in md
 
 
 def test_baseline_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
