@@ -13,9 +13,9 @@ help:  ## list the targets
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-install: $(BIN)/python  ## create .venv and install fidesr (editable) with the dev tools
+install: $(BIN)/python  ## create .venv and install fidesr (editable) with the dev tools and the app
 	$(BIN)/pip install --upgrade "pip>=23" "setuptools>=64,<82" wheel
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,app]"
 
 test:  ## run the test suite (about 6 minutes on 2 cores)
 	OMP_NUM_THREADS=$(THREADS) WANDB_MODE=disabled $(BIN)/python -m pytest -q

@@ -89,3 +89,64 @@ def realsr() -> Path:
     if not REALSR.is_dir():
         pytest.skip(f"{REALSR} not present (../shared is provided in CI)")
     return REALSR
+
+
+LFIM_CFG = {"_target_": "fidesr.components.lfim.LatentFrequencyInjection", "lf_scale": 0.2, "hf_scale": 0.2}
+LRRB_CFG = {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock", "latent_channels": 4}
+
+
+@pytest.fixture(scope="session")
+def trained_model(tiny_backbone_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 'trained' model (random LoRA A and B, random LRRB) and its checkpoint in fidesr-train's format."""
+    from fidesr.backbone.sd import StableDiffusionBackbone
+    from fidesr.components.lrrb import LatentResidualRefinementBlock
+
+    torch.manual_seed(1)
+    backbone = StableDiffusionBackbone.from_pretrained(tiny_backbone_folder, local_files_only=True)
+    for name, p in backbone.unet.named_parameters():
+        if "lora_" in name:
+            p.data.normal_(0.0, 0.05)
+    lrrb = LatentResidualRefinementBlock()
+    for p in lrrb.parameters():
+        p.data.normal_(0.0, 0.02)
+    config = {
+        "backbone": {"_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
+                     "pretrained": str(tiny_backbone_folder), "local_files_only": True,
+                     "lora_rank": 8, "lora_alpha": 8, "lora_init": "gaussian"},
+        "lrrb": LRRB_CFG, "lfim": LFIM_CFG, "daw": None,
+        "model": {"_target_": "fidesr.model.FiDeSRModule", "color_fix": "adain", "min_lq_size": 32},
+    }  # fmt: skip
+    state = {f"backbone.unet.{k}": v.clone() for k, v in backbone.lora_state_dict().items()}
+    state.update({f"lrrb.{k}": v.clone() for k, v in lrrb.state_dict().items()})
+    ckpt = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
+    torch.save({"state_dict": state, "global_step": 7, "fidesr": {"config": config}}, ckpt)
+    # The reference output: the training-time (unmerged) pipeline, as validation runs it.
+    from fidesr.components.lfim import LatentFrequencyInjection
+    from fidesr.pipeline import FiDeSRPipeline
+
+    live = FiDeSRPipeline(backbone, lrrb, LatentFrequencyInjection(), min_lq_size=32)
+    return {"ckpt": ckpt, "backbone": backbone, "lrrb": lrrb, "live": live, "folder": tiny_backbone_folder}
+
+
+
+
+def write_png_bomb(path: Path, side: int = 100_000) -> Path:
+    """A valid PNG whose header claims ``side`` x ``side`` RGB pixels, a few hundred bytes on disk: a
+    decompression bomb (the pixels would take side^2 x 3 bytes once decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+                     + chunk(b"IEND", b""))  # fmt: skip
+    return path
+
+
+@pytest.fixture
+def png_bomb():
+    """write_png_bomb(path, side=100_000) -> path."""
+    return write_png_bomb

@@ -77,7 +77,7 @@ def test_generator_wiring_matches_the_formula(compose, tiny_backbone_folder):
     _randomize_lora(model)
     lq = _batch()["lq"] * 2 - 1
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    sr, out = model.generate(lq, ["", ""], generator=g1)
+    sr, out = model(lq, ["", ""], generator=g1)
     bb = model.backbone
     z = bb.encode(lq, generator=g2)
     emb = bb.encode_prompt(["", ""])
@@ -107,7 +107,7 @@ def test_losses_weighted_and_csd_uses_tags_negative_prompt_and_frozen_teacher(co
     type(model).global_step = property(lambda self: step)
     g_dev = model.step_generator(torch.device("cpu"), stream=1)
     gt, lq = batch["gt"] * 2 - 1, batch["lq"] * 2 - 1
-    sr, out = model.generate(lq, batch["prompt"], generator=g_dev)
+    sr, out = model(lq, batch["prompt"], generator=g_dev)
     lp = model.perceptual(sr, gt)
     w = model.daw.weights(detail_map(gt), error_map(sr.detach(), gt, lp.detach()), step)
     assert w is not None and torch.allclose(w.mean(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)
@@ -154,6 +154,19 @@ def test_training_checkpoint_holds_only_trainable_weights_and_resume_is_exact(co
     ckpt = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["optimizer_states"] and ckpt["fidesr"]["config"]["backbone"]["_target_"].endswith("build_tiny_backbone")
     assert (full / "checkpoints" / "last.ckpt").stat().st_size < 100 * 2**20
+
+
+@pytest.mark.slow
+def test_daw_p_reaches_training(compose, fast_train_overrides, tmp_path):
+    """daw.p (the perceptual share of DAW's error map) changes what trains once DAW is on; it was ignored
+    by the training step (and the logged weight maps) before DAW's weights were computed in one place."""
+    common = [*fast_train_overrides, "trainer.max_steps=3", "trainer.val_check_interval=3", "validate_before_fit=false",
+              "callbacks.validation_images=null", "logger=csv", "daw.warmup_steps=1"]  # fmt: skip
+    out = {}
+    for p in (0.0, 1.0):
+        train(compose([*common, f"daw.p={p}", f"paths.output_dir={tmp_path / str(p)}"]))
+        out[p] = _final_trainable(tmp_path / str(p))
+    assert any(not torch.equal(out[0.0][k], out[1.0][k]) for k in out[0.0])
 
 
 @pytest.mark.parametrize("loss_scale", [None, 2.0**16])

@@ -1,4 +1,4 @@
-"""FiDeSRPipeline: constructors (checkpoint, adapter, official .pkl), tiling, LFIM knobs, large images.
+"""FiDeSRPipeline: the one loader (checkpoint, exported folder, official .pkl), tiling, LFIM knobs, large images.
 
 All on the tiny backbone with random (non-zero) LoRA and LRRB weights, so that every loading path has
 something to get wrong. Tolerances: the fused (merged) UNet against the adapter UNet differs by float32
@@ -18,15 +18,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fidesr.backbone.sd import StableDiffusionBackbone
-from fidesr.components.lfim import LatentFrequencyInjection
-from fidesr.components.lrrb import LatentResidualRefinementBlock
-from fidesr.export import load_adapter, read_checkpoint, trained_state
-from fidesr.pipeline import FiDeSRPipeline
+from fidesr.errors import ModelFileError
+from fidesr.model_files import TrainedWeights, trained_state
+from fidesr.pipeline import FiDeSRPipeline, load_pipeline
 from fidesr.tiling import seam_score, tile_borders, tile_starts
-
-LFIM_CFG = {"_target_": "fidesr.components.lfim.LatentFrequencyInjection", "lf_scale": 0.2, "hf_scale": 0.2}
-LRRB_CFG = {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock", "latent_channels": 4}
 
 
 def _seeded() -> torch.Generator:
@@ -41,35 +36,13 @@ def _smooth_lq(size: tuple[int, int], seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_backbone_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A 'trained' model (random LoRA A and B, random LRRB) and its checkpoint in fidesr-train's format."""
-    torch.manual_seed(1)
-    backbone = StableDiffusionBackbone.from_pretrained(tiny_backbone_folder, local_files_only=True)
-    for name, p in backbone.unet.named_parameters():
-        if "lora_" in name:
-            p.data.normal_(0.0, 0.05)
-    lrrb = LatentResidualRefinementBlock()
-    for p in lrrb.parameters():
-        p.data.normal_(0.0, 0.02)
-    config = {
-        "backbone": {"_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
-                     "pretrained": str(tiny_backbone_folder), "local_files_only": True,
-                     "lora_rank": 8, "lora_alpha": 8, "lora_init": "gaussian"},
-        "lrrb": LRRB_CFG, "lfim": LFIM_CFG, "daw": None,
-        "model": {"_target_": "fidesr.model.FiDeSRModule", "color_fix": "adain", "min_lq_size": 32},
-    }  # fmt: skip
-    state = {f"backbone.unet.{k}": v.clone() for k, v in backbone.lora_state_dict().items()}
-    state.update({f"lrrb.{k}": v.clone() for k, v in lrrb.state_dict().items()})
-    ckpt = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
-    torch.save({"state_dict": state, "global_step": 7, "fidesr": {"config": config}}, ckpt)
-    # The reference output: the training-time (unmerged) pipeline, as validation runs it.
-    live = FiDeSRPipeline(backbone, lrrb, LatentFrequencyInjection(), min_lq_size=32)
-    return {"ckpt": ckpt, "backbone": backbone, "lrrb": lrrb, "live": live, "folder": tiny_backbone_folder}
+def trained(trained_model: dict) -> dict:
+    return trained_model
 
 
 @pytest.fixture(scope="module")
 def pipe(trained: dict) -> FiDeSRPipeline:
-    return FiDeSRPipeline.from_checkpoint(trained["ckpt"], device="cpu")
+    return FiDeSRPipeline.from_pretrained(trained["ckpt"], device="cpu")
 
 
 def test_checkpoint_pipeline_matches_the_training_model(trained: dict, pipe: FiDeSRPipeline) -> None:
@@ -118,19 +91,24 @@ def test_lfim_strengths_per_call(pipe: FiDeSRPipeline, trained: dict) -> None:
 
 
 def test_export_round_trip_is_exact(trained: dict, pipe: FiDeSRPipeline, tmp_path: Path) -> None:
-    from fidesr.cli.upscale import main
+    from fidesr.cli.export import main
 
-    adapter = tmp_path / "adapter.safetensors"
-    assert main(["export", str(trained["ckpt"]), "-o", str(adapter)]) == 0
-    assert main(["export", str(trained["ckpt"]), "-o", str(adapter)]) == 1  # exists: no overwrite
-    config, state = read_checkpoint(trained["ckpt"])
-    config2, state2 = load_adapter(adapter)
-    assert json.loads(json.dumps(config)) == config2
-    assert state.keys() == state2.keys() and all(torch.equal(state[k], state2[k]) for k in state)
-    assert adapter.stat().st_size < 2 * sum(v.numel() * v.element_size() for v in state.values()) + 65536
+    folder = tmp_path / "export"
+    assert main([str(trained["ckpt"]), "-o", str(folder)]) == 0
+    with pytest.raises(SystemExit):  # an export is there already: refused without --overwrite
+        main([str(trained["ckpt"]), "-o", str(folder)])
+    a, b = TrainedWeights.load(trained["ckpt"]), TrainedWeights.load(folder)
+    assert json.loads(json.dumps(a.config)) == b.config
+    assert a.state.keys() == b.state.keys() and all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    assert size < 2 * sum(v.numel() * v.element_size() for v in a.state.values()) + 65536
     lq = _smooth_lq((32, 40), seed=5)
-    from_adapter = FiDeSRPipeline.from_adapter(adapter, device="cpu")(lq, generator=_seeded()).sr
-    assert torch.equal(from_adapter, pipe(lq, generator=_seeded()).sr)
+    from_folder = FiDeSRPipeline.from_pretrained(folder, device="cpu")(lq, generator=_seeded()).sr
+    assert torch.equal(from_folder, pipe(lq, generator=_seeded()).sr)
+    # The pipeline pairs loading with saving: what it loaded, it writes again, unchanged.
+    again = pipe.save_pretrained(tmp_path / "again")
+    c = TrainedWeights.load(again)
+    assert all(torch.equal(a.state[k], c.state[k]) for k in a.state)
 
 
 def test_official_pkl_gives_the_checkpoint_output(trained: dict, pipe: FiDeSRPipeline, tmp_path: Path) -> None:
@@ -145,35 +123,46 @@ def test_official_pkl_gives_the_checkpoint_output(trained: dict, pipe: FiDeSRPip
         "state_dict_unet": {k: v.clone() for k, v in backbone.unet.state_dict().items() if "lora" in k},
         "lrrb_state_dict": {k: v.clone() for k, v in lrrb.state_dict().items()},
     }, pkl)  # fmt: skip
-    official = FiDeSRPipeline.from_official(pkl, trained["folder"], device="cpu", min_lq_size=32)
+    official = load_pipeline(official=pkl, pretrained=trained["folder"], device="cpu", min_lq_size=32)
     lq = _smooth_lq((40, 32), seed=7)
     assert (official(lq, generator=_seeded()).sr - pipe(lq, generator=_seeded()).sr).abs().max() < 1e-5
 
 
 def test_loading_errors_name_the_problem(trained: dict, tmp_path: Path) -> None:
-    ckpt = torch.load(trained["ckpt"], weights_only=False)
+    ckpt = torch.load(trained["ckpt"], weights_only=True)
     ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("backbone.")}
     bad = tmp_path / "nolora.ckpt"
     torch.save(ckpt, bad)
+    with pytest.raises(ModelFileError, match="holds no LoRA tensors"):
+        FiDeSRPipeline.from_pretrained(bad, device="cpu")
+    ckpt = torch.load(trained["ckpt"], weights_only=True)
+    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if "down_blocks" not in k}
+    torch.save(ckpt, bad)
     with pytest.raises(KeyError, match="LoRA tensors missing"):
-        FiDeSRPipeline.from_checkpoint(bad, device="cpu")
+        FiDeSRPipeline.from_pretrained(bad, device="cpu")
     torch.save({"state_dict": {}}, bad)
-    with pytest.raises(ValueError, match="no fidesr config"):
-        FiDeSRPipeline.from_checkpoint(bad, device="cpu")
-    with pytest.raises(ValueError, match="not a safetensors file"):
-        FiDeSRPipeline.from_adapter(bad, device="cpu")
+    with pytest.raises(ModelFileError, match="no fidesr config"):
+        FiDeSRPipeline.from_pretrained(bad, device="cpu")
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"not safetensors")
+    with pytest.raises(ModelFileError, match="not a safetensors file"):
+        FiDeSRPipeline.from_pretrained(fake, device="cpu")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(trained["ckpt"].read_bytes()[:5000])
+    with pytest.raises(ModelFileError, match="truncated.ckpt"):
+        FiDeSRPipeline.from_pretrained(truncated, device="cpu")
 
 
 def test_bf16_pipeline_runs_close_to_fp32(trained: dict, pipe: FiDeSRPipeline) -> None:
     lq = _smooth_lq((32, 32), seed=9)
-    bf16 = FiDeSRPipeline.from_checkpoint(trained["ckpt"], device="cpu", dtype="bf16")
+    bf16 = FiDeSRPipeline.from_pretrained(trained["ckpt"], device="cpu", dtype="bf16")
     assert bf16.dtype == torch.bfloat16 and bf16.backbone.alphas_cumprod.dtype == torch.float32
     out = bf16(lq, generator=_seeded()).sr
     assert out.dtype == torch.float32 and (out - pipe(lq, generator=_seeded()).sr).abs().mean() < 0.05
 
 
 def test_trained_state_of_live_modules_is_the_checkpoint_state(trained: dict) -> None:
-    _, state = read_checkpoint(trained["ckpt"])
+    state = TrainedWeights.load(trained["ckpt"]).state
     live = trained_state(trained["backbone"], trained["lrrb"])
     assert live.keys() == state.keys() and all(torch.equal(live[k], state[k]) for k in state)
 
@@ -202,7 +191,7 @@ LARGE_SCRIPT = textwrap.dedent("""
     from fidesr.data.imageio import load_image
     from fidesr.pipeline import FiDeSRPipeline
     ckpt, tiles, n, out = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    pipe = FiDeSRPipeline.from_checkpoint(ckpt, device="cpu", **tiles)
+    pipe = FiDeSRPipeline.from_pretrained(ckpt, device="cpu", **tiles)
     photo = load_image(skimage_data_dir() / "astronaut.png")[None]
     lq = torch.nn.functional.interpolate(photo, size=(n, n), mode="area")
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

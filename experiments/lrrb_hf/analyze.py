@@ -9,7 +9,7 @@ before (``r``) and after (``r' = r + LRRB(z_L, r)``) the LRRB with the ideal res
 high-pass, cut-off 0.32, order 2, the official grid). Prints and writes ``lrrb_hf.md`` and
 ``lrrb_hf.csv`` (per image, then the data-set figure: a ratio of means, as ``HFErrorMeter`` computes it).
 
-CKPT is a training checkpoint (``*.ckpt``), an exported adapter (``*.safetensors``) or, with
+CKPT is a training checkpoint (``*.ckpt``), an exported folder (``fidesr-export``), a Hub repo id or, with
 ``--official PKL --pretrained SD21``, the released FiDeSR weights. The VAE posterior is sampled with a
 seeded generator (``--seed``), so reruns give the same numbers.
 """
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fidesr.components.hf_error import HFErrorMeter, high_frequency_error, ideal_residual
-from fidesr.metrics.images import list_images, match_pairs, read_image
+from fidesr.metrics.images import list_images, match_pairs, read_for_metrics
 from fidesr.metrics.published import LRRB_HF_REDUCTION_PCT
 from fidesr.metrics.tables import write_csv
 
@@ -32,7 +32,7 @@ from fidesr.metrics.tables import write_csv
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "checkpoint", nargs="?", help="training checkpoint (.ckpt) or exported adapter (.safetensors)"
+        "checkpoint", nargs="?", help="training checkpoint (.ckpt), exported folder or Hub repo id"
     )
     p.add_argument("--official", help="the released FiDeSR .pkl instead of CKPT (needs --pretrained)")
     p.add_argument("--pretrained", help="SD 2.1-base hub id or local folder (replaces the checkpoint's)")
@@ -56,9 +56,9 @@ def analyze(pipe, pairs: list[tuple[Path, Path]], meter: HFErrorMeter, seed: int
     resized = 0
     for lq_path, gt_path in pairs:
         g = torch.Generator(device=pipe.device).manual_seed(seed)
-        lq = read_image(lq_path).to(pipe.device)
+        lq = read_for_metrics(lq_path).to(pipe.device)
         up, _ = pipe.upsample(lq)
-        gt = read_image(gt_path).to(pipe.device)
+        gt = read_for_metrics(gt_path).to(pipe.device)
         if gt.shape[-2:] != up.shape[-2:]:
             # The model works at the size of the (enlarged, trimmed) upsampled LQ; the GT follows it.
             gt = F.interpolate(gt, size=up.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)

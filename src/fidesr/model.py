@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fidesr.backbone.sd import StableDiffusionBackbone
-from fidesr.components.daw import detail_map, error_map, resize_weights, weighted_mean
+from fidesr.components.daw import resize_weights, weighted_mean
 from fidesr.components.perceptual import PerceptualLoss
 from fidesr.generator import OneStepOutput, one_step
 from fidesr.pipeline import FiDeSRPipeline
@@ -132,14 +132,14 @@ class FiDeSRModule(L.LightningModule):
         return batch
 
     # ------------------------------------------------------------------ forward
-    def generate(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
+    def forward(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, OneStepOutput]:  # fmt: skip
         """Training forward: upsampled LQ [B,3,H,W] in [-1,1] -> (SR [B,3,H,W] in [-1,1], latents)."""
-        out = self.generate_latent(lq_up, prompts, generator)
+        out = self.sr_latent(lq_up, prompts, generator)
         return self.backbone.decode(out.z_sr), out
 
-    def generate_latent(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
-                        ) -> OneStepOutput:  # fmt: skip
+    def sr_latent(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
+                   ) -> OneStepOutput:  # fmt: skip
         """Encode (no grad), UNet + LRRB: the SR latent ``z_sr`` [B,C,H/8,W/8] with its graph."""
         with torch.no_grad():
             z_lq = self.backbone.encode(lq_up, generator=generator)
@@ -153,12 +153,7 @@ class FiDeSRModule(L.LightningModule):
         sr = self.backbone.decode(z_sr).float()
         parts: dict[str, torch.Tensor] = {}
         lpips_map = self.perceptual(sr, gt) if self.perceptual is not None else None
-        weights = None
-        if self.daw is not None:
-            with torch.no_grad():
-                detail = detail_map(gt)
-                error = error_map(sr.detach(), gt, lpips_map.detach())
-                weights = self.daw.weights(detail, error, self.global_step)
+        weights = self.daw(sr, gt, lpips_map, self.global_step) if self.daw is not None else None
         loss_mse = weighted_mean((sr - gt) ** 2, weights)
         loss = self.lambda_mse * loss_mse
         parts["loss/mse"] = loss_mse.detach()
@@ -210,7 +205,7 @@ class FiDeSRModule(L.LightningModule):
         g_dev = self.step_generator(gt.device, stream=1)
         # The whole batch drops its tags together, as the official null_text_ratio does (a host-side draw).
         drop = random.Random(self.step_seed(0)).random() < self.null_text_ratio
-        out = self.generate_latent(lq, [""] * len(tags) if drop else tags, generator=g_dev)
+        out = self.sr_latent(lq, [""] * len(tags) if drop else tags, generator=g_dev)
 
         if self.loss_chunk and self.loss_chunk < gt.shape[0]:
             loss, weights, parts = self.chunked_pixel_losses(out.z_sr, gt, self.loss_chunk)
@@ -235,6 +230,12 @@ class FiDeSRModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=gt.shape[0])
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=gt.shape[0])
         return loss
+
+    def setup(self, stage: str) -> None:
+        """Validation set names (dataloader index -> name) from the datamodule, for the outputs' ``set``."""
+        names = getattr(getattr(self._trainer, "datamodule", None), "val_set_names", None)
+        if names:
+            self.val_set_names = list(names)
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
@@ -268,6 +269,15 @@ class FiDeSRModule(L.LightningModule):
         if self.lrrb is not None:
             keys |= {f"lrrb.{k}" for k in self.lrrb.state_dict()}
         return keys
+
+    @classmethod
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> FiDeSRModule:  # type: ignore[override]
+        """Not supported: the module is built from the Hydra config (components, not hyper-parameters)."""
+        raise NotImplementedError(
+            "FiDeSRModule is composed from the Hydra config, so Lightning's load_from_checkpoint cannot rebuild "
+            "it. For inference: fidesr.pipeline.FiDeSRPipeline.from_pretrained(path) (checkpoint, exported folder, "
+            "official .pkl or Hub id); to train on: fidesr-train <the run's overrides> ckpt_path=path"
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self.trainable_state_keys()

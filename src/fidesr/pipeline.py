@@ -11,11 +11,11 @@ decodes in tiles (encoder tiles 1024 px, decoder tiles 224 latent px). All three
 implementation in :mod:`fidesr.tiling`.
 
 Constructors: the module-owned pipeline of ``FiDeSRModule`` (validation, LoRA unmerged, training goes on),
-and, for inference only, :meth:`FiDeSRPipeline.from_checkpoint` (a training checkpoint),
-:meth:`~FiDeSRPipeline.from_adapter` (an exported ``.safetensors`` adapter, see :mod:`fidesr.export`) and
-:meth:`~FiDeSRPipeline.from_official` (the released FiDeSR ``.pkl``). Those merge the LoRA into the UNet
-weights and drop the adapter layers: a plain diffusers UNet, the fastest and the friendliest to
-``torch.compile``.
+and, for inference only, :meth:`FiDeSRPipeline.from_pretrained`, the one loader of every model source
+(training checkpoint, exported folder, official ``.pkl``, Hub repo id; :mod:`fidesr.model_files`), paired
+with :meth:`~FiDeSRPipeline.save_pretrained`. It merges the LoRA into the UNet weights and drops the
+adapter layers (diffusers' ``fuse_lora`` + ``unload_lora``): a plain diffusers UNet, the fastest and the
+friendliest to ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -35,19 +34,16 @@ from torch import nn
 
 from fidesr.backbone.sd import StableDiffusionBackbone
 from fidesr.components.color_fix import color_fix as apply_color_fix
+from fidesr.devices import resolve_device, resolve_precision
 from fidesr.generator import OneStepOutput, one_step
 from fidesr.tiling import tiled_apply
 
+if TYPE_CHECKING:
+    from fidesr.model_files import TrainedWeights
+
 log = logging.getLogger(__name__)
 
-PRECISIONS: dict[str, torch.dtype] = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-}  # fmt: skip
 COLOR_FIXES = ("adain", "wavelet", "none")
-#: peft's default ``lora_alpha``, which the official code never sets (scale 8 / rank).
-OFFICIAL_LORA_ALPHA = 8.0
 
 
 @dataclass
@@ -55,94 +51,6 @@ class PipelineOutput:
     sr: torch.Tensor  # [B,3,s*h,s*w] in [0,1]
     lq_up: torch.Tensor  # [B,3,s*h,s*w] in [0,1], the bicubic-upsampled LQ (the baseline)
     latents: OneStepOutput | None = None
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None``/``"auto"`` -> float16 on CUDA (what the references run), float32 elsewhere."""
-    if isinstance(precision, torch.dtype):
-        return precision
-    if precision is None or precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    try:
-        return PRECISIONS[str(precision).removeprefix("torch.")]
-    except KeyError as err:
-        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16") from err
-
-
-def fuse_lora(backbone: StableDiffusionBackbone) -> None:
-    """Merge the LoRA adapters into the UNet weights and replace every adapter layer by its base layer.
-
-    Inference only: afterwards the UNet is a plain diffusers UNet (no per-layer adapter dispatch, one
-    weight per layer), and the frozen-teacher view (adapters off) no longer exists.
-    """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    if not backbone.lora_split:
-        return
-    backbone.merge_lora()
-    unet = backbone.unet
-    for name, module in list(unet.named_modules()):
-        if isinstance(module, BaseTunerLayer):
-            parent, _, child = name.rpartition(".")
-            setattr(unet.get_submodule(parent) if parent else unet, child, module.get_base_layer())
-    for attr in ("peft_config", "_hf_peft_config_loaded"):
-        if hasattr(unet, attr):
-            with contextlib.suppress(AttributeError):
-                delattr(unet, attr)
-    backbone.lora_split = {}
-
-
-def add_named_adapters(backbone: StableDiffusionBackbone, split: Mapping[str, list[str]], rank: int,
-                       alpha: float = OFFICIAL_LORA_ALPHA) -> None:  # fmt: skip
-    """Add LoRA adapters with *given* module lists (the official ``unet_lora_*_modules``) to a backbone
-    built with ``lora_rank=0``; gaussian init (the weights are loaded right after)."""
-    from peft import LoraConfig
-
-    names = [name for name, targets in split.items() if targets]
-    for name in names:
-        config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(split[name]))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            backbone.unet.add_adapter(config, adapter_name=name)
-    backbone.unet.set_adapters(names)
-    backbone.lora_split = {name: list(split[name]) for name in names}
-    backbone.lora_rank = rank
-
-
-def load_trained_state(backbone: StableDiffusionBackbone, lrrb: nn.Module | None, state: Mapping[str, torch.Tensor]) -> None:
-    """Load the trained tensors, keyed ``unet.<name in unet.state_dict()>`` and ``lrrb.<name>``.
-
-    Every LoRA tensor of the backbone and every LRRB tensor must be present; ``unet.*`` keys that are not
-    LoRA (the official files may carry ``conv_in`` weights) are loaded too when the UNet has them; any
-    other key is an error. Shapes must match.
-    """
-    unet_sd = backbone.unet.state_dict()
-    unet_state = {k[5:]: v for k, v in state.items() if k.startswith("unet.")}
-    lrrb_state = {k[5:]: v for k, v in state.items() if k.startswith("lrrb.")}
-    other = sorted(k for k in state if not k.startswith(("unet.", "lrrb.")))
-    missing = sorted(k for k in unet_sd if "lora_" in k and k not in unet_state)
-    unknown = sorted(k for k in unet_state if k not in unet_sd)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} LoRA tensors missing (e.g. {missing[:2]})")
-    if unknown:
-        problems.append(f"{len(unknown)} UNet tensors this backbone lacks (e.g. {unknown[:2]}; other LoRA targets?)")
-    if other:
-        problems.append(f"unexpected keys {other[:3]}")
-    if lrrb is None and lrrb_state:
-        problems.append("LRRB tensors present but the config has lrrb: null")
-    if problems:
-        raise KeyError("trained weights do not fit the model: " + "; ".join(problems))
-    backbone.unet.load_state_dict(unet_state, strict=False, assign=False)
-    if lrrb is not None:
-        lrrb.load_state_dict(lrrb_state, strict=True)
 
 
 class FiDeSRPipeline:
@@ -191,7 +99,7 @@ class FiDeSRPipeline:
         self.vae_decoder_tile, self.vae_decoder_overlap = vae_decoder_tile, vae_decoder_overlap
         self.offload_text_encoder = False
         self.compiled: str | None = None
-        self._embeds: dict[tuple[str, str], torch.Tensor] = {}
+        self.weights: TrainedWeights | None = None  # set by from_pretrained (what save_pretrained writes)
 
     # ------------------------------------------------------------------ construction for inference
     @classmethod
@@ -216,7 +124,7 @@ class FiDeSRPipeline:
         """
         dev = resolve_device(device)
         dt = resolve_precision(dtype, dev)
-        fuse_lora(backbone)
+        backbone.fuse_lora()
         for module in (backbone, lrrb, lfim):
             if module is not None:
                 module.requires_grad_(False).eval().to(device=dev, dtype=dt)
@@ -233,94 +141,48 @@ class FiDeSRPipeline:
         return pipe
 
     @classmethod
-    def from_parts(
+    def from_pretrained(
         cls,
-        config: Mapping[str, Any],
-        state: Mapping[str, torch.Tensor],
+        source: str | os.PathLike | TrainedWeights,
         *,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
         pretrained: str | os.PathLike | None = None,
-        **kwargs: Any,
-    ) -> FiDeSRPipeline:
-        """Rebuild from a stored config (sections ``backbone``, ``lrrb``, ``lfim``, ``model``) and the
-        trained tensors (``unet.*`` LoRA, ``lrrb.*``). ``pretrained`` replaces the base SD location."""
-        from fidesr.export import build_from_config
-
-        backbone, lrrb, lfim = build_from_config(config, pretrained)
-        load_trained_state(backbone, lrrb, state)
-        model = config.get("model") or {}
-        defaults = {k: model[k] for k in ("color_fix", "min_lq_size") if model.get(k) is not None}
-        return cls.for_inference(backbone, lrrb, lfim, device=device, dtype=dtype, **{**defaults, **kwargs})
-
-    @classmethod
-    def from_checkpoint(
-        cls,
-        ckpt: str | os.PathLike,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
-        pretrained: str | os.PathLike | None = None,
+        revision: str | None = None,
+        unsafe_pickle: bool = False,
+        lfim: nn.Module | None | str = "stored",
         **kwargs: Any,
     ) -> FiDeSRPipeline:
-        """From a training checkpoint (``fidesr-train``'s ``*.ckpt``: LoRA + LRRB tensors and the resolved
-        Hydra config). The base SD weights come from the config's ``backbone`` (or ``pretrained``)."""
-        from fidesr.export import read_checkpoint
+        """The one loader: a training checkpoint, an exported folder, the official ``.pkl``, a Hub repo id
+        or a :class:`~fidesr.model_files.TrainedWeights` (see :mod:`fidesr.model_files`), read as data.
 
-        config, state = read_checkpoint(ckpt)
-        return cls.from_parts(config, state, device=device, dtype=dtype, pretrained=pretrained, **kwargs)
-
-    @classmethod
-    def from_adapter(
-        cls,
-        file: str | os.PathLike,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        pretrained: str | os.PathLike | None = None,
-        **kwargs: Any,
-    ) -> FiDeSRPipeline:
-        """From an adapter file written by ``fidesr-upscale export`` (see :mod:`fidesr.export`)."""
-        from fidesr.export import load_adapter
-
-        config, state = load_adapter(file)
-        return cls.from_parts(config, state, device=device, dtype=dtype, pretrained=pretrained, **kwargs)
-
-    @classmethod
-    def from_official(
-        cls,
-        pkl: str | os.PathLike,
-        pretrained: str | os.PathLike = "stabilityai/stable-diffusion-2-1-base",
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        lfim: nn.Module | None | str = "default",
-        **kwargs: Any,
-    ) -> FiDeSRPipeline:
-        """From the released FiDeSR checkpoint (``fidesr.pkl``) and SD 2.1-base (hub id or local folder).
-
-        The file holds ``unet_lora_{encoder,decoder,others}_modules`` (module names per adapter),
-        ``lora_rank_unet``, ``state_dict_unet`` (LoRA tensors, named as the peft-wrapped UNet's state dict)
-        and ``lrrb_state_dict``. The adapters are built with exactly those module lists (alpha = peft's
-        default 8, as the official ``LoraConfig``), loaded, merged. ``lfim``: ``"default"`` = the released
-        inference settings, ``None`` = off, or a module.
+        Args:
+            source: where the trained weights are.
+            pretrained: base SD 2.1-base (hub id or folder), replacing the one the source names.
+            device, dtype: see :meth:`for_inference`.
+            revision: Hub revision for a repo id.
+            unsafe_pickle: allow full unpickling of a ``.ckpt``/``.pkl`` (only for files you trust).
+            lfim: ``"stored"`` (the source's LFIM), None (off) or a module.
+            kwargs: pipeline options (tiling, colour fix, ...); they win over the stored ``model`` defaults.
         """
-        from fidesr.components.lfim import LatentFrequencyInjection
-        from fidesr.components.lrrb import LatentResidualRefinementBlock
-        from fidesr.export import load_official
+        from fidesr.model_files import TrainedWeights
 
-        sd = load_official(pkl)
-        backbone = StableDiffusionBackbone.from_pretrained(pretrained, lora_rank=0)
-        split = {
-            "default_encoder": list(sd["unet_lora_encoder_modules"]),
-            "default_decoder": list(sd["unet_lora_decoder_modules"]),
-            "default_others": list(sd["unet_lora_others_modules"]),
-        }
-        add_named_adapters(backbone, split, int(sd["lora_rank_unet"]))
-        lrrb = None
-        if sd.get("lrrb_state_dict") is not None:
-            lrrb = LatentResidualRefinementBlock()
-            lrrb.load_official_state_dict(sd["lrrb_state_dict"])
-        load_trained_state(backbone, None, {f"unet.{k}": v for k, v in sd["state_dict_unet"].items()})
-        lfim_module = LatentFrequencyInjection() if isinstance(lfim, str) and lfim == "default" else lfim
-        return cls.for_inference(backbone, lrrb, lfim_module, device=device, dtype=dtype, **kwargs)
+        weights = source if isinstance(source, TrainedWeights) else TrainedWeights.load(
+            source, pretrained=pretrained, revision=revision, unsafe_pickle=unsafe_pickle)  # fmt: skip
+        backbone, lrrb, stored_lfim = weights.build(pretrained)
+        model = weights.config.get("model") or {}
+        defaults = {k: model[k] for k in ("color_fix", "min_lq_size") if model.get(k) is not None}
+        lfim_module = stored_lfim if isinstance(lfim, str) and lfim == "stored" else lfim
+        pipe = cls.for_inference(backbone, lrrb, lfim_module, device=device, dtype=dtype, **{**defaults, **kwargs})
+        pipe.weights = weights
+        return pipe
+
+    def save_pretrained(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the trained weights this pipeline was loaded from as an exported folder
+        (:meth:`fidesr.model_files.TrainedWeights.save_pretrained`)."""
+        if self.weights is None:
+            raise ValueError("this pipeline was not loaded with from_pretrained: nothing to save")
+        return self.weights.save_pretrained(folder, overwrite=overwrite)
 
     # ------------------------------------------------------------------ speed
     def compile(self, mode: str = "reduce-overhead", dynamic: bool = False) -> FiDeSRPipeline:
@@ -377,14 +239,12 @@ class FiDeSRPipeline:
             te.to("cpu")
 
     def prompt_embeds(self, prompt: str, batch: int) -> torch.Tensor:
-        """CLIP hidden states of ``prompt`` for a batch, ``[batch, L, D]`` (an expanded view)."""
-        key = (str(self.device), prompt)
-        embeds = self._embeds.get(key)
+        """CLIP hidden states of ``prompt`` for a batch, ``[batch, L, D]`` (an expanded view). The backbone
+        caches them per device; the (offloaded) text encoder only moves over for a prompt it has not seen."""
+        embeds = self.backbone.cached_prompt_embeds(prompt)
         if embeds is None:
             with self._text_encoder_on_device():
                 embeds = self.backbone.encode_prompt([prompt])
-            if len(self._embeds) < 16:  # a handful of prompts repeat; per-image prompts would not
-                self._embeds[key] = embeds
         return embeds.expand(batch, -1, -1)
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -473,14 +333,15 @@ def load_pipeline(
     pretrained: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> FiDeSRPipeline:
-    """Pick the constructor from the file: ``official`` -> :meth:`FiDeSRPipeline.from_official`;
-    ``*.safetensors`` -> :meth:`~FiDeSRPipeline.from_adapter`; else a training checkpoint."""
+    """:meth:`FiDeSRPipeline.from_pretrained` with the command-line tools' two arguments: ``checkpoint``
+    (any source) or ``official`` (an official ``.pkl``, checked to be one)."""
+    from fidesr.errors import ConfigValueError
+
     if (checkpoint is None) == (official is None):
-        raise ValueError("give exactly one of a checkpoint / adapter file or an official .pkl")
+        raise ConfigValueError("give exactly one of a checkpoint / exported model or an official .pkl")
     if official is not None:
-        if pretrained is None:
-            raise ValueError("an official FiDeSR .pkl needs the base SD 2.1-base weights: pass pretrained")
-        return FiDeSRPipeline.from_official(official, pretrained, **kwargs)
-    if Path(checkpoint).suffix == ".safetensors":
-        return FiDeSRPipeline.from_adapter(checkpoint, pretrained=pretrained, **kwargs)
-    return FiDeSRPipeline.from_checkpoint(checkpoint, pretrained=pretrained, **kwargs)
+        from fidesr.model_files import TrainedWeights
+
+        weights = TrainedWeights.from_official(official, pretrained, unsafe_pickle=kwargs.pop("unsafe_pickle", False))
+        return FiDeSRPipeline.from_pretrained(weights, pretrained=pretrained, **kwargs)
+    return FiDeSRPipeline.from_pretrained(checkpoint, pretrained=pretrained, **kwargs)

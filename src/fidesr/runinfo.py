@@ -3,7 +3,7 @@
 ``run_info.json`` records what is needed to tell whether two runs are comparable: the git commit (or
 ``"unknown"``) and whether the source tree had local changes, a hash of the package source, the package
 version, a hash of the resolved config without the run-specific parts (``paths``, ``hydra``, ``seed``,
-``ckpt_path``), start/end time, status (``running`` -> ``completed`` | ``failed``), and for a failed run
+``ckpt_path``), start/end time, status (``running`` -> ``completed`` | ``failed`` | ``interrupted``), and for a failed run
 the error and its traceback. ``fidesr-report`` reads it to refuse mixing code versions silently.
 
 The train app runs its task through :func:`run_job`::
@@ -190,8 +190,9 @@ def _is_rank_zero() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
 
 
-def _hydra_multirun() -> tuple[bool, Path | None, Path | None]:
-    """(is multirun, job dir, sweep dir) from Hydra's runtime config, if a Hydra app is running."""
+def hydra_multirun() -> tuple[bool, Path | None, Path | None]:
+    """(is multirun, job dir, sweep dir) from Hydra's runtime config, if a Hydra app is running. The one
+    place the multirun output rule lives: a sweep job writes into its job dir (``fidesr-train``, ``fidesr-eval``)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -207,7 +208,7 @@ def _hydra_multirun() -> tuple[bool, Path | None, Path | None]:
 
 def collect_run_info(cfg: DictConfig, status: str = "running") -> dict[str, Any]:
     """The record for ``cfg`` (see module doc); times are ISO 8601 with the UTC offset."""
-    multirun, job_dir, sweep_dir = _hydra_multirun()
+    multirun, job_dir, sweep_dir = hydra_multirun()
     files = source_files()
     info: dict[str, Any] = {
         "status": status,
@@ -290,7 +291,7 @@ def run_job(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
         Whatever the task raised, outside a multirun (and ``KeyboardInterrupt`` always: the user stops
         the whole sweep, not one job).
     """
-    multirun, job_dir, sweep_dir = _hydra_multirun()
+    multirun, job_dir, sweep_dir = hydra_multirun()
     if multirun and sweep_dir is not None and job_dir is not None:
         _name_sweep_job(cfg, sweep_dir, job_dir)
     out_dir = _output_dir(cfg, job_dir)
@@ -298,8 +299,15 @@ def run_job(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
     info = collect_run_info(cfg) if writer else {}
     if writer:
         write_run_info(out_dir, info)
+    from fidesr.callbacks.training import TrainingInterrupted
+
     try:
         result = task(cfg)
+    except TrainingInterrupted as stop:  # the user stops the whole sweep: recorded, then re-raised
+        if writer:
+            info.update(status="interrupted", end_time=_now(), error=str(stop))
+            write_run_info(out_dir, info)
+        raise
     except Exception as err:
         tb = traceback.format_exc()
         if writer:

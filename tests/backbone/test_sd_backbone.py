@@ -121,7 +121,7 @@ def test_residual_is_unet_at_t1_and_merge_preserves_output(make_tiny_backbone):
         r = bb.residual(z, emb)
         ref = bb.unet(z, torch.ones(2, dtype=torch.long), encoder_hidden_states=emb).sample
         torch.testing.assert_close(r, ref, rtol=0, atol=0)
-        bb.merge_lora()
+        bb.fuse_lora()
         merged = bb.residual(z, emb)
     torch.testing.assert_close(merged, r, rtol=1e-4, atol=1e-5)
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from fidesr.callbacks.metrics import ValidationMetrics, monitor_mode
 from fidesr.metrics import WeightsMissingError
-from fidesr.metrics.images import read_image
+from fidesr.metrics.images import read_for_metrics
 from fidesr.metrics.tables import read_csv
 
 REALSR = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "realsr"
@@ -40,8 +40,8 @@ def _pairs(n: int, seed: int) -> list[dict]:
     out = []
     if REALSR.is_dir() and seed == 0:
         for name in sorted(os.listdir(REALSR / "gt"))[:n]:
-            gt = read_image(REALSR / "gt" / name)[0, :, 128:256, 128:256]
-            lq = read_image(REALSR / "lq" / name)[0, :, 32:64, 32:64]
+            gt = read_for_metrics(REALSR / "gt" / name)[0, :, 128:256, 128:256]
+            lq = read_for_metrics(REALSR / "lq" / name)[0, :, 32:64, 32:64]
             out.append({"lq": lq, "gt": gt, "name": name})
         return out
     g = torch.Generator().manual_seed(seed)
@@ -153,7 +153,7 @@ def test_validation_metrics_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
     suite = MetricSuite(["psnr", "ssim"])
     for r in per_image:
         stem = r["name"].rsplit(".", 1)[0]
-        s = suite.score(read_image(sr_dir / f"{stem}.png"), read_image(run / "val/gt/realsr" / f"{stem}.png"))
+        s = suite.score(read_for_metrics(sr_dir / f"{stem}.png"), read_for_metrics(run / "val/gt/realsr" / f"{stem}.png"))
         assert s["psnr"].item() == pytest.approx(r["psnr"], abs=1e-4)
         assert s["ssim"].item() == pytest.approx(r["ssim"], abs=1e-9)
 

@@ -115,3 +115,58 @@ def test_console_script(folders: tuple[Path, Path], tmp_path: Path) -> None:
     assert "| sr |" in proc.stdout
     assert (out / "per_image.csv").is_file() and (out / "summary.md").is_file()
     assert (out / ".hydra" / "config.yaml").is_file()  # the run's config is kept beside the results
+
+
+def test_16bit_and_greyscale_files_score_as_their_8bit_copies(tmp_path: Path) -> None:
+    """The same picture as 8-bit RGB, 16-bit RGB, 8-bit grey and 16-bit grey: identical scores (16-bit grey
+    used to read as all white)."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (40, 40), dtype=np.uint8)
+    gt, sr8, sr16 = tmp_path / "gt", tmp_path / "sr8", tmp_path / "sr16"
+    for d in (gt, sr8, sr16):
+        d.mkdir()
+    noisy = np.clip(rgb.astype(int) + rng.integers(-20, 21, rgb.shape), 0, 255).astype(np.uint8)
+    noisy_grey = np.clip(grey.astype(int) + rng.integers(-20, 21, grey.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(rgb).save(gt / "rgb.png")
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(gt / "grey.png")
+    Image.fromarray(noisy).save(sr8 / "rgb.png")
+    Image.fromarray(noisy_grey).save(sr8 / "grey.png")  # 8-bit greyscale ("L")
+    cv2.imwrite(str(sr16 / "rgb.png"), noisy[..., ::-1].astype(np.uint16) * 257)  # 48-bit RGB PNG
+    Image.fromarray(noisy_grey.astype(np.uint16) * 257).save(sr16 / "grey.png")  # 16-bit greyscale ("I;16")
+    with Image.open(sr16 / "grey.png") as img:
+        assert img.mode.startswith("I")
+    scores = {}
+    for d in (sr8, sr16):
+        run(_cfg(f"sr_dir={d}", f"gt_dir={gt}", "metrics=[psnr,ssim]", f"output_dir={tmp_path / ('out_' + d.name)}"))
+        scores[d.name] = {r["name"]: (r["psnr"], r["ssim"]) for r in read_csv(tmp_path / f"out_{d.name}" / "per_image.csv")}
+    for name in ("rgb.png", "grey.png"):
+        (p8, s8), (p16, s16) = scores["sr8"][name], scores["sr16"][name]
+        assert 20 < float(p8) < 40 and abs(float(p8) - float(p16)) < 1e-4 and abs(float(s8) - float(s16)) < 1e-6, name
+
+
+def test_every_unreadable_file_is_listed_before_any_metric(folders: tuple[Path, Path], tmp_path: Path,
+                                                          png_bomb) -> None:  # fmt: skip
+    from fidesr.cli.eval import ImageCheckError
+
+    sr, gt = folders
+    good = (sr / "a.png").read_bytes()
+    (sr / "b.png").write_bytes(good[: len(good) // 2])  # truncated
+    (sr / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # corrupt
+    png_bomb(gt / "a.png", side=50_000)
+    with pytest.raises(ImageCheckError) as info:
+        run(_cfg(f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr]", f"output_dir={tmp_path / 'out'}"))
+    message = str(info.value)
+    assert "3 unreadable image(s)" in message
+    for path in (sr / "b.png", sr / "c.png", gt / "a.png"):
+        assert str(path) in message
+    assert "2,500,000,000 pixels" in message and not (tmp_path / "out" / "per_image.csv").exists()
+    exe = Path(sys.executable).with_name("fidesr-eval")
+    proc = subprocess.run([str(exe), f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr]", f"output_dir={tmp_path / 'o'}",
+                           "progress=false", "num_workers=0"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1 and "fidesr-eval: error: 3 unreadable image(s)" in proc.stderr
+    assert "Traceback" not in proc.stderr

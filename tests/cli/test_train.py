@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,7 +65,8 @@ def test_missing_pretrained_folder_is_one_clear_line(cache_dir, tmp_path):
     proc = _run(["backbone=sd21", f"backbone.pretrained={tmp_path}/nope", "trainer=cpu", "data=demo",
                  "perceptual=standin", "metrics=[psnr]", f"paths.output_dir={tmp_path}/run"], cache_dir, timeout=300)  # fmt: skip
     assert proc.returncode != 0
-    assert f"backbone.pretrained={tmp_path}/nope: no such folder" in proc.stderr
+    assert f"fidesr-train: error: backbone.pretrained={tmp_path}/nope: no such folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_interrupted_checkpoint_write_keeps_the_last_checkpoint(tmp_path, monkeypatch):
@@ -84,3 +87,48 @@ def test_interrupted_checkpoint_write_keeps_the_last_checkpoint(tmp_path, monkey
     ckpt = torch.load(path, weights_only=False)
     assert ckpt["global_step"] == 1 and torch.equal(ckpt["state_dict"]["w"], torch.ones(3))
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_and_resume_is_exact(sig, fast_train_overrides, cache_dir, tmp_path):
+    """A real run gets SIGINT (Ctrl-C) or SIGTERM (a scheduler) mid-way: it saves last.ckpt at the step it
+    was on, says so and exits 128 + signal; ckpt_path=last then ends with the weights of an uninterrupted run."""
+    steps = 12
+    common = [*fast_train_overrides, "callbacks.validation_images=null", "trainer.val_check_interval=1000",
+              f"trainer.max_steps={steps}"]  # fmt: skip
+    ref = _run([*common, f"paths.output_dir={tmp_path / 'ref'}"], cache_dir)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    out, marker = tmp_path / "run", tmp_path / "step3"
+    environ = {**os.environ, "FIDESR_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": str(Path(__file__).parent)}  # fmt: skip
+    pace = f"+callbacks.pace={{_target_:train_helpers.Pace,marker:'{marker}',after:3}}"
+    proc = subprocess.Popen([str(BIN / "fidesr-train"), *common, f"paths.output_dir={out}", pace],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)  # fmt: skip
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the run never reached step 3"
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, stderr[-3000:]
+    assert "saved" in stderr and "ckpt_path=last" in stderr and "Traceback" not in stderr
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 3 <= saved["global_step"] < steps
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.ckpt"]
+
+    resumed = _run([*common, f"paths.output_dir={out}", "ckpt_path=last"], cache_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / "ref" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == steps
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_wrong_type_in_an_override_names_the_key(cache_dir, tmp_path):
+    proc = _run(["experiment=demo", "trainer.max_steps=abc", f"paths.output_dir={tmp_path}/run"], cache_dir, timeout=300)
+    assert proc.returncode == 1
+    assert "fidesr-train: error: trainer.max_steps = 'abc': expected int" in proc.stderr
+    assert "Traceback" not in proc.stderr

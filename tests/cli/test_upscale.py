@@ -1,7 +1,8 @@
-"""fidesr-upscale on awkward inputs: grayscale, RGBA, palette, 16-bit, EXIF-rotated, corrupt; no overwrite.
+"""fidesr-upscale on awkward inputs: grayscale, RGBA, palette, 16-bit, EXIF-rotated, corrupt, decompression
+bombs; no overwrite; output folder checked first; errors as one line.
 
-The model is the tiny backbone written as an exported adapter file (``--checkpoint X.safetensors``); the
-checkpoint and official-file paths are covered in tests/test_pipeline.py.
+The model is the tiny backbone written as an exported folder (``--checkpoint DIR``); the checkpoint and
+official-file paths are covered in tests/test_pipeline.py and tests/test_model_files.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from PIL import Image
 from fidesr.backbone.sd import StableDiffusionBackbone
 from fidesr.cli.upscale import main
 from fidesr.components.lrrb import LatentResidualRefinementBlock
-from fidesr.export import save_adapter, trained_state
+from fidesr.model_files import TrainedWeights, trained_state
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,8 @@ def adapter(tiny_backbone_folder: Path, tmp_path_factory: pytest.TempPathFactory
         "lfim": {"_target_": "fidesr.components.lfim.LatentFrequencyInjection"},
         "model": {"color_fix": "adain", "min_lq_size": 16},
     }  # fmt: skip
-    path = tmp_path_factory.mktemp("adapter") / "tiny.safetensors"
-    return save_adapter(path, config, trained_state(backbone, LatentResidualRefinementBlock()))
+    weights = TrainedWeights(config, trained_state(backbone, LatentResidualRefinementBlock()), "tiny")
+    return weights.save_pretrained(tmp_path_factory.mktemp("adapter") / "tiny")
 
 
 def _gradient(h: int, w: int) -> np.ndarray:
@@ -99,7 +100,7 @@ def test_existing_outputs_are_kept_without_overwrite(
     assert _run([awkward / "gray.png"], out, adapter, "--overwrite", "--color-fix", "wavelet", "--no-lfim") == 0
     assert (out / "gray.png").read_bytes() != b"keep me"
     # Everything exists: nothing to do, the model is not even loaded.
-    assert _run([awkward / "gray.png", awkward / "rgba.png"], out, tmp_path / "missing.safetensors") == 0
+    assert _run([awkward / "gray.png", awkward / "rgba.png"], out, tmp_path / "missing") == 0
 
 
 def test_missing_inputs_and_bad_arguments(adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,3 +123,62 @@ def test_console_script_tiles_and_batches(awkward: Path, adapter: Path, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 written" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == ["palette.png", "rgba.png"]
+
+
+def test_a_decompression_bomb_is_named_and_skipped(awkward: Path, adapter: Path, tmp_path: Path, png_bomb,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "good.png").write_bytes((awkward / "rgba.png").read_bytes())
+    png_bomb(folder / "bomb.png")
+    assert _run([folder], tmp_path / "out", adapter) == 1
+    captured = capsys.readouterr()
+    assert "bomb.png" in captured.err and "10,000,000,000 pixels" in captured.err and "--max-pixels" in captured.err
+    assert "Traceback" not in captured.err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.png"]
+    # The limit is an option: a smaller one refuses the good image too.
+    assert _run([folder / "good.png"], tmp_path / "out2", adapter, "--max-pixels", "100") == 1
+    assert "over the limit of 100" in capsys.readouterr().err
+
+
+def test_output_folder_and_model_errors_are_one_line_before_any_work(
+    awkward: Path, adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    # The output is checked before the model: a missing model is not even looked at.
+    assert _run([awkward / "gray.png"], a_file, tmp_path / "missing") == 1
+    err = capsys.readouterr().err
+    assert "fidesr-upscale: error: -o " in err and "not a folder" in err and "Traceback" not in err
+    for bad, expect in [(tmp_path / "missing.ckpt", "model not found"), (awkward / "corrupt.png", "corrupt.png")]:
+        assert _run([awkward / "gray.png"], tmp_path / "o", bad) == 1
+        err = capsys.readouterr().err
+        assert "fidesr-upscale: error: " in err and expect in err and "Traceback" not in err, err
+    truncated = tmp_path / "trunc.ckpt"
+    truncated.write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    assert _run([awkward / "gray.png"], tmp_path / "o", truncated) == 1
+    assert "trunc.ckpt" in capsys.readouterr().err
+    assert main([str(awkward / "gray.png"), "-o", str(tmp_path / "o"), "--checkpoint", str(truncated),
+                 "--device", "cpu", "--debug"]) == 1  # fmt: skip
+    assert "Traceback" in capsys.readouterr().err  # --debug shows where it came from
+
+
+def test_official_without_pretrained_offline_is_one_line_naming_the_fetch(trained_model: dict, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """--official defaults to SD 2.1-base from the Hugging Face cache; offline and not cached, the error says
+    what is missing and the command that fetches it (the suite runs with HF_HUB_OFFLINE=1)."""
+    import torch
+
+    backbone = trained_model["backbone"]
+    pkl = tmp_path / "fidesr.pkl"
+    torch.save({"unet_lora_encoder_modules": backbone.lora_split["default_encoder"],
+                "unet_lora_decoder_modules": backbone.lora_split["default_decoder"],
+                "unet_lora_others_modules": backbone.lora_split["default_others"], "lora_rank_unet": 8,
+                "state_dict_unet": backbone.lora_state_dict(), "lrrb_state_dict": trained_model["lrrb"].state_dict()},
+               pkl)  # fmt: skip
+    img = tmp_path / "in.png"
+    Image.fromarray(_gradient(16, 16)).save(img)
+    assert main([str(img), "-o", str(tmp_path / "out"), "--official", str(pkl), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "fidesr-upscale: error: cannot load SD weights 'stabilityai/stable-diffusion-2-1-base'" in err
+    assert "hf download stabilityai/stable-diffusion-2-1-base" in err and "Traceback" not in err

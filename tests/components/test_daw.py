@@ -265,6 +265,19 @@ def test_module_forward_composes_functions():
     assert not w.requires_grad
 
 
+@pytest.mark.parametrize("p", [0.0, 0.2, 1.0])
+def test_module_call_honours_p_against_numpy(p):
+    """The module call is DAW's one entry point (training step and image callback); its weights at p != 0.5
+    equal the numpy composition detail x error(p) -> weights."""
+    pred, gt = rand_images(21), rand_images(22)
+    perc = np.random.default_rng(23).uniform(0, 1, size=(2, 1, 10, 9)).astype(np.float32).astype(np.float64)
+    m = daw.DetailAwareWeighting(p=p, warmup_steps=0, ramp_steps=0)
+    w = m(to_torch(pred), to_torch(gt), to_torch(perc), step=5)
+    for i in range(2):
+        ref = np_weights(np_detail(gt[i]), np_error(pred[i], gt[i], perc[i, 0], p), 0.6)
+        torch.testing.assert_close(w[i, 0], to_torch(ref), atol=1e-5, rtol=0)
+
+
 def test_weighted_mean():
     g = torch.Generator().manual_seed(18)
     se = torch.rand(2, 3, 16, 16, generator=g)

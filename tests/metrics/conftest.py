@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,24 +10,13 @@ from _metrics_shared import NIQE_NPZ, REALSR
 
 
 @pytest.fixture(autouse=True)
-def weights_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """An empty weights directory as $FIDESR_WEIGHTS_DIR; torch hub / pyiqa cache settings restored after
-    (``weights.configure`` changes process-wide state that other test modules must not inherit)."""
+def weights_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty weights directory as $FIDESR_WEIGHTS_DIR (metric builds read it; nothing process-wide
+    changes, so nothing needs restoring)."""
     wd = tmp_path_factory.mktemp("weights")
     monkeypatch.setenv("FIDESR_WEIGHTS_DIR", str(wd))
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    saved_home, saved_hub = os.environ.get("TORCH_HOME"), torch.hub._hub_dir
-    dl = sys.modules.get("pyiqa.utils.download_util")
-    saved_cache = getattr(dl, "DEFAULT_CACHE_DIR", None)
-    yield wd
-    if saved_home is None:
-        os.environ.pop("TORCH_HOME", None)
-    else:
-        os.environ["TORCH_HOME"] = saved_home
-    torch.hub._hub_dir = saved_hub
-    dl = sys.modules.get("pyiqa.utils.download_util")
-    if dl is not None and saved_cache is not None:
-        dl.DEFAULT_CACHE_DIR = saved_cache
+    return wd
 
 
 @pytest.fixture
@@ -48,11 +34,11 @@ def niqe_weights(weights_dir: Path) -> Path:
 def image_pair() -> tuple[torch.Tensor, torch.Tensor]:
     """Two SR/GT batches ``[2,3,96,96]`` in [0,1]: RealSR crops when available, else smooth synthetics."""
     if REALSR.is_dir():
-        from fidesr.metrics.images import read_image
+        from fidesr.metrics.images import read_for_metrics
 
         names = ["Canon_001_LR4.png", "Nikon_010_LR4.png"]
-        sr = torch.cat([read_image(REALSR / "osediff" / n)[..., 200:296, 160:256] for n in names])
-        gt = torch.cat([read_image(REALSR / "gt" / n)[..., 200:296, 160:256] for n in names])
+        sr = torch.cat([read_for_metrics(REALSR / "osediff" / n)[..., 200:296, 160:256] for n in names])
+        gt = torch.cat([read_for_metrics(REALSR / "gt" / n)[..., 200:296, 160:256] for n in names])
         return sr, gt
     return synthetic_pair(96)
 

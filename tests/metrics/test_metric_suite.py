@@ -14,7 +14,9 @@ from fidesr.metrics import weights as W
 
 
 def _pyiqa(name: str, **opts: object) -> torch.nn.Module:
-    return W.import_pyiqa().create_metric(name, device="cpu", **opts)
+    """pyiqa's own metric, its files read from the test's weights directory ($FIDESR_WEIGHTS_DIR)."""
+    with W.torch_cache_scope():
+        return W.import_pyiqa().create_metric(name, device="cpu", **opts)
 
 
 @pytest.mark.parametrize(

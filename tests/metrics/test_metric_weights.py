@@ -1,4 +1,5 @@
-"""Weights registry, verification, status, install from wheels / sdist, adopting user files, offline guard."""
+"""Weights registry, verification, status, install from wheels / sdist, adopting user files, offline guard,
+and the process-wide state a suite build leaves alone."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from _metrics_shared import NIQE_NPZ, needs_niqe_npz
 
 from fidesr.metrics import PROTOCOL, WeightsMissingError, check_weights
 from fidesr.metrics import weights as W
-from fidesr.metrics.suite import build_pyiqa_metric
+from fidesr.metrics import weights_registry as R
+from fidesr.metrics.suite import MetricSuite, build_pyiqa_metric
+from fidesr.metrics.weights_install import wheel_path
 
 
 def test_registry_covers_the_protocol() -> None:
@@ -37,7 +40,7 @@ def test_wheel_files_are_byte_identical_to_pyiqa_files() -> None:
     for key in ("lpips-alex-v0.1", "dists-alpha-beta"):
         f = W.FILES[key]
         for p in f.providers:
-            src = W._wheel_path(p)
+            src = wheel_path(p)
             assert src is not None, p
             assert W.sha256_file(src) == f.sha256
 
@@ -50,10 +53,14 @@ def test_install_from_wheels_places_heads_where_pyiqa_looks(weights_dir: Path) -
     st = W.status(["lpips", "dists"], weights_dir)
     assert [s.state for s in st["lpips"]] == ["missing", "ok"]  # the AlexNet backbone is user-supplied
     assert any("manual" in line and "alexnet-owt-7be5be79.pth" in line for line in logs)
-    # configure() points pyiqa's cache at the weights dir: the file is where pyiqa would look
+    # inside a build's scope pyiqa looks exactly there; outside, its own cache is untouched
     import pyiqa.utils.download_util as dl
 
-    assert Path(dl.DEFAULT_CACHE_DIR) == weights_dir / "hub" / "pyiqa"
+    outside = dl.DEFAULT_CACHE_DIR
+    with W.torch_cache_scope(weights_dir):
+        assert Path(dl.DEFAULT_CACHE_DIR) == weights_dir / "hub" / "pyiqa"
+        assert Path(torch.hub.get_dir()) == weights_dir / "hub"
+    assert dl.DEFAULT_CACHE_DIR == outside
     assert W.install(["lpips"], weights_dir, log=logs.append) == {}  # idempotent
 
 
@@ -70,13 +77,13 @@ def test_adopt_npz_converts_to_pyiqa_mat(weights_dir: Path) -> None:
 
 
 def _fake_sdist(tmp_path: Path, npz_bytes: bytes) -> Path:
-    tar_path = tmp_path / "index" / "basicsr" / W.BASICSR_SDIST
+    tar_path = tmp_path / "index" / "basicsr" / R.BASICSR_SDIST
     tar_path.parent.mkdir(parents=True)
     with tarfile.open(tar_path, "w:gz") as tar:
-        info = tarfile.TarInfo(W.NIQE_NPZ_MEMBER)
+        info = tarfile.TarInfo(R.NIQE_NPZ_MEMBER)
         info.size = len(npz_bytes)
         tar.addfile(info, io.BytesIO(npz_bytes))
-    (tar_path.parent / "index.html").write_text(f'<a href="{W.BASICSR_SDIST}#sha256=x">{W.BASICSR_SDIST}</a>')
+    (tar_path.parent / "index.html").write_text(f'<a href="{R.BASICSR_SDIST}#sha256=x">{R.BASICSR_SDIST}</a>')
     return tar_path
 
 
@@ -89,7 +96,7 @@ def test_install_niqe_from_simple_index(tmp_path: Path, weights_dir: Path, monke
     logs: list[str] = []
     assert W.install(["niqe"], weights_dir, index_url=index, log=logs.append) == {}
     assert "FAILED" in logs[-1] and "pinned" in logs[-1]
-    monkeypatch.setattr(W, "BASICSR_SDIST_SHA256", hashlib.sha256(tar_path.read_bytes()).hexdigest())
+    monkeypatch.setattr(R, "BASICSR_SDIST_SHA256", hashlib.sha256(tar_path.read_bytes()).hexdigest())
     done = W.install(["niqe"], weights_dir, index_url=index, log=logs.append)
     assert done["niqe-params"] == weights_dir / "hub/pyiqa/niqe_modelparameters.mat"
     assert W.file_status(W.FILES["niqe-params"], weights_dir).ok
@@ -97,8 +104,8 @@ def test_install_niqe_from_simple_index(tmp_path: Path, weights_dir: Path, monke
 
 def test_bad_checksum_is_reported_and_fatal_when_required(weights_dir: Path) -> None:
     f = W.FILES["dists-alpha-beta"]
-    f.path(weights_dir).parent.mkdir(parents=True)
-    f.path(weights_dir).write_bytes(b"not the DISTS weights")
+    W.file_path(f, weights_dir).parent.mkdir(parents=True)
+    W.file_path(f, weights_dir).write_bytes(b"not the DISTS weights")
     assert W.file_status(f, weights_dir).state == "bad checksum"
     with pytest.raises(WeightsMissingError) as err:
         check_weights(["psnr", "dists"], required=["dists"], weights_dir=weights_dir)
@@ -112,7 +119,7 @@ def test_digest_cache_tracks_file_changes(weights_dir: Path) -> None:
     f = W.FILES["lpips-alex-v0.1"]
     assert W.file_status(f, weights_dir).ok
     assert (weights_dir / ".fidesr-verified.json").is_file()
-    f.path(weights_dir).write_bytes(b"tampered")
+    W.file_path(f, weights_dir).write_bytes(b"tampered")
     assert W.file_status(f, weights_dir).state == "bad checksum"
 
 
@@ -141,7 +148,7 @@ def test_check_weights_takes_the_conf_mapping(weights_dir: Path) -> None:
 def test_adopt_link_and_refuse_wrong_files(tmp_path: Path, weights_dir: Path) -> None:
     src = tmp_path / "downloads"
     src.mkdir()
-    lpips_src = W._wheel_path(W.FILES["lpips-alex-v0.1"].providers[0])
+    lpips_src = wheel_path(W.FILES["lpips-alex-v0.1"].providers[0])
     (src / "alex.pth").write_bytes(lpips_src.read_bytes())           # known alias, right bytes
     (src / "RN50.pt").write_bytes(b"truncated download")              # right name, wrong bytes
     logs: list[str] = []
@@ -149,7 +156,7 @@ def test_adopt_link_and_refuse_wrong_files(tmp_path: Path, weights_dir: Path) ->
     assert list(done) == ["lpips-alex-v0.1"]
     assert done["lpips-alex-v0.1"].is_symlink()
     assert any(line.startswith("ignored") and "RN50.pt" in line for line in logs)
-    assert not W.FILES["clip-rn50"].path(weights_dir).exists()
+    assert not W.file_path(W.FILES["clip-rn50"], weights_dir).exists()
 
 
 def test_no_downloads_guard_blocks_every_download_path() -> None:
@@ -160,7 +167,7 @@ def test_no_downloads_guard_blocks_every_download_path() -> None:
         for call in (lambda: torch.hub.download_url_to_file("https://example.com/x.pth", "/tmp/x"),
                      lambda: urllib.request.urlopen("https://example.com/x"),
                      lambda: dl.load_file_from_url("https://example.com/y.pth")):
-            with pytest.raises(WeightsMissingError, match="never downloads"):
+            with pytest.raises(WeightsMissingError, match="tried to download"):
                 call()
     assert torch.hub.download_url_to_file is not None and urllib.request.urlopen.__name__ == "urlopen"
 
@@ -181,9 +188,21 @@ def test_missing_weights_raise_before_any_network_call(metric: str, weights_dir:
         build_pyiqa_metric(PROTOCOL[metric], {}, torch.device("cpu"), weights_dir)
     # ... and even pyiqa called directly inside the guard cannot reach the network or fall back to
     # random weights: whatever download it tries raises our error.
-    pyiqa = W.import_pyiqa(weights_dir)
-    with W.no_downloads(metric), pytest.raises(WeightsMissingError, match="never downloads"):
+    pyiqa = W.import_pyiqa()
+    with W.torch_cache_scope(weights_dir), W.no_downloads(metric), pytest.raises(WeightsMissingError, match="tried to download"):
         from fidesr.metrics.suite import _maniqa_vit_without_imagenet_init
 
         with _maniqa_vit_without_imagenet_init():
             pyiqa.create_metric(PROTOCOL[metric].pyiqa_name, device="cpu")
+
+
+def test_building_a_suite_changes_no_process_wide_setting(niqe_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weights dir is read per build (issue 12): torch hub, $TORCH_HOME and pyiqa's cache stay put."""
+    import pyiqa.utils.download_util as dl
+
+    monkeypatch.delenv("TORCH_HOME", raising=False)
+    before = (torch.hub.get_dir(), dl.DEFAULT_CACHE_DIR, torch.hub._hub_dir)
+    suite = MetricSuite(["psnr", "niqe"], weights_dir=niqe_weights)
+    assert suite.active == ["psnr", "niqe"] and suite.weights_dir == niqe_weights
+    assert (torch.hub.get_dir(), dl.DEFAULT_CACHE_DIR, torch.hub._hub_dir) == before
+    assert "TORCH_HOME" not in __import__("os").environ

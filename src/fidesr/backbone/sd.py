@@ -8,32 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fidesr.backbone.lora import LORA_TARGETS, add_lora_adapters
+from fidesr.devices import resolve_dtype
+from fidesr.errors import FidesrError
 
 DEFAULT_PRETRAINED = "stabilityai/stable-diffusion-2-1-base"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 ONE_STEP_TIMESTEP = 1  # the UNet is called once at t = 1 (OSEDiff / PiSA-SR / FiDeSR)
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-
-class BackboneLoadError(RuntimeError):
+class BackboneLoadError(FidesrError, RuntimeError):
     """The SD weights could not be found; the message says what is missing and how to provide it."""
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[dtype.removeprefix("torch.")]
-    except KeyError as err:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from err
 
 
 def check_pretrained_folder(folder: Path, weights: bool = True) -> None:
@@ -100,7 +92,7 @@ class StableDiffusionBackbone(nn.Module):
         if dtype is not None:
             for module in (unet, vae, text_encoder):
                 module.to(dtype)
-        self.lora_rank = lora_rank
+        self.lora_rank, self.lora_alpha = lora_rank, float(lora_alpha)
         self.lora_split: dict[str, list[str]] = {}
         if lora_rank > 0:
             self.lora_split = add_lora_adapters(unet, lora_rank, lora_alpha, lora_init, tuple(lora_targets))
@@ -161,8 +153,7 @@ class StableDiffusionBackbone(nn.Module):
                 raise BackboneLoadError(f"backbone.pretrained={source}: cannot load ({err})") from err
             raise BackboneLoadError(
                 f"cannot load SD {'weights' if weights else 'configs'} {source!r} from the Hugging Face hub or its "
-                f"cache ({type(err).__name__}). Without network, download the model elsewhere (`huggingface-cli "
-                f"download {source}`) and copy the cache (HF_HOME), or point backbone.pretrained at a local "
+                f"cache ({type(err).__name__}). Without network, download the model elsewhere (`hf download {source}`) and copy the cache (HF_HOME), or point backbone.pretrained at a local "
                 "diffusers folder with unet/ vae/ text_encoder/ tokenizer/ scheduler/."
             ) from err
         return cls(unet, vae, text_encoder, tokenizer, scheduler, **kwargs)
@@ -202,6 +193,11 @@ class StableDiffusionBackbone(nn.Module):
         device = self.alphas_cumprod.device
         out = [self._cached_prompt(p, device) for p in prompts]
         return torch.cat(out, dim=0)
+
+    def cached_prompt_embeds(self, prompt: str) -> torch.Tensor | None:
+        """``[1, L, D]`` embeddings of ``prompt`` if already computed on the current device, else None
+        (lets the inference pipeline skip bringing an offloaded text encoder over)."""
+        return self._prompt_cache.get(f"{self.alphas_cumprod.device}|{prompt}")
 
     def _cached_prompt(self, prompt: str, device: torch.device) -> torch.Tensor:
         key = f"{device}|{prompt}"
@@ -254,13 +250,54 @@ class StableDiffusionBackbone(nn.Module):
 
     # ------------------------------------------------------------------ LoRA state
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the LoRA tensors of the UNet (names as in ``unet.state_dict()``)."""
+        """Only the LoRA tensors of the UNet (names as in ``unet.state_dict()``, adapter names included)."""
         return {k: v for k, v in self.unet.state_dict().items() if "lora_" in k}
 
-    def merge_lora(self) -> None:
-        """Fold the adapters into the base weights for inference (no LoRA overhead per call)."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
+    def add_named_adapters(self, split: Mapping[str, Sequence[str]], rank: int, alpha: float) -> None:
+        """Add LoRA adapters with *given* module lists (an official ``unet_lora_*_modules`` or an exported
+        folder's) to a backbone built with ``lora_rank=0``; the weights are loaded right after."""
+        from peft import LoraConfig
 
-        for module in self.unet.modules():
-            if isinstance(module, BaseTunerLayer) and not module.merged:
-                module.merge(adapter_names=list(self.lora_split))
+        if self.lora_split:
+            raise ValueError("add_named_adapters needs a backbone built without LoRA (lora_rank=0)")
+        names = [name for name, targets in split.items() if targets]
+        for name in names:
+            config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(split[name]))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                self.unet.add_adapter(config, adapter_name=name)
+        self.unet.set_adapters(names)
+        self.lora_split = {name: list(split[name]) for name in names}
+        self.lora_rank, self.lora_alpha = rank, float(alpha)
+
+    def load_lora_state_dict(self, state: Mapping[str, torch.Tensor], source: str = "trained weights") -> None:
+        """Load LoRA tensors named as in :meth:`lora_state_dict` (``unet.state_dict()`` names).
+
+        Every LoRA tensor of this UNet must be given; non-LoRA UNet tensors (official files may carry
+        ``conv_in``) are loaded when the UNet has them. Raises ``KeyError`` naming ``source`` and the
+        keys that do not fit (missing, unknown, wrong shape).
+        """
+        unet_sd = self.unet.state_dict()
+        missing = sorted(k for k in unet_sd if "lora_" in k and k not in state)
+        unknown = sorted(k for k in state if k not in unet_sd)
+        shapes = sorted(k for k in state if k in unet_sd and tuple(state[k].shape) != tuple(unet_sd[k].shape))
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} LoRA tensors missing (e.g. {missing[:2]})")
+        if unknown:
+            problems.append(f"{len(unknown)} UNet tensors this backbone lacks (e.g. {unknown[:2]}; other LoRA targets?)")
+        if shapes:
+            problems.append(f"{len(shapes)} tensors of another shape (e.g. {shapes[:2]}; another LoRA rank?)")
+        if problems:
+            raise KeyError(f"{source} do not fit the model: " + "; ".join(problems))
+        self.unet.load_state_dict(dict(state), strict=False, assign=False)
+
+    def fuse_lora(self) -> None:
+        """Merge the adapters into the UNet weights and remove the adapter layers (diffusers' own
+        ``fuse_lora`` + ``unload_lora``). Inference only: afterwards the UNet is a plain diffusers UNet
+        (one weight per layer, the friendliest to ``torch.compile``) and the teacher view is gone."""
+        if not self.lora_split:
+            return
+        self.unet.fuse_lora(adapter_names=list(self.lora_split))
+        self.unet.unload_lora()
+        self.lora_split = {}

@@ -1,9 +1,14 @@
-"""Training-time safety: atomic checkpoint files and the count of skipped input images."""
+"""Training-time safety: atomic checkpoint files, a checkpoint on Ctrl-C / SIGTERM, the count of skipped
+input images."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -16,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file in the same folder, then renames it into place.
+    """Writes each checkpoint to a temporary file in the same folder, then renames it into place; reads
+    checkpoints as data only (``weights_only=True``).
 
     A crash, Ctrl-C or full disk during saving leaves the previous ``last.ckpt`` intact and loadable (the
     rename is atomic on POSIX file systems).
@@ -25,6 +31,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options=None) -> None:
         with atomic_write(path, fsync=True) as fh:
             torch.save(checkpoint, fh)
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        """Resuming reads the file as data (``weights_only=True``, whatever the caller or the environment
+        asks): a checkpoint fidesr wrote holds nothing else, and a planted one runs no code."""
+        from fidesr.trust import load_torch_file
+
+        return load_torch_file(path, "training checkpoint")
 
 
 class DataHealth(L.Callback):
@@ -56,3 +69,82 @@ class DataHealth(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.skipped = int(state_dict.get("skipped", 0))
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint (raised by ``fidesr-train`` after fit)."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path | None) -> None:
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        where = f"checkpoint saved: {checkpoint}" if checkpoint else "no checkpoint (stopped before the first step)"
+        super().__init__(f"{signal_name} at step {step}: {where}")
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process stopped by that signal (130, 143)."""
+        return 128 + int(getattr(signal, self.signal_name, signal.SIGINT))
+
+
+class SaveOnInterrupt(L.Callback):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM: finish the current step, save ``last.ckpt``, stop.
+
+    The signal only sets a flag; the checkpoint is written at the end of the step, exactly where the
+    periodic checkpoints are written, so ``ckpt_path=last`` resumes it bit-exactly like any other. Under
+    DDP the flag is reduced over ranks every step (any rank's signal stops all of them at the same step).
+    A second Ctrl-C aborts at once without saving. Handlers are installed for the fit only and restored.
+
+    Args:
+        signals: names of the signals to handle.
+    """
+
+    def __init__(self, signals: tuple[str, ...] = ("SIGINT", "SIGTERM")) -> None:
+        self.signals = tuple(signals)
+        self.received: str | None = None
+        self.saved: Path | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # the second signal: stop now, without a checkpoint
+            self._restore()
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        print(f"\nfidesr-train: {self.received} received: finishing this step and saving a checkpoint "
+              "(Ctrl-C again aborts without saving)", file=sys.stderr, flush=True)  # fmt: skip
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.received, self.saved = None, None
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for name in self.signals:
+            sig = getattr(signal, name)
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            return
+        self.received = self.received or "SIGTERM"  # another rank got the signal
+        path = self.checkpoint_path(trainer)
+        # The full training state (optimizer and loops too: "weights_only" here means leaving those out).
+        trainer.save_checkpoint(path, weights_only=False)
+        self.saved = path
+        if trainer.checkpoint_callback is not None:  # it keeps this last.ckpt instead of writing last-v1.ckpt
+            trainer.checkpoint_callback.last_model_path = str(path)
+        trainer.should_stop = True
+
+    @staticmethod
+    def checkpoint_path(trainer: L.Trainer) -> Path:
+        """``last.ckpt`` in the checkpoint callback's folder (what ``ckpt_path=last`` reads)."""
+        cb = trainer.checkpoint_callback
+        folder = Path(cb.dirpath) if cb is not None and cb.dirpath else Path(trainer.default_root_dir) / "checkpoints"
+        return folder / "last.ckpt"
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()

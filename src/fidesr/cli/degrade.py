@@ -2,6 +2,11 @@
 
 Each image gets its own parameters, drawn from a generator seeded by ``(--seed, file name)``: the LQ of an image
 depends on the seed and its name only, not on which other files are in the folder or in which order they run.
+
+Existing outputs are never replaced without ``--overwrite`` (the run stops before writing anything and names
+them); an empty input folder, or an output path that is a file, is an error. An unreadable image (corrupt,
+truncated, over ``--max-pixels``: a decompression bomb) is named and skipped, the others are written, and
+the exit status is 1.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 from torch.utils.data import default_collate
 
 from fidesr.data.degradations import PRESETS, load_preset
-from fidesr.data.imageio import ImageLoadError, list_images, load_image, save_image
+from fidesr.data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image, save_image
 
 
 def image_seed(seed: int, name: str) -> int:
@@ -44,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="resize the LQ back to the (cropped) GT size, as training sees it",
     )
     parser.add_argument("--device", default="cpu", help="torch device for the degradation (default: cpu)")
+    parser.add_argument("--overwrite", action="store_true", help="replace LQ files already in OUTPUT_DIR")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"skip larger images (decompression bombs; default {DEFAULT_MAX_PIXELS:,})")  # fmt: skip
     return parser
 
 
@@ -59,9 +67,26 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not files:
+        print(f"error: no images in {args.input_dir} (extensions: png, jpg, jpeg, bmp, tif, tiff, webp)", file=sys.stderr)
+        return 2
     if args.output_dir.resolve() == args.input_dir.resolve():
         # <stem>.png in the same folder would overwrite PNG inputs.
         print("error: OUTPUT_DIR must differ from INPUT_DIR", file=sys.stderr)
+        return 2
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        print(f"error: OUTPUT_DIR {args.output_dir} exists and is not a folder", file=sys.stderr)
+        return 2
+    existing = sorted(p.name for p in files if (args.output_dir / f"{p.stem}.png").exists())
+    if existing and not args.overwrite:
+        shown = ", ".join(f"{Path(n).stem}.png" for n in existing[:10]) + (" ..." if len(existing) > 10 else "")
+        print(f"error: {len(existing)} output(s) already in {args.output_dir} ({shown}); nothing written "
+              "(--overwrite replaces them)", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"error: cannot create OUTPUT_DIR {args.output_dir}: {err.strerror}", file=sys.stderr)
         return 2
     degradation = load_preset(args.preset, scale=args.scale, resize_back=args.resize_back)
     device = torch.device(args.device)
@@ -76,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         seen[path.stem] = path
         try:
-            gt = load_image(path)
+            gt = load_image(path, args.max_pixels)
         except ImageLoadError as err:
             failed.append(path.name)
             tqdm.write(f"skipped: {err}", file=sys.stderr)  # the message names the file

@@ -23,10 +23,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fidesr.metrics.images import list_images, match_pairs, read_image, save_image
+from fidesr.data.imageio import DEFAULT_MAX_PIXELS
+from fidesr.devices import resolve_device
+from fidesr.errors import FidesrError, MissingInputError, report_errors
+from fidesr.metrics.images import check_images, list_images, match_pairs, read_for_metrics, save_image
 from fidesr.metrics.published import published_rows
 from fidesr.metrics.specs import PROTOCOL, get_spec, parse_metric_config
-from fidesr.metrics.suite import MetricSuite, resolve_device
+from fidesr.metrics.suite import MetricSuite
 from fidesr.metrics.tables import markdown_table, write_csv
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,10 @@ class EvalResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
+class ImageCheckError(FidesrError, ValueError):
+    """Some files of the evaluated folders cannot be read; the message lists every one."""
+
+
 class _Images(torch.utils.data.Dataset):
     """(name, SR [3,H,W], GT [3,H,W] or empty) per matched pair, read as the protocol reads them."""
 
@@ -54,7 +61,7 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor, torch.Tensor]:
         sr, gt = self.pairs[i]
-        return sr.name, read_image(sr)[0], read_image(gt)[0] if gt is not None else torch.empty(0)
+        return sr.name, read_for_metrics(sr)[0], read_for_metrics(gt)[0] if gt is not None else torch.empty(0)
 
 
 def _batches(
@@ -100,8 +107,13 @@ def evaluate_folders(
     num_workers: int = 0,
     progress: bool = True,
     stand_ins: dict[str, Any] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> EvalResult:
-    """Folder mode. ``metrics`` is a list of names or the ``conf/metrics`` mapping. See module doc."""
+    """Folder mode. ``metrics`` is a list of names or the ``conf/metrics`` mapping. See module doc.
+
+    Every SR and GT file is decoded once before any metric runs: unreadable, truncated or oversized files
+    are listed together (:class:`ImageCheckError`), instead of stopping at the first one after minutes.
+    """
     from tqdm.auto import tqdm
 
     sr_dir, out = Path(sr_dir), Path(output_dir)
@@ -114,12 +126,18 @@ def evaluate_folders(
         if not names:
             raise ValueError("no gt_dir and no no-reference metric selected: nothing to compute")
     selection = {n: {**options.get(n, {}), "required": n in required} for n in names}
+    for folder, key in ((sr_dir, "sr_dir"), (gt_dir, "gt_dir")):
+        if folder is not None and not Path(folder).is_dir():
+            raise MissingInputError(f"{key}={folder}: no such folder")
     srs = list_images(sr_dir)
     if not srs:
-        raise FileNotFoundError(f"no images in {sr_dir}")
+        raise MissingInputError(f"sr_dir={sr_dir}: no images in the folder")
     pairs: list[tuple[Path, Path | None]] = (
         list(match_pairs(srs, list_images(gt_dir))) if gt_dir is not None else [(p, None) for p in srs]
     )
+    problems = check_images([p for pair in pairs for p in pair if p is not None], max_pixels)
+    if problems:
+        raise ImageCheckError(f"{len(problems)} unreadable image(s); nothing was computed:\n  " + "\n  ".join(problems))
     suite = MetricSuite(
         selection, crop_border=crop_border, test_y_channel=test_y_channel, color_space=color_space,
         weights_dir=weights_dir, required=(), device=device, ssim_impl=ssim_impl,
@@ -181,37 +199,51 @@ def write_reports(
 
 
 def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path) -> Path:
-    """Checkpoint mode: upscale every image of ``cfg.lq_dir`` with the inference pipeline into ``sr_dir``.
-
-    The pipeline is ``fidesr.pipeline.FiDeSRPipeline`` (``from_checkpoint(path, device=...)``, called on
-    ``[1,3,h,w]`` LQ in [0,1]; its ``.sr`` is ``[1,3,H,W]`` SR in [0,1] on the pipeline's device).
-    """
-    from fidesr import pipeline as pipeline_mod
-
-    if cfg.lq_dir is None:
-        raise ValueError("checkpoint mode needs lq_dir=DIR")
-    pipe = pipeline_mod.FiDeSRPipeline.from_checkpoint(cfg.checkpoint, device=resolve_device(cfg.device))
+    """Checkpoint mode: upscale every image of ``cfg.lq_dir`` into ``sr_dir`` with the model that
+    ``cfg.checkpoint`` names (any source :meth:`fidesr.pipeline.FiDeSRPipeline.from_pretrained` reads:
+    training checkpoint, exported folder, official ``.pkl``, Hub repo id), with the precision and tiling
+    options of ``fidesr-upscale``. Unreadable LQ files are listed before the model is loaded."""
     from tqdm.auto import tqdm
 
+    from fidesr.pipeline import FiDeSRPipeline
+
+    if cfg.lq_dir is None:
+        raise MissingInputError("checkpoint mode needs lq_dir=DIR")
+    if not Path(cfg.lq_dir).is_dir():
+        raise MissingInputError(f"lq_dir={cfg.lq_dir}: no such folder")
+    lqs = list_images(cfg.lq_dir)
+    problems = check_images(lqs, cfg.max_pixels)
+    if problems:
+        raise ImageCheckError(f"{len(problems)} unreadable LQ image(s); nothing was computed:\n  " + "\n  ".join(problems))
+    pipe = FiDeSRPipeline.from_pretrained(
+        cfg.checkpoint, pretrained=cfg.pretrained, device=resolve_device(cfg.device), dtype=cfg.precision,
+        unsafe_pickle=cfg.unsafe_pickle, tile_size=cfg.tile_size or None, tile_overlap=cfg.tile_overlap,
+        vae_tiling=cfg.vae_tiling,
+    )  # fmt: skip
     lfim = cfg.get("lfim") or {}
     # LFIM strengths per call (None: the checkpoint's own), and a seeded VAE sample per image, so that the
     # jobs of an LFIM sweep differ only in the strengths.
     strengths = {"lf_scale": lfim.get("lf_scale"), "hf_scale": lfim.get("hf_scale")}
-    for lq_path in tqdm(list_images(cfg.lq_dir), desc="upscale", disable=not cfg.progress):
+    for lq_path in tqdm(lqs, desc="upscale", disable=not cfg.progress):
         generator = torch.Generator(device=pipe.device).manual_seed(0)
         with torch.no_grad():
-            sr = pipe(read_image(lq_path), generator=generator, **strengths).sr
+            sr = pipe(read_for_metrics(lq_path, cfg.max_pixels), generator=generator, **strengths).sr
         save_image(sr.cpu(), sr_dir / f"{lq_path.stem}.png")
     return sr_dir
 
 
 def run(cfg: DictConfig) -> EvalResult:
     """The app without Hydra's wrapper (tests call it with a composed config)."""
+    from fidesr.metrics import weights as W
+
+    # Before any image is produced or read: the metrics' weight files, fetched when online (required
+    # metrics must then be complete; optional ones without files are reported as skipped).
+    W.ensure_run_weights(OmegaConf.to_container(cfg.metrics, resolve=True), cfg.weights_dir, log=log.info)
     out = Path(cfg.output_dir)
     if cfg.checkpoint is not None:
         sr_dir = sr_from_checkpoint(cfg, out / "sr")
     elif cfg.sr_dir is None:
-        raise ValueError("give sr_dir=DIR (folder mode) or checkpoint=CKPT lq_dir=DIR (checkpoint mode)")
+        raise MissingInputError("give sr_dir=DIR (folder mode) or checkpoint=CKPT lq_dir=DIR (checkpoint mode)")
     else:
         sr_dir = Path(cfg.sr_dir)
     result = evaluate_folders(
@@ -219,7 +251,7 @@ def run(cfg: DictConfig) -> EvalResult:
         label=cfg.label, paper_rows=cfg.paper_rows, crop_border=cfg.crop_border,
         test_y_channel=cfg.test_y_channel, color_space=cfg.color_space, ssim_impl=cfg.ssim_impl,
         weights_dir=cfg.weights_dir, device=cfg.device, batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers, progress=cfg.progress,
+        num_workers=cfg.num_workers, progress=cfg.progress, max_pixels=cfg.max_pixels,
     )
     print(result.files["summary_md"].read_text())
     log.info("wrote %s", ", ".join(str(p) for p in result.files.values()))
@@ -228,12 +260,13 @@ def run(cfg: DictConfig) -> EvalResult:
 
 @hydra.main(config_path="pkg://fidesr.conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from fidesr.runinfo import hydra_multirun
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        cfg.output_dir = HydraConfig.get().runtime.output_dir  # each sweep job writes into its own folder
-    run(cfg)
+    multirun, job_dir, _ = hydra_multirun()
+    if multirun and job_dir is not None:
+        cfg.output_dir = str(job_dir)  # each sweep job writes into its own folder
+    # The user's input errors are one line (the traceback with HYDRA_FULL_ERROR=1).
+    report_errors("fidesr-eval", lambda: run(cfg))
 
 
 if __name__ == "__main__":

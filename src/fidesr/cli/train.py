@@ -50,12 +50,12 @@ def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
 
 def resolve_output_dir(cfg: DictConfig) -> None:
     """Multirun jobs write into their own job folder (``hydra.sweep.dir/<num>_<overrides>``)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from fidesr.runinfo import hydra_multirun
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    multirun, job_dir, _ = hydra_multirun()
+    if multirun and job_dir is not None:
         with open_dict(cfg):
-            cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+            cfg.paths.output_dir = str(job_dir)
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
@@ -66,7 +66,9 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     else:
         path = Path(cfg.ckpt_path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file ({path})")
+        from fidesr.errors import MissingInputError
+
+        raise MissingInputError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file ({path})")
     return str(path)
 
 
@@ -76,27 +78,32 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import torch
     from hydra.utils import instantiate
 
-    from fidesr.callbacks.training import AtomicCheckpointIO
+    from fidesr.callbacks.training import AtomicCheckpointIO, SaveOnInterrupt, TrainingInterrupted
+    from fidesr.config_types import check_config_types
     from fidesr.loggers import finish_wandb
 
+    # A wrong type in an override names its key here, not as a TypeError deep inside Lightning.
+    check_config_types(OmegaConf.to_container(cfg, resolve=True))
     resolve_output_dir(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("FIDESR_WEIGHTS_DIR", str(cfg.paths.weights_dir))
     L.seed_everything(cfg.seed, workers=True)
     if cfg.trainer.get("accelerator") == "cpu":
         torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
-    # Fail fast, before any model is built: required metrics must have their weights.
-    from fidesr.metrics.weights import check_weights
+    # Before any model is built: one weights directory for the whole process (and its DDP ranks); missing
+    # files of the metrics and of LPIPS-VGG fetched when online, else one error listing them all.
+    from fidesr.metrics import weights as W
 
-    check_weights(cfg.metrics, weights_dir=cfg.paths.weights_dir)
+    W.apply_environment(cfg.paths.weights_dir)
+    lpips_vgg = OmegaConf.select(cfg, "perceptual.backbone") == "pretrained"
+    W.ensure_run_weights(cfg.metrics, cfg.paths.weights_dir, also=[W.LPIPS_VGG] if lpips_vgg else [],
+                         log=log.info)
 
     ckpt_path = resolve_ckpt_path(cfg)
     log.info("Output dir: %s", out_dir)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    model.val_set_names = list(getattr(datamodule, "val_set_names", ["val"]))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
 
@@ -116,6 +123,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("test") and getattr(datamodule, "test_sets", None):
             trainer.test(model, datamodule=datamodule, ckpt_path=None)
         exit_code = 0 if not trainer.interrupted else 1
+        stopper = next((c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None)
+        if stopper is not None and stopper.received:
+            exit_code = 1
+            raise TrainingInterrupted(stopper.received, trainer.global_step, stopper.saved)
     finally:
         finish_wandb(exit_code)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -174,10 +185,20 @@ def _print_summary(out_dir: Path, trainer, datamodule, seconds: float) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    import sys
+
+    from fidesr.callbacks.training import TrainingInterrupted
+    from fidesr.errors import report_errors
     from fidesr.runinfo import run_job
 
     # run_info.json (commit, config hash, status) per run; a failing sweep job is recorded, not fatal.
-    metrics = run_job(train, cfg) or {}
+    # The user's input errors are one line (the traceback with HYDRA_FULL_ERROR=1).
+    try:
+        metrics = report_errors("fidesr-train", lambda: run_job(train, cfg)) or {}
+    except TrainingInterrupted as stop:
+        print(f"fidesr-train: interrupted by {stop}; resume with: fidesr-train <the same overrides> "
+              f"paths.output_dir={cfg.paths.output_dir} ckpt_path=last", file=sys.stderr, flush=True)  # fmt: skip
+        raise SystemExit(stop.exit_code) from None
     # For Hydra sweepers that optimise a metric: cfg.get("optimized_metric").
     key = cfg.get("optimized_metric")
     return metrics.get(key) if key else None

@@ -1,22 +1,23 @@
-"""``fidesr-upscale``: super-resolve image files and folders; ``fidesr-upscale export``: write an adapter file.
+"""``fidesr-upscale``: super-resolve image files and folders.
 
-    fidesr-upscale INPUT... -o OUTPUT_DIR --checkpoint CKPT|ADAPTER.safetensors [--pretrained SD]
-    fidesr-upscale INPUT... -o OUTPUT_DIR --official fidesr.pkl --pretrained SD21_BASE
-    fidesr-upscale export CKPT -o adapter.safetensors
+    fidesr-upscale INPUT... -o OUTPUT_DIR --checkpoint CKPT|EXPORT_DIR|USER/NAME [--pretrained SD]
+    fidesr-upscale INPUT... -o OUTPUT_DIR --official fidesr.pkl [--pretrained SD21_BASE]
 
 Inputs are image files or folders (``--recursive`` descends). Each result is ``OUTPUT_DIR/<input stem>.png``,
 written atomically (a temporary file renamed into place: Ctrl-C never leaves a partial PNG). Existing
 outputs are skipped unless ``--overwrite``. An input that cannot be read or processed is reported by name
-and skipped; the others are still processed, and the exit status is 1 if any input failed (130 on Ctrl-C).
-Grayscale, RGBA (composited over white), palette, 16-bit and EXIF-rotated inputs are read by
-``fidesr.data.imageio.load_image`` and give an RGB result. A file literally named ``export`` is given as
-``./export``.
+and skipped (so is an image over ``--max-pixels``, e.g. a decompression bomb); the others are still
+processed, and the exit status is 1 if any input failed (130 on Ctrl-C). Grayscale, RGBA (composited over
+white), palette, 16-bit and EXIF-rotated inputs are read by ``fidesr.data.imageio.load_image`` and give an
+RGB result. The output folder is checked before the model is loaded. Errors are one line (``--debug``
+shows the traceback). ``fidesr-upscale export`` is ``fidesr-export`` (kept for old scripts).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from fidesr.data.imageio import ImageLoadError, list_images, load_image, save_image
+from fidesr.data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image, save_image
+from fidesr.errors import ConfigValueError, report_errors
 
 log = logging.getLogger("fidesr.upscale")
 
@@ -41,17 +43,21 @@ class Plan:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fidesr-upscale",
-        description="FiDeSR one-step diffusion super-resolution of image files and folders "
-        "(`fidesr-upscale export CKPT -o FILE` writes an adapter file instead).",
+        prog="fidesr-upscale", description="FiDeSR one-step diffusion super-resolution of image files and folders."
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files and/or folders")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT_DIR", help="output folder")
     src = p.add_argument_group("model (one of)")
-    src.add_argument("--checkpoint", type=Path, help="training checkpoint (.ckpt) or exported adapter (.safetensors)")
+    src.add_argument("--checkpoint", metavar="MODEL",
+                     help="training checkpoint (.ckpt), exported folder (fidesr-export), official .pkl or Hub repo "
+                          "id USER/NAME")  # fmt: skip
     src.add_argument("--official", type=Path, metavar="PKL", help="official FiDeSR checkpoint (fidesr.pkl)")
-    src.add_argument("--pretrained", help="base SD 2.1-base: hub id or local diffusers folder (required with "
-                     "--official; overrides the one stored in a checkpoint/adapter)")  # fmt: skip
+    src.add_argument("--pretrained", help="base SD 2.1-base: hub id or local diffusers folder (default for --official: "
+                     "stabilityai/stable-diffusion-2-1-base; overrides the one a checkpoint names)")  # fmt: skip
+    src.add_argument("--revision", help="Hub revision (branch, tag, commit) of a repo id given to --checkpoint")
+    src.add_argument("--unsafe-pickle", action="store_true",
+                     help="fully unpickle a .ckpt/.pkl that weights-only loading refuses. This runs any code the "
+                          "file names: only for files whose origin you trust")  # fmt: skip
     q = p.add_argument_group("inference")
     q.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4, what FiDeSR is trained for)")
     q.add_argument("--lf-scale", type=float, default=None, help="LFIM low-frequency strength (default: model's, 0.2)")
@@ -78,18 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     o.add_argument("--seed", type=int, default=0, help="seed of the VAE posterior sample (reproducible outputs)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def build_export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fidesr-upscale export",
-        description="Training checkpoint -> adapter file (LoRA + LRRB tensors + the config to rebuild the "
-        "model; safetensors with JSON metadata). Load it with --checkpoint FILE.safetensors.",
-    )
-    p.add_argument("checkpoint", type=Path, help="fidesr-train checkpoint (.ckpt)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="adapter file to write (.safetensors)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    o.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse (and skip) larger inputs, read from the header before decoding: decompression "
+                        f"bombs (default {DEFAULT_MAX_PIXELS:,}, PIL's threshold)")  # fmt: skip
+    o.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
@@ -121,16 +119,16 @@ def plan_jobs(inputs: Sequence[Path], out_dir: Path, overwrite: bool, recursive:
     return plan
 
 
-def _export(argv: Sequence[str]) -> int:
-    from fidesr.export import export_adapter
-
-    args = build_export_parser().parse_args(argv)
-    if args.output.exists() and not args.overwrite:
-        print(f"fidesr-upscale export: {args.output} exists (use --overwrite)", file=sys.stderr)
-        return 1
-    path = export_adapter(args.checkpoint, args.output)
-    print(f"fidesr-upscale export: wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    return 0
+def check_output_dir(path: Path) -> None:
+    """Create the output folder (or check the existing one) and that it is writable, before any model loads."""
+    if path.exists() and not path.is_dir():
+        raise ConfigValueError(f"-o {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigValueError(f"-o {path}: cannot create the output folder ({err.strerror})") from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigValueError(f"-o {path}: the output folder is not writable")
 
 
 def _load_pipeline(args: argparse.Namespace):
@@ -139,7 +137,10 @@ def _load_pipeline(args: argparse.Namespace):
     kwargs = dict(
         device=args.device, dtype=args.precision, tile_size=args.tile or None, tile_overlap=args.tile_overlap,
         tiles_per_call=args.tiles_per_call, vae_tiling=args.vae_tiling, scale=args.scale,
+        unsafe_pickle=args.unsafe_pickle,
     )  # fmt: skip
+    if args.revision:
+        kwargs["revision"] = args.revision
     for key, value in (("color_fix", args.color_fix), ("prompt", args.prompt), ("min_lq_size", args.min_lq_size)):
         if value is not None:
             kwargs[key] = value
@@ -161,16 +162,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 all written or skipped, 1 some input failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["export"]:
-        return _export(argv[1:])
+        from fidesr.cli.export import main as export_main
+
+        print("fidesr-upscale export is now fidesr-export (an exported folder, which diffusers also reads)",
+              file=sys.stderr)  # fmt: skip
+        return export_main(argv[1:])
     args = build_parser().parse_args(argv)
     if (args.checkpoint is None) == (args.official is None):
         build_parser().error("give exactly one of --checkpoint or --official")
     if args.no_lfim:
         args.lf_scale, args.hf_scale = 0.0, 0.0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return report_errors("fidesr-upscale", lambda: _upscale(args), debug=args.debug)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
+def _upscale(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     start = time.time()
+    check_output_dir(args.output)
     plan = plan_jobs(args.inputs, args.output, args.overwrite, args.recursive)
     for src, why in plan.skipped:
         print(f"skip {src}: {why}", file=sys.stderr)
@@ -186,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 loaded: list[tuple[Path, Path, torch.Tensor]] = []
                 for src, dst in chunk:
                     try:
-                        loaded.append((src, dst, load_image(src)))
+                        loaded.append((src, dst, load_image(src, args.max_pixels)))
                     except ImageLoadError as err:
                         plan.failed.append((str(src), str(err)))
                         tqdm.write(f"error {src}: {err}", file=sys.stderr)

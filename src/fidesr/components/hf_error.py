@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fidesr.components.lfim import Grid, highpass
+from fidesr.components.lfim import HF_CUTOFF, Grid, highpass
 
 __all__ = ["HFErrorMeter", "high_frequency_error", "ideal_residual", "lrrb_hf_reduction"]
 
@@ -26,7 +26,7 @@ def ideal_residual(z_lq: Tensor, z_hq: Tensor) -> Tensor:
 def high_frequency_error(
     residual: Tensor,
     ideal_residual: Tensor,
-    cutoff: float = 0.32,
+    cutoff: float = HF_CUTOFF,
     order: int = 2,
     grid: Grid = "official",
 ) -> Tensor:
@@ -53,7 +53,7 @@ def lrrb_hf_reduction(
     r_before: Tensor,
     r_after: Tensor,
     ideal: Tensor,
-    cutoff: float = 0.32,
+    cutoff: float = HF_CUTOFF,
     order: int = 2,
     grid: Grid = "official",
 ) -> dict[str, float]:
@@ -79,7 +79,7 @@ class HFErrorMeter:
     """Accumulates per-image HF errors over batches; :meth:`compute` gives the same dict as
     :func:`lrrb_hf_reduction` over everything seen."""
 
-    def __init__(self, cutoff: float = 0.32, order: int = 2, grid: Grid = "official") -> None:
+    def __init__(self, cutoff: float = HF_CUTOFF, order: int = 2, grid: Grid = "official") -> None:
         self.cutoff, self.order, self.grid = cutoff, order, grid
         self.reset()
 

@@ -36,6 +36,11 @@ __all__ = [
 
 Grid = Literal["official", "centered"]
 _GRIDS = ("official", "centered")
+#: The released cut-offs (normalised radius): low-pass of the LF branch and the channel gate, high-pass of
+#: the HF branch (also the band of the LRRB's HF error, fidesr.components.hf_error). The one place in code;
+#: conf/lfim/on.yaml shows them for the command line.
+LF_CUTOFF = 0.10
+HF_CUTOFF = 0.32
 
 
 def _radius(height: int, width: int, grid: str, device: torch.device | str | None) -> Tensor:
@@ -109,7 +114,7 @@ def highpass(z: Tensor, cutoff: float, order: int = 2, grid: Grid = "official") 
 
 def channel_gate(
     z_lq: Tensor,
-    cutoff: float = 0.10,
+    cutoff: float = LF_CUTOFF,
     order: int = 2,
     tau: float = 0.8,
     sharpness: float = 10.0,
@@ -168,8 +173,8 @@ def latent_frequency_injection(
     lq_image: Tensor,
     lf_scale: float = 0.2,
     hf_scale: float = 0.2,
-    lf_cutoff: float = 0.10,
-    hf_cutoff: float = 0.32,
+    lf_cutoff: float = LF_CUTOFF,
+    hf_cutoff: float = HF_CUTOFF,
     lf_order: int = 2,
     hf_order: int = 2,
     tau: float = 0.8,
@@ -240,8 +245,8 @@ class LatentFrequencyInjection(nn.Module):
         self,
         lf_scale: float = 0.2,
         hf_scale: float = 0.2,
-        lf_cutoff: float = 0.10,
-        hf_cutoff: float = 0.32,
+        lf_cutoff: float = LF_CUTOFF,
+        hf_cutoff: float = HF_CUTOFF,
         lf_order: int = 2,
         hf_order: int = 2,
         tau: float = 0.8,

@@ -99,16 +99,12 @@ class LatentResidualRefinementBlock(nn.Module):
 
         Returns:
             ``delta`` ``[B, C, h, w]`` (same shape/dtype as ``residual``); the refined residual is
-            ``residual + delta`` (see :meth:`refine`).
+            ``residual + delta`` (``fidesr.generator.one_step``).
         """
         f = self.in_conv(torch.cat([z_lq, residual], dim=1))
         for block in self.blocks:
             f = f + block(f) * self.res_scale
         return self.out_conv(f)
-
-    def refine(self, z_lq: Tensor, residual: Tensor) -> Tensor:
-        """Refined residual ``r' = r + delta`` ``[B, C, h, w]``."""
-        return residual + self(z_lq, residual)
 
     def load_official_state_dict(self, sd: Mapping[str, Tensor], strict: bool = True):
         """Load weights in the official layout.

@@ -1,9 +1,12 @@
 """The training loss LPIPS(VGG, spatial), with honest handling of its ImageNet backbone.
 
 LPIPS needs two sets of weights: the linear heads (shipped inside the ``lpips`` wheel) and torchvision's
-VGG16 ImageNet backbone (``vgg16-397923af.pth``, downloaded by torchvision on first use). Where the backbone
-cannot be had (offline machines, the CPU demo), ``backbone="random"`` builds the same network with a random
-VGG: a *stand-in* that is named as such everywhere (``name``), never presented as LPIPS.
+VGG16 ImageNet backbone (``vgg16-397923af.pth``). The backbone is found, and fetched when missing and
+online, through the same weights directory and checks as every other weight file
+(``fidesr.metrics.weights_store``; ``fidesr-weights download --metrics lpips_vgg``); offline, a missing file
+stops construction with the path and that command. Where the backbone cannot be had (the CPU demo),
+``backbone="random"`` builds the same network with a random VGG: a *stand-in* that is named as such
+everywhere (``name``), never presented as LPIPS.
 """
 
 from __future__ import annotations
@@ -14,17 +17,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-VGG16_FILE = "vgg16-397923af.pth"
-VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
+from fidesr.metrics import weights as W
+
+VGG16_FILE = W.FILES["vgg16-imagenet"].filename
 
 
-class PerceptualWeightsMissing(FileNotFoundError):
-    """torchvision's VGG16 ImageNet weights are not in the torch cache."""
+class PerceptualWeightsMissing(W.WeightsMissingError):
+    """torchvision's VGG16 ImageNet weights are missing and could not be fetched."""
 
 
-def vgg16_weights_path() -> Path:
-    """Where torchvision looks for the VGG16 weights (``$TORCH_HOME/hub/checkpoints``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+def vgg16_weights_path(weights_dir: str | os.PathLike | None = None) -> Path:
+    """Where the VGG16 weights are read from (``<weights dir>/hub/checkpoints``, torchvision's layout)."""
+    return W.file_path(W.FILES["vgg16-imagenet"], weights_dir)
 
 
 class PerceptualLoss(nn.Module):
@@ -32,25 +36,28 @@ class PerceptualLoss(nn.Module):
 
     Args:
         net: LPIPS backbone, ``"vgg"`` as in the paper.
-        backbone: ``"pretrained"`` (ImageNet weights from the torch cache; fails fast naming the file if
-            absent) or ``"random"`` (the stand-in for offline demos and tests).
+        backbone: ``"pretrained"`` (ImageNet weights from the weights directory, fetched when missing and
+            online; offline it fails naming the file and the command) or ``"random"`` (the stand-in for
+            offline demos and tests).
+        weights_dir: see ``fidesr.metrics.weights_store.resolve_weights_dir`` (default: the shared rule).
     """
 
-    def __init__(self, net: str = "vgg", backbone: str = "pretrained") -> None:
+    def __init__(
+        self, net: str = "vgg", backbone: str = "pretrained", weights_dir: str | os.PathLike | None = None
+    ) -> None:
         super().__init__()
         import lpips
 
         if backbone not in ("pretrained", "random"):
             raise ValueError(f"perceptual backbone must be 'pretrained' or 'random', got {backbone!r}")
-        if backbone == "pretrained" and net == "vgg" and not vgg16_weights_path().is_file():
-            raise PerceptualWeightsMissing(
-                f"LPIPS-VGG needs torchvision's VGG16 ImageNet weights at {vgg16_weights_path()} "
-                f"(get {VGG16_URL}; TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}). "
-                "Offline demos can use perceptual=standin (a random-backbone stand-in, not LPIPS)."
-            )
+        pretrained = backbone == "pretrained"
+        if pretrained and net == "vgg":
+            W.ensure_weights([W.LPIPS_VGG], weights_dir, error_type=PerceptualWeightsMissing)
         self.backbone = backbone
         self.net_name = net
-        self.lpips = lpips.LPIPS(net=net, spatial=True, pnet_rand=backbone == "random", verbose=False)
+        # torchvision reads torch.hub's directory when it loads the backbone; no download is allowed.
+        with W.torch_cache_scope(weights_dir), W.no_downloads(f"perceptual loss lpips_{net}"):
+            self.lpips = lpips.LPIPS(net=net, spatial=True, pnet_rand=not pretrained, verbose=False)
         self.lpips.requires_grad_(False).eval()
 
     @property

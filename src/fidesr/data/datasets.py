@@ -226,10 +226,14 @@ class LQImageDataset(Dataset):
 
 
 class StepSampler(Sampler[int]):
-    """Indices ``start, start+1, ...`` of a virtual epoch, sharded over ranks.
+    """Indices ``start, start+1, ...`` of a virtual epoch of ``length`` samples, sharded over ranks.
 
     Sample indices are global: rank ``r`` of ``R`` takes ``i`` with ``i % R == r``, so the union over ranks is
     what one process would take. ``start`` skips what a resumed run has already consumed.
+
+    ``len()`` is this rank's share of the *whole* epoch, ``start`` included: Lightning restores a mid-epoch
+    checkpoint's batch index and counts it against the loader's length, so the length must not shrink by
+    what was consumed (it did, and a run resumed early in the epoch then ran the same samples twice).
     """
 
     def __init__(self, length: int, start: int = 0, rank: int = 0, world_size: int = 1) -> None:
@@ -240,4 +244,4 @@ class StepSampler(Sampler[int]):
         return iter(range(first, self.length, self.world_size))
 
     def __len__(self) -> int:
-        return max(0, (self.length - self.start - self.rank + self.world_size - 1) // self.world_size)
+        return max(0, (self.length - self.rank + self.world_size - 1) // self.world_size)

@@ -10,14 +10,19 @@ place. Conversions (documented in the README, pinned by tests/data/test_imageio.
 - 16-bit images keep their precision: values are divided by 65535, not truncated to 8 bits.
 - CMYK JPEGs (including Adobe's inverted ones, which PIL handles) are converted to RGB.
 
-Anything PIL cannot decode (corrupt, truncated, not an image) raises :class:`ImageLoadError` naming the file.
+Anything PIL cannot decode (corrupt, truncated, not an image) raises :class:`ImageLoadError` naming the file,
+and so does an image with more than ``max_pixels`` pixels (default :data:`DEFAULT_MAX_PIXELS`, PIL's own
+decompression-bomb limit): its size is read from the header, before any pixel is decoded, so a 100000 x
+100000 PNG of a few kilobytes costs nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -26,14 +31,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from fidesr.errors import FidesrError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 # Truncated files must fail loudly instead of being decoded with a grey bottom half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+#: The largest image (in pixels) read by default: PIL's decompression-bomb threshold (about 89.5 MP, e.g.
+#: 9459 x 9459). The command-line tools take ``--max-pixels``.
+DEFAULT_MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
-class ImageLoadError(RuntimeError):
-    """An image file could not be decoded. The message names the file."""
+class ImageLoadError(FidesrError, RuntimeError):
+    """An image file could not be decoded, or is larger than allowed. The message names the file."""
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -72,6 +82,22 @@ def _to_float_rgb(img: Image.Image) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
+def is_16bit(path: str | os.PathLike, img: Image.Image) -> bool:
+    """Whether an opened image has 16-bit samples. PIL opens 16-bit greyscale as ``I;16``/``I`` but 16-bit
+    RGB(A) PNG/TIFF as 8-bit ``RGB(A)``, so for those the file's own header is read (PNG IHDR bit depth,
+    TIFF BitsPerSample)."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        return True
+    if img.format == "PNG":
+        with open(path, "rb") as fh:
+            header = fh.read(25)
+        return len(header) == 25 and header[24] == 16
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(258)  # BitsPerSample
+        return bits is not None and max(bits if isinstance(bits, tuple) else (bits,)) > 8
+    return False
+
+
 def _read_16bit_rgb(path: Path) -> np.ndarray | None:
     """PIL reads 48/64-bit RGB(A) PNG/TIFF as 8-bit; OpenCV keeps 16 bits. Returns None if not 16-bit RGB."""
     try:
@@ -88,22 +114,59 @@ def _read_16bit_rgb(path: Path) -> np.ndarray | None:
     return arr[..., ::-1].astype(np.float32) / 65535.0
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """``PIL.Image.open`` with fidesr's size limit checked on the header, before decoding.
+
+    ``max_pixels=None`` lifts fidesr's limit (PIL's own hard limit, twice its warning threshold, still
+    applies unless ``PIL.Image.MAX_IMAGE_PIXELS`` is changed). Raises :class:`ImageLoadError` naming the
+    file for a missing, unreadable or oversized image.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # PIL's DecompressionBombWarning: the limit below is the one that decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as err:  # over twice PIL's threshold: PIL refuses in open()
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(found[1]):,} pixels" if found else "the image"
+        raise ImageLoadError(_too_large(path, size, max_pixels if max_pixels is not None else 2 * DEFAULT_MAX_PIXELS)) from err
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise ImageLoadError(f"cannot read image {path}: {err}") from err
+    with img:
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageLoadError(_too_large(path, f"{w} x {h} = {w * h:,} pixels", max_pixels))
+        yield img
+
+
+def _too_large(path: Path, size: str, limit: int) -> str:
+    return (f"cannot read image {path}: {size} is over the limit of {limit:,} (a decompression bomb, or a very "
+            "large image: raise the limit with --max-pixels)")  # fmt: skip
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Read an image file as RGB float.
+
+    Args:
+        path: the image file.
+        max_pixels: refuse larger images (checked on the header, before decoding); None: no fidesr limit.
 
     Returns:
         Tensor [3, H, W], float32 in [0, 1], orientation as displayed (EXIF applied).
 
     Raises:
-        ImageLoadError: the file is missing, not an image, corrupt or truncated (message names it).
+        ImageLoadError: the file is missing, not an image, corrupt, truncated or over ``max_pixels``
+            (message names it).
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with open_image(path, max_pixels) as img:
             img.load()
             mode, exif_img = img.mode, ImageOps.exif_transpose(img)
             arr = None
-            if mode in ("RGB", "RGBA") and path.suffix.lower() in (".png", ".tif", ".tiff"):
+            if mode in ("RGB", "RGBA") and is_16bit(path, img):
                 arr = _read_16bit_rgb(path)
                 if arr is not None and exif_img.size != img.size:  # rare: rotated 16-bit TIFF
                     arr = None

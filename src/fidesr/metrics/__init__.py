@@ -1,7 +1,6 @@
 """Evaluation metrics: the protocol (``specs``), ``MetricSuite`` (``suite``), weights (``weights``).
 
-Importing this package does not import pyiqa: the weights directory must be configured first
-(``weights.configure``), which ``MetricSuite`` and ``fid_folders`` do.
+Importing this package does not import pyiqa. Where weight files live: ``weights_store``.
 """
 
 from fidesr.metrics.specs import (
@@ -13,7 +12,7 @@ from fidesr.metrics.specs import (
     parse_metric_config,
 )
 from fidesr.metrics.suite import NA_WEIGHTS, MetricSuite, SeparableSSIM, fid_folders
-from fidesr.metrics.weights import WeightsMissingError, check_weights, configure, resolve_weights_dir
+from fidesr.metrics.weights import WeightsMissingError, check_weights, resolve_weights_dir
 
 __all__ = [
     "NA_WEIGHTS",
@@ -24,7 +23,6 @@ __all__ = [
     "WeightsMissingError",
     "canonical_name",
     "check_weights",
-    "configure",
     "fid_folders",
     "get_spec",
     "monitor_mode",

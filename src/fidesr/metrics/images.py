@@ -1,9 +1,10 @@
 """Image I/O for evaluation: the exact reading convention of the protocol, folder pairing.
 
 Reading follows pyiqa's ``imread2tensor`` (PIL, converted to RGB, ``to_tensor``), so metrics computed on
-files here equal pyiqa's when it is handed the paths (what OSEDiff's ``test_metrics.py`` does). This is
-deliberately not ``fidesr.data.imageio.load_image`` (which keeps 16 bits and composites alpha): scores
-must be computed the way the published tables were. Writing and listing are shared with ``imageio``.
+8-bit files here equal pyiqa's when it is handed the paths (what OSEDiff's ``test_metrics.py`` does): scores
+are computed the way the published tables were. 16-bit files, which PIL's RGB conversion would clip to
+white, go through ``fidesr.data.imageio.load_image`` instead (values / 65535, greyscale replicated), so a
+16-bit file scores as the 8-bit file of the same picture does. Writing and listing are shared with ``imageio``.
 """
 
 from __future__ import annotations
@@ -18,16 +19,40 @@ from PIL import Image
 
 from fidesr.data import imageio
 from fidesr.data.imageio import IMAGE_EXTENSIONS, list_images
+from fidesr.errors import ConfigValueError
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "match_pairs", "quantize", "read_image", "safe_stem",
+__all__ = ["IMAGE_EXTENSIONS", "check_images", "list_images", "match_pairs", "quantize", "read_for_metrics", "safe_stem",
            "save_image", "thumbnail", "to_uint8"]  # fmt: skip
 
 
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image file as ``[1,3,H,W]`` float32 in ``[0,1]`` (8-bit values / 255)."""
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+def read_for_metrics(path: str | os.PathLike, max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Read an image file as ``[1,3,H,W]`` float32 in ``[0,1]`` (8-bit values / 255, 16-bit / 65535).
+
+    Raises:
+        ImageLoadError: naming the file (unreadable, truncated, over ``max_pixels``).
+    """
+    try:
+        with imageio.open_image(path, max_pixels) as img:
+            if not imageio.is_16bit(path, img):
+                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+                return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise imageio.ImageLoadError(f"cannot read image {path}: {err}") from err
+    return imageio.load_image(path, max_pixels)[None]
+
+
+def check_images(paths: Sequence[str | os.PathLike], max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS) -> list[str]:
+    """Decode every file once (without keeping it); the problems, one line per file naming it."""
+    problems = []
+    for path in paths:
+        try:
+            with imageio.open_image(path, max_pixels) as img:
+                img.load()
+        except imageio.ImageLoadError as err:
+            problems.append(str(err))
+        except (OSError, ValueError, SyntaxError) as err:
+            problems.append(f"cannot read image {path}: {err}")
+    return problems
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -69,7 +94,7 @@ def match_pairs(sr: Sequence[Path], gt: Sequence[Path]) -> list[tuple[Path, Path
         out: dict[str, Path] = {}
         for f in files:
             if f.stem in out:
-                raise ValueError(f"{side}: two files with the stem {f.stem!r}: {out[f.stem].name}, {f.name}")
+                raise ConfigValueError(f"{side}: two files with the stem {f.stem!r}: {out[f.stem].name}, {f.name}")
             out[f.stem] = f
         return out
 
@@ -79,7 +104,7 @@ def match_pairs(sr: Sequence[Path], gt: Sequence[Path]) -> list[tuple[Path, Path
         def show(names: list[str]) -> str:
             return ", ".join(names[:20]) + (f" ... (+{len(names) - 20})" if len(names) > 20 else "") or "-"
 
-        raise ValueError(
+        raise ConfigValueError(
             f"SR and GT folders do not match by file name: {len(only_sr)} SR image(s) without GT "
             f"[{show(only_sr)}]; {len(only_gt)} GT image(s) without SR [{show(only_gt)}]"
         )

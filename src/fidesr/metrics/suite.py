@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fidesr.devices import resolve_device
 from fidesr.metrics import weights as W
 from fidesr.metrics.specs import (
     PROTOCOL,
@@ -41,13 +42,6 @@ NA_WEIGHTS = "n/a (weights missing)"
 
 #: ``(sr, gt_or_None) -> [B]`` scores; for FID a feature extractor ``[N,3,299,299] in [0,255] -> [N,D]``.
 Scorer = Callable[..., torch.Tensor]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/``None`` -> CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,8 +137,9 @@ def build_pyiqa_metric(
         WeightsMissingError: a file is missing or corrupt (checked before pyiqa is called).
     """
     W.check_weights([spec.name], required=[spec.name], weights_dir=weights_dir)
-    pyiqa = W.import_pyiqa(weights_dir)
+    pyiqa = W.import_pyiqa()
     with ExitStack() as stack:
+        stack.enter_context(W.torch_cache_scope(weights_dir))  # pyiqa/torchvision read the weights dir
         stack.enter_context(W.no_downloads(spec.name))
         if spec.name == "maniqa":
             stack.enter_context(_maniqa_vit_without_imagenet_init())
@@ -198,7 +193,7 @@ def fid_folders(
     if feature_extractor is None:
         feature_extractor = build_pyiqa_metric(PROTOCOL["fid"], {}, dev, weights_dir).net.model
     else:
-        W.import_pyiqa(weights_dir)
+        W.import_pyiqa()
     fa = fid_features(dir_a, feature_extractor, device=dev, batch_size=batch_size, num_workers=num_workers)
     fb = fid_features(dir_b, feature_extractor, device=dev, batch_size=batch_size, num_workers=num_workers)
     return frechet_distance(fa, fb)
@@ -218,7 +213,7 @@ class MetricSuite:
         crop_border: pixels cropped on each side for PSNR, SSIM and NIQE (protocol: 0).
         test_y_channel: PSNR/SSIM on the Y channel (protocol) or on RGB.
         color_space: Y of which space for PSNR/SSIM (protocol: ``ycbcr``; pyiqa's own default is ``yiq``).
-        weights_dir: see ``fidesr.metrics.weights.resolve_weights_dir``.
+        weights_dir: see ``fidesr.metrics.weights_store.resolve_weights_dir``.
         required: metrics that must have their weights (``WeightsMissingError`` otherwise); other
             metrics with missing weights are skipped (one warning) and tabulated as ``n/a``.
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device``; models live there.
@@ -251,7 +246,7 @@ class MetricSuite:
         if ssim_impl not in ("separable", "pyiqa"):
             raise ValueError(f"ssim_impl must be 'separable' or 'pyiqa', got {ssim_impl!r}")
         self.device = resolve_device(device)
-        self.weights_dir = W.configure(weights_dir)  # before pyiqa is imported anywhere below
+        self.weights_dir = W.resolve_weights_dir(weights_dir)  # read per build, no process-wide change
         self.fid_batch_size, self.fid_num_workers = fid_batch_size, fid_num_workers
         stand_ins = {canonical_name(k): v for k, v in (stand_ins or {}).items()}
         if set(stand_ins) - set(names):
@@ -292,7 +287,7 @@ class MetricSuite:
 
     def _build(self, spec: MetricSpec, opts: dict[str, Any], ssim_impl: str) -> Scorer:
         if spec.name == "ssim" and ssim_impl == "separable":
-            W.import_pyiqa(self.weights_dir)  # SeparableSSIM uses pyiqa's colour conversion
+            W.import_pyiqa()  # SeparableSSIM uses pyiqa's colour conversion
             extra = set(opts) - {"test_y_channel", "color_space", "crop_border"}
             if extra:
                 raise ValueError(f"SSIM options {sorted(extra)} need ssim_impl='pyiqa'")

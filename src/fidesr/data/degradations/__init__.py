@@ -5,7 +5,7 @@ See docs/degradation.md and the contract in docs/ARCHITECTURE.md.
 
 from .base import Degradation
 from .bicubic import BicubicDegradation
-from .pipeline import RealESRGANDegradation
 from .presets import PRESETS, load_preset
+from .realesrgan import RealESRGANDegradation
 
 __all__ = ["PRESETS", "BicubicDegradation", "Degradation", "RealESRGANDegradation", "load_preset"]

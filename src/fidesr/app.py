@@ -1,0 +1,276 @@
+"""``fidesr-app``: an interactive Gradio page to explore FiDeSR, LFIM strengths above all.
+
+The model is loaded once (by ``fidesr-app``, see :mod:`fidesr.cli.app`); each request runs the same
+:class:`~fidesr.pipeline.FiDeSRPipeline` as ``fidesr-upscale`` (so large inputs go through its latent and VAE
+tiling) with the LFIM low/high-frequency strengths and the colour fix chosen in the page, and shows a
+before/after slider against the bicubic upsampling, the time taken and a download of the full-resolution PNG.
+
+Two layers, so that the logic is testable without a browser:
+
+- :func:`read_upload` (file -> image tensor, or :class:`AppInputError` with a message for the page) and
+  :func:`upscale_request` (image + strengths + colour fix -> :class:`AppResult`) are plain functions;
+- :func:`build_app` wires them into a ``gr.Blocks``; :func:`launch_app` serves it offline (no analytics, no
+  share link, system fonts).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fidesr.data.imageio import ImageLoadError, load_image, open_image, save_image, to_uint8
+from fidesr.pipeline import COLOR_FIXES, FiDeSRPipeline
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+log = logging.getLogger("fidesr.app")
+
+#: Photographs inside scikit-image's wheel (no download), as (file, crop box y, x, size) -> LQ examples.
+EXAMPLE_PHOTOS = (
+    ("motorcycle_right.png", 10, 130, 480),
+    ("astronaut.png", 0, 0, 512),
+    ("coffee.png", 0, 100, 400),
+)
+#: Slider range of the LFIM strengths (the released settings are 0.2 / 0.2; 0 switches a branch off).
+STRENGTH_MAX = 1.0
+
+
+class AppInputError(ValueError):
+    """An upload the app cannot process; the message is shown in the page as it is."""
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What the page accepts. ``min_side``: px on each side (smaller is no SR problem); ``max_pixels``:
+    width x height of the input (the output has ``scale**2`` times more; the CPU/GPU time grows with it)."""
+
+    min_side: int = 16
+    max_pixels: int = 1024 * 1024
+
+
+@dataclass
+class AppResult:
+    """One request's result.
+
+    sr, bicubic: uint8 [H, W, 3] at ``scale`` x the input size (``bicubic`` is the pipeline's own
+    bicubic upsampling, the baseline FiDeSR starts from). seconds: wall time of the model call, from the
+    input tensor to the SR tensor on the CPU. png: the full-resolution SR image written to disk.
+    """
+
+    sr: np.ndarray
+    bicubic: np.ndarray
+    seconds: float
+    png: Path
+
+
+def read_upload(path: str | os.PathLike, limits: InputLimits = InputLimits()) -> torch.Tensor:
+    """An uploaded file -> [3, H, W] float32 in [0, 1], through :func:`fidesr.data.imageio.load_image`.
+
+    The size is checked on the header before anything is decoded (``open_image``), so a decompression bomb
+    costs nothing.
+
+    Raises:
+        AppInputError: not an image, corrupt, truncated, too large or too small. The message names the file
+            by its base name: an upload's path is a server temporary file that means nothing to the user.
+    """
+    name = Path(path).name
+    try:
+        with open_image(path, max_pixels=limits.max_pixels) as img:
+            width, height = img.size
+        if min(width, height) < limits.min_side:
+            raise AppInputError(
+                f"{name} is {width} x {height} px, too small: the app needs at least {limits.min_side} px on "
+                "each side."
+            )
+        return load_image(path, max_pixels=limits.max_pixels)
+    except ImageLoadError as err:
+        raise AppInputError(str(err).replace(str(path), name)) from None
+
+
+def upscale_request(
+    pipe: FiDeSRPipeline,
+    image: torch.Tensor | np.ndarray,
+    lf_scale: float | None,
+    hf_scale: float | None,
+    color_fix: str,
+    out_dir: str | os.PathLike,
+    name: str = "image",
+    seed: int = 0,
+) -> AppResult:
+    """Run one request of the page: super-resolve ``image`` and write the full-resolution PNG.
+
+    Args:
+        pipe: a loaded inference pipeline (any device; the result comes back to the CPU).
+        image: [3, h, w] float in [0, 1], or [h, w, 3] uint8 (as a Gradio numpy image).
+        lf_scale, hf_scale: LFIM strengths (>= 0; ignored as ``None``, i.e. the model's, when the pipeline
+            has no LFIM and they are 0).
+        color_fix: one of ``fidesr.pipeline.COLOR_FIXES``.
+        out_dir: folder of the PNG, named after ``name`` and the settings (the same settings overwrite it).
+        seed: seed of the VAE posterior sample, fixed so that only the settings change the result.
+
+    Raises:
+        AppInputError: invalid strengths or colour fix.
+    """
+    if color_fix not in COLOR_FIXES:
+        raise AppInputError(f"colour fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
+    for label, value in (("low-frequency", lf_scale), ("high-frequency", hf_scale)):
+        if value is not None and not (np.isfinite(value) and value >= 0):
+            raise AppInputError(f"the LFIM {label} strength must be a number >= 0, got {value}")
+    if pipe.lfim is None:
+        if lf_scale or hf_scale:
+            raise AppInputError("this model has no LFIM (lfim: null): its strengths cannot be set")
+        lf_scale = hf_scale = None
+    lq = image
+    if isinstance(image, np.ndarray):
+        lq = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+    generator = torch.Generator(device=pipe.device).manual_seed(seed)
+    start = time.perf_counter()
+    out = pipe(lq[None], lf_scale=lf_scale, hf_scale=hf_scale, color_fix=color_fix, generator=generator)
+    sr, bicubic = out.sr[0].cpu(), out.lq_up[0].cpu()  # .cpu() waits for the device: the time is complete
+    seconds = time.perf_counter() - start
+    tag = "nolfim"
+    if pipe.lfim is not None:
+        tag = f"lf{_strength(pipe, 'lf_scale', lf_scale):.2f}_hf{_strength(pipe, 'hf_scale', hf_scale):.2f}"
+    png = save_image(sr, Path(out_dir) / f"{name}_x{pipe.scale}_{tag}_{color_fix}.png")
+    return AppResult(sr=to_uint8(sr), bicubic=to_uint8(bicubic), seconds=seconds, png=png)
+
+
+def _strength(pipe: FiDeSRPipeline, attr: str, value: float | None) -> float:
+    """The strength a call uses: the given one, else the LFIM module's default."""
+    return float(getattr(pipe.lfim, attr) if value is None else value)
+
+
+def write_examples(folder: str | os.PathLike, scale: int = 4) -> list[Path]:
+    """Low-quality examples from the photographs scikit-image ships (no download): a crop of each
+    ``EXAMPLE_PHOTOS`` entry, bicubic-downscaled by ``scale`` (antialiased). Returns the PNG paths."""
+    from fidesr.data.demo import skimage_data_dir
+
+    paths = []
+    for file, y, x, size in EXAMPLE_PHOTOS:
+        src = skimage_data_dir() / file
+        if not src.is_file():  # a scikit-image release without it: fewer examples, not a failure
+            continue
+        crop = load_image(src)[:, y : y + size, x : x + size]
+        lq = F.interpolate(crop[None], scale_factor=1 / scale, mode="bicubic", antialias=True)[0].clamp(0, 1)
+        paths.append(save_image(lq, Path(folder) / f"{Path(file).stem}_lq.png"))
+    return paths
+
+
+def _describe(pipe: FiDeSRPipeline) -> str:
+    device = f"{pipe.device.type} ({str(pipe.dtype).removeprefix('torch.')})"
+    tiles = f"latent tiles of {pipe.tile_size * 8} px" if pipe.tile_size else "no latent tiling"
+    return f"x{pipe.scale}, {device}, {tiles}"
+
+
+def build_app(
+    pipe: FiDeSRPipeline,
+    work_dir: str | os.PathLike,
+    *,
+    limits: InputLimits = InputLimits(),
+    examples: Sequence[str | os.PathLike] = (),
+    seed: int = 0,
+    title: str = "FiDeSR",
+) -> gr.Blocks:
+    """The page around a loaded pipeline: upload, LFIM sliders, colour fix, bicubic/SR slider, time, PNG.
+
+    Run settles the first result; moving a slider (on release) or changing the colour fix re-runs it.
+    ``work_dir`` receives the PNGs (pass it to :func:`launch_app`, which allows Gradio to serve it).
+    Element ids (``fidesr-*``) are stable for the browser test.
+    """
+    import gradio as gr
+
+    out_dir = Path(work_dir)
+    has_lfim = pipe.lfim is not None
+    lf0 = float(pipe.lfim.lf_scale) if has_lfim else 0.0
+    hf0 = float(pipe.lfim.hf_scale) if has_lfim else 0.0
+    no_lfim = "" if has_lfim else " (this model has no LFIM)"
+
+    def run(path: str | None, lf: float, hf: float, color_fix: str, required: bool) -> tuple[Any, ...]:
+        if not path:
+            if required:
+                raise gr.Error("Upload an image first (or pick an example).", print_exception=False)
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            image = read_upload(path, limits)
+            res = upscale_request(pipe, image, lf if has_lfim else None, hf if has_lfim else None, color_fix,
+                                  out_dir, name=Path(path).stem, seed=seed)  # fmt: skip
+        except AppInputError as err:
+            log.warning("fidesr-app: rejected upload: %s", err)
+            raise gr.Error(str(err), title="Cannot use this image", print_exception=False) from None
+        except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory: the server goes on
+            log.error("fidesr-app: the model failed: %s: %s", type(err).__name__, err)
+            raise gr.Error(f"The model failed on this image ({type(err).__name__}: {err}). A smaller image may work.",
+                           title="Processing failed", print_exception=False) from None  # fmt: skip
+        h, w = image.shape[-2:]
+        settings = f"lf {lf:.2f}, hf {hf:.2f}, " if has_lfim else ""
+        timing = (f"**{res.seconds:.2f} s** for {w} x {h} px -> {res.sr.shape[1]} x {res.sr.shape[0]} px "
+                  f"({settings}colour fix {color_fix}; {_describe(pipe)})")  # fmt: skip
+        log.info("fidesr-app: %s", timing.replace("**", ""))
+        # The SR is shown from its PNG (no second encoding); the bicubic baseline as a lossless array.
+        return (res.bicubic, str(res.png)), timing, gr.DownloadButton(value=str(res.png), interactive=True)
+
+    # delete_cache: Gradio's copies of uploads and results go after an hour (and when the server restarts).
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(
+            f"# FiDeSR one-step diffusion super-resolution\n"
+            f"Upload a low-quality image, press **Upscale**, then move the LFIM strengths: the low-frequency "
+            f"branch smooths blotches where the input is flat, the high-frequency branch adds the model's "
+            f"detail where the input has some. They act at inference, without retraining. Model: {_describe(pipe)}."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Low-quality image", file_types=["image"], type="filepath",
+                                 elem_id="fidesr-upload")  # fmt: skip
+                lf = gr.Slider(0.0, STRENGTH_MAX, value=lf0, step=0.05, interactive=has_lfim, elem_id="fidesr-lf",
+                               label="LFIM low-frequency strength" + no_lfim)  # fmt: skip
+                hf = gr.Slider(0.0, STRENGTH_MAX, value=hf0, step=0.05, interactive=has_lfim, elem_id="fidesr-hf",
+                               label="LFIM high-frequency strength" + no_lfim)  # fmt: skip
+                color = gr.Radio(
+                    list(COLOR_FIXES), value=pipe.color_fix, label="Colour fix", elem_id="fidesr-color"
+                )
+                button = gr.Button("Upscale", variant="primary", elem_id="fidesr-run")
+                if examples:
+                    gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Examples")
+            with gr.Column(scale=2):
+                compare = gr.ImageSlider(label="bicubic | FiDeSR", format="png", interactive=False,
+                                         elem_id="fidesr-compare")  # fmt: skip
+                timing = gr.Markdown(elem_id="fidesr-time")
+                download = gr.DownloadButton("Download the full-resolution PNG", interactive=False,
+                                             elem_id="fidesr-download")  # fmt: skip
+        inputs, outputs = [upload, lf, hf, color], [compare, timing, download]
+        # One model, one request at a time (queue); a burst of slider moves runs only the last one.
+        button.click(
+            lambda *a: run(*a, required=True), inputs, outputs, concurrency_limit=1, concurrency_id="model"
+        )
+        gr.on([lf.release, hf.release, color.input], lambda *a: run(*a, required=False), inputs, outputs,
+              concurrency_limit=1, concurrency_id="model", trigger_mode="always_last")  # fmt: skip
+        # A new image: the previous result no longer belongs to it.
+        upload.change(lambda: (None, "", gr.DownloadButton(value=None, interactive=False)), None, outputs)
+    return demo
+
+
+def launch_app(demo: gr.Blocks, work_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860,
+               block: bool = True) -> str:  # fmt: skip
+    """Serve the page on ``host:port`` (no share link, no analytics, no server-side rendering, no MCP);
+    returns the local URL (after Ctrl-C when ``block``)."""
+    import gradio as gr
+
+    # System fonts only: a theme with web fonts would fetch them at run time (the page must work offline).
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "Consolas", "monospace"])  # fmt: skip
+    _, url, _ = demo.queue(default_concurrency_limit=1).launch(
+        server_name=host, server_port=port, share=False, inbrowser=False, show_error=False, quiet=False,
+        prevent_thread_lock=not block, allowed_paths=[str(Path(work_dir).resolve())], ssr_mode=False,
+        mcp_server=False, theme=theme, footer_links=[],
+    )  # fmt: skip
+    return url

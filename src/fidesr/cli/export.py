@@ -1,0 +1,76 @@
+"""``fidesr-export``: a trained model -> a folder diffusers, peft, the Hub and fidesr all read.
+
+    fidesr-export CKPT -o DIR [--overwrite]
+    fidesr-export fidesr.pkl -o DIR              # the official checkpoint, in the same format
+    hf upload USER/NAME DIR                      # then: fidesr-upscale IN -o OUT --checkpoint USER/NAME
+
+DIR holds ``pytorch_lora_weights.safetensors`` (the UNet LoRA in diffusers/PEFT format, written by
+diffusers' ``save_lora_weights``), ``lrrb.safetensors``, ``config.json`` (what fidesr rebuilds the model
+from) and ``README.md`` (a model card). No base-model weights are read: exporting takes seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fidesr.errors import MissingInputError, report_errors
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fidesr-export", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("source", help="training checkpoint (.ckpt), official FiDeSR .pkl, exported folder or Hub repo id")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an export already in DIR")
+    p.add_argument("--unsafe-pickle", action="store_true",
+                   help="fully unpickle a .ckpt/.pkl that weights_only loading refuses; this runs any code the "
+                        "file names: only for files whose origin you trust")  # fmt: skip
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return p
+
+
+def last_validation_metrics(ckpt: Path) -> dict[str, float]:
+    """The last validation row of the run's ``metrics.csv`` (``<run>/checkpoints/x.ckpt`` -> ``<run>``),
+    ``val/...`` columns only; empty when there is none."""
+    path = ckpt.resolve().parent.parent / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if any(k.startswith("val/") and v for k, v in r.items())]
+    if not rows:
+        return {}
+    out = {}
+    for k, v in rows[-1].items():
+        if k.startswith("val/") and v:
+            try:
+                out[k] = float(v)
+            except ValueError:
+                continue
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def run() -> int:
+        from fidesr.model_files import TrainedWeights
+
+        src = Path(args.source).expanduser()
+        if not src.exists() and "/" not in args.source:
+            raise MissingInputError(f"no such file or folder: {args.source}")
+        weights = TrainedWeights.load(args.source, unsafe_pickle=args.unsafe_pickle)
+        metrics = last_validation_metrics(src) if src.is_file() else {}
+        out = weights.save_pretrained(args.output, overwrite=args.overwrite, metrics=metrics)
+        size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+        print(f"fidesr-export: wrote {out} ({size / 1e6:.2f} MB: {', '.join(sorted(p.name for p in out.iterdir()))})")
+        return 0
+
+    return report_errors("fidesr-export", run, debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

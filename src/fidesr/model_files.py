@@ -1,0 +1,450 @@
+"""Trained FiDeSR weights in and out: one reader for every source, one writer in the ecosystem's format.
+
+Sources :meth:`TrainedWeights.load` reads (``fidesr-upscale --checkpoint``, ``fidesr-eval checkpoint=``,
+``fidesr-app``, ``FiDeSRPipeline.from_pretrained`` all come here):
+
+* a training checkpoint (``fidesr-train``'s ``*.ckpt``),
+* an exported folder (:meth:`TrainedWeights.save_pretrained`, ``fidesr-export``),
+* the official FiDeSR ``.pkl`` (``unet_lora_{encoder,decoder,others}_modules``, ``lora_rank_unet``,
+  ``state_dict_unet``, ``lrrb_state_dict``),
+* a Hugging Face Hub repo id holding an exported folder (resolved by ``huggingface_hub`` into its cache),
+* the single-file adapter of earlier fidesr versions (``.safetensors`` with a ``fidesr`` header).
+
+Every source is read as data (:mod:`fidesr.trust`): pickles with ``weights_only=True``, everything else
+safetensors or JSON, and a stored config may only select allow-listed components.
+
+The exported folder::
+
+    DIR/config.json                        {"format": "fidesr", "version": 2, "config": {...}, "lora": {...}, ...}
+    DIR/pytorch_lora_weights.safetensors   the UNet LoRA, diffusers/PEFT key names ("unet.<module>.lora_A.weight")
+    DIR/lrrb.safetensors                   the LRRB weights (if the model has one)
+    DIR/README.md                          a model card (base model, training config, metrics, licence)
+
+``pytorch_lora_weights.safetensors`` is what diffusers' ``load_lora_weights(DIR)`` /
+``UNet2DConditionModel.load_lora_adapter(DIR, prefix="unet")`` read: the three official adapters
+(encoder / decoder / others) share rank and alpha and never overlap, so together they are one adapter
+for diffusers; ``config.json`` keeps which module belongs to which, so fidesr reloads them exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fidesr.backbone.sd import DEFAULT_PRETRAINED
+from fidesr.errors import MissingInputError, ModelFileError
+from fidesr.trust import check_stored_config, load_torch_file
+
+FOLDER_FORMAT = "fidesr"
+FOLDER_VERSION = 2
+LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name
+LRRB_FILE = "lrrb.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+LEGACY_ADAPTER_FORMAT = "fidesr-adapter"
+CONFIG_SECTIONS = ("backbone", "lrrb", "lfim", "model")
+MODEL_KEYS = ("color_fix", "min_lq_size")
+#: peft's default ``lora_alpha``, which the official code never sets (scale 8 / rank).
+OFFICIAL_LORA_ALPHA = 8.0
+OFFICIAL_KEYS = ("unet_lora_encoder_modules", "unet_lora_decoder_modules", "unet_lora_others_modules",
+                 "lora_rank_unet", "state_dict_unet")  # fmt: skip
+# Backbone settings that carry over when ``pretrained`` replaces a preset without such a key (tiny).
+_LORA_KEYS = ("lora_rank", "lora_alpha", "lora_init", "lora_targets", "timestep", "prediction")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# "<module>.lora_A.<adapter>.weight" (peft inside the UNet) <-> "<module>.lora_A.weight" (diffusers files)
+_ADAPTER_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_[AB])\.(?P<adapter>[^.]+)\.weight$")
+
+
+@dataclass
+class TrainedWeights:
+    """What a trained FiDeSR model adds to SD 2.1-base, and the config to rebuild the model around it.
+
+    Attributes:
+        config: sections ``backbone`` (a Hydra node), ``lrrb`` and ``lfim`` (nodes or None), ``model``
+            (``color_fix``, ``min_lq_size``); checked against the allow-list when read.
+        state: ``unet.<name in the peft-wrapped unet.state_dict()>`` LoRA tensors (adapter names included)
+            and ``lrrb.<name>`` tensors.
+        source: where it came from (named in messages and the model card).
+        lora_split: explicit module lists per adapter (official files, exported folders), or None: the
+            backbone's own LoRA set-up from ``config["backbone"]`` applies.
+        info: extras for the model card (training step, metrics, the full run config).
+    """
+
+    config: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    source: str
+    lora_split: dict[str, list[str]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ readers
+    @classmethod
+    def load(cls, source: str | os.PathLike, *, pretrained: str | os.PathLike | None = None,
+             revision: str | None = None, unsafe_pickle: bool = False) -> TrainedWeights:  # fmt: skip
+        """Read any supported source (see the module doc), deciding by what it is.
+
+        Args:
+            source: a file, a folder, or a Hub repo id (``user/name``).
+            pretrained: base SD for an official ``.pkl`` (default: the SD 2.1-base hub id).
+            revision: Hub revision (branch, tag or commit) for a repo id.
+            unsafe_pickle: let a ``.ckpt``/``.pkl`` be fully unpickled (only for files you trust).
+        """
+        path = Path(source).expanduser()
+        if path.is_dir():
+            return cls.from_folder(path)
+        if path.is_file():
+            if path.suffix == ".safetensors":
+                return cls.from_adapter_file(path)
+            data = load_torch_file(path, "model file", unsafe_pickle=unsafe_pickle)
+            if isinstance(data, dict) and all(k in data for k in OFFICIAL_KEYS):
+                return cls._from_official_dict(data, path, pretrained)
+            return cls._from_checkpoint_dict(data, path)
+        if _REPO_ID.match(str(source)) and not str(source).startswith((".", "/", "~")):
+            return cls.from_hub(str(source), revision=revision)
+        raise MissingInputError(f"model not found: {source} (no such file or folder, and not a Hub repo id user/name)")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, unsafe_pickle: bool = False) -> TrainedWeights:
+        """A ``fidesr-train`` checkpoint: LoRA + LRRB tensors and the resolved run config."""
+        path = Path(path)
+        return cls._from_checkpoint_dict(load_torch_file(path, "training checkpoint", unsafe_pickle), path)
+
+    @classmethod
+    def _from_checkpoint_dict(cls, ckpt: Any, path: Path) -> TrainedWeights:
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ModelFileError(f"{path} is neither a fidesr-train checkpoint (no state_dict) nor an official FiDeSR file")
+        run_config = (ckpt.get("fidesr") or {}).get("config")
+        if not run_config:
+            raise ModelFileError(
+                f"{path} has no fidesr config (checkpoint['fidesr']['config']): it was not written by fidesr-train"
+            )
+        config = {k: run_config.get(k) for k in CONFIG_SECTIONS}
+        config["model"] = {k: (run_config.get("model") or {}).get(k) for k in MODEL_KEYS}
+        if not config["backbone"]:
+            raise ModelFileError(f"{path}: the stored config has no backbone section")
+        check_stored_config(config, path)
+        state = _trained_tensors(ckpt["state_dict"])
+        if not any(k.startswith("unet.") for k in state):
+            raise ModelFileError(f"{path} holds no LoRA tensors (backbone.unet.*lora_*)")
+        info = {"global_step": ckpt.get("global_step"), "run_config": run_config}
+        return cls(config, state, str(path), info=info)
+
+    @classmethod
+    def from_official(cls, path: str | os.PathLike, pretrained: str | os.PathLike | None = None,
+                      unsafe_pickle: bool = False) -> TrainedWeights:  # fmt: skip
+        """The released FiDeSR ``.pkl`` (LoRA module lists, rank, LoRA and LRRB tensors); ``pretrained``:
+        the base SD 2.1-base (hub id or folder; default the hub id)."""
+        path = Path(path)
+        data = load_torch_file(path, "official FiDeSR checkpoint", unsafe_pickle)
+        return cls._from_official_dict(data, path, pretrained)
+
+    @classmethod
+    def _from_official_dict(cls, sd: Any, path: Path, pretrained: str | os.PathLike | None) -> TrainedWeights:
+        from fidesr.components.lrrb import LatentResidualRefinementBlock
+
+        missing = [k for k in OFFICIAL_KEYS if k not in sd] if isinstance(sd, dict) else list(OFFICIAL_KEYS)
+        if missing:
+            raise ModelFileError(f"{path} is not an official FiDeSR checkpoint: missing {missing}")
+        split = {
+            "default_encoder": [str(m) for m in sd["unet_lora_encoder_modules"]],
+            "default_decoder": [str(m) for m in sd["unet_lora_decoder_modules"]],
+            "default_others": [str(m) for m in sd["unet_lora_others_modules"]],
+        }
+        rank = int(sd["lora_rank_unet"])
+        config: dict[str, Any] = {
+            "backbone": {"_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
+                         "pretrained": str(pretrained or DEFAULT_PRETRAINED), "lora_rank": rank,
+                         "lora_alpha": OFFICIAL_LORA_ALPHA},
+            "lrrb": None,
+            "lfim": {"_target_": "fidesr.components.lfim.LatentFrequencyInjection"},  # the released settings
+            "model": {},
+        }  # fmt: skip
+        state = {f"unet.{k}": v for k, v in sd["state_dict_unet"].items()}
+        if sd.get("lrrb_state_dict") is not None:
+            lrrb = LatentResidualRefinementBlock()
+            lrrb.load_official_state_dict(sd["lrrb_state_dict"])
+            config["lrrb"] = {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock"}
+            state.update({f"lrrb.{k}": v for k, v in lrrb.state_dict().items()})
+        return cls(config, state, str(path), lora_split=split, info={"official": True})
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike) -> TrainedWeights:
+        """A folder written by :meth:`save_pretrained` (or downloaded from the Hub)."""
+        folder = Path(folder)
+        meta_path = folder / CONFIG_FILE
+        if not meta_path.is_file():
+            raise ModelFileError(f"{folder} is not an exported fidesr model: no {CONFIG_FILE} (write one with fidesr-export)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ModelFileError(f"{meta_path} is not valid JSON: {err}") from err
+        if not isinstance(meta, dict) or meta.get("format") != FOLDER_FORMAT:
+            raise ModelFileError(f"{meta_path} is not a fidesr model config (format {meta.get('format')!r})"
+                                 if isinstance(meta, dict) else f"{meta_path} is not a fidesr model config")  # fmt: skip
+        if int(meta.get("version", 0)) > FOLDER_VERSION:
+            raise ModelFileError(f"{meta_path}: format version {meta['version']} is newer than this fidesr reads "
+                                 f"({FOLDER_VERSION}); upgrade fidesr")  # fmt: skip
+        config = meta.get("config") or {}
+        check_stored_config(config, meta_path)
+        if not config.get("backbone"):
+            raise ModelFileError(f"{meta_path}: the config has no backbone section")
+        lora = meta.get("lora") or {}
+        split = {str(a): [str(m) for m in mods] for a, mods in (lora.get("adapters") or {}).items()}
+        owner = {m: a for a, mods in split.items() for m in mods}
+        state: dict[str, torch.Tensor] = {}
+        for key, value in _read_safetensors(folder / LORA_FILE).items():
+            m = re.match(r"^unet\.(?P<module>.+)\.(?P<part>lora_[AB])\.weight$", key)
+            if m is None or m["module"] not in owner:
+                raise ModelFileError(f"{folder / LORA_FILE}: tensor {key!r} belongs to no adapter listed in {CONFIG_FILE}")
+            state[f"unet.{m['module']}.{m['part']}.{owner[m['module']]}.weight"] = value
+        if config.get("lrrb"):
+            state.update({f"lrrb.{k}": v for k, v in _read_safetensors(folder / LRRB_FILE).items()})
+        info = {k: meta[k] for k in ("training", "source") if k in meta}
+        return cls(config, state, str(folder), lora_split=split or None, info=info)
+
+    @classmethod
+    def from_hub(cls, repo_id: str, revision: str | None = None) -> TrainedWeights:
+        """An exported folder on the Hugging Face Hub, fetched into (or, offline, found in) the HF cache.
+        Only the folder's JSON, safetensors and model card are fetched: nothing that can hold code."""
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            folder = snapshot_download(repo_id, revision=revision,
+                                       allow_patterns=[CONFIG_FILE, LORA_FILE, LRRB_FILE, CARD_FILE])  # fmt: skip
+        except LocalEntryNotFoundError as err:
+            raise ModelFileError(
+                f"Hub model {repo_id!r} is not in the Hugging Face cache and the Hub cannot be reached (offline?). "
+                f"On a machine with network: `hf download {repo_id} --local-dir DIR`, then pass DIR"
+            ) from err
+        except (HfHubHTTPError, OSError, ValueError) as err:
+            raise ModelFileError(f"cannot fetch Hub model {repo_id!r}: {err}") from err
+        return cls.from_folder(folder)
+
+    @classmethod
+    def from_adapter_file(cls, path: str | os.PathLike) -> TrainedWeights:
+        """The single ``.safetensors`` adapter of fidesr 0.1 (config as JSON in the header). Still read;
+        no longer written: diffusers cannot read its key names, see :meth:`save_pretrained`."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as fh:
+                meta = fh.metadata() or {}
+        except Exception as err:  # safetensors raises its own error types
+            raise ModelFileError(f"{path} is not a safetensors file: {err}") from err
+        try:
+            header = json.loads(meta["fidesr"])
+        except (KeyError, json.JSONDecodeError) as err:
+            raise ModelFileError(f"{path} has no fidesr metadata: not a fidesr adapter file") from err
+        if header.get("format") != LEGACY_ADAPTER_FORMAT or int(header.get("version", 0)) > 1:
+            raise ModelFileError(f"{path}: unsupported adapter format {header.get('format')} v{header.get('version')}")
+        config = header.get("config") or {}
+        check_stored_config(config, path)
+        return cls(config, _read_safetensors(path), str(path), info={"source": header.get("source", {})})
+
+    # ------------------------------------------------------------------ writer
+    def save_pretrained(self, folder: str | os.PathLike, overwrite: bool = False,
+                        metrics: Mapping[str, float] | None = None) -> Path:  # fmt: skip
+        """Write the exported folder (module doc): LoRA in diffusers' format via diffusers' own
+        ``save_lora_weights``, the LRRB as safetensors, ``config.json`` and a model card.
+
+        Every file is written under a temporary name and renamed into place. ``overwrite=False`` refuses a
+        folder that already holds an export.
+        """
+        from diffusers import StableDiffusionPipeline
+        from peft import LoraConfig
+        from safetensors.torch import save
+
+        from fidesr.data.imageio import atomic_write
+
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise ModelFileError(f"{folder} exists and is not a folder")
+        if (folder / CONFIG_FILE).exists() and not overwrite:
+            raise ModelFileError(f"{folder} already holds an exported model (use --overwrite)")
+        folder.mkdir(parents=True, exist_ok=True)
+        lora, split, rank = self._diffusers_lora()
+        alpha = float(self.config["backbone"].get("lora_alpha", OFFICIAL_LORA_ALPHA) or OFFICIAL_LORA_ALPHA)
+        modules = sorted({m for mods in split.values() for m in mods})
+        metadata = LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules).to_dict()
+        # diffusers writes the file itself (its own format and metadata); it is renamed into place after.
+        tmp = folder / f".{LORA_FILE}.part"
+        tmp.mkdir(exist_ok=True)
+        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=lora, unet_lora_adapter_metadata=metadata)
+        os.replace(tmp / LORA_FILE, folder / LORA_FILE)
+        tmp.rmdir()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(folder / LORA_FILE, 0o666 & ~umask)  # the usual permissions, as for every file fidesr writes
+        lrrb = {k[len("lrrb.") :]: v.detach().cpu().contiguous() for k, v in self.state.items() if k.startswith("lrrb.")}
+        if lrrb:
+            with atomic_write(folder / LRRB_FILE, fsync=True) as fh:
+                fh.write(save(lrrb))
+        meta = {
+            "format": FOLDER_FORMAT, "version": FOLDER_VERSION, "config": self.config,
+            "lora": {"rank": rank, "alpha": alpha, "weights": LORA_FILE, "adapters": split},
+            "lrrb": LRRB_FILE if lrrb else None,
+            "base_model": self.base_model,
+            "source": Path(self.source).name,
+            "training": {k: v for k, v in self.info.items() if k == "global_step" and v is not None},
+        }  # fmt: skip
+        with atomic_write(folder / CARD_FILE) as fh:
+            fh.write(model_card(self, rank, alpha, metrics).encode())
+        with atomic_write(folder / CONFIG_FILE, fsync=True) as fh:  # last: its presence marks a complete export
+            fh.write(json.dumps(meta, indent=2, sort_keys=False).encode())
+        return folder
+
+    def _diffusers_lora(self) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], int]:
+        """(LoRA tensors named as peft's ``get_peft_model_state_dict`` names them, module lists per adapter,
+        rank) from the adapter-qualified names; diffusers' writer adds the ``unet.`` prefix."""
+        out: dict[str, torch.Tensor] = {}
+        split: dict[str, list[str]] = {}
+        ranks = set()
+        for key, value in self.state.items():
+            if not key.startswith("unet."):
+                continue
+            m = _ADAPTER_KEY.match(key[len("unet.") :])
+            if m is None:
+                raise ModelFileError(f"{self.source}: {key!r} is not a LoRA tensor this exporter knows")
+            out[f"{m['module']}.{m['part']}.weight"] = value.detach().cpu().contiguous()
+            if m["part"] == "lora_A":
+                split.setdefault(m["adapter"], []).append(m["module"])
+                ranks.add(int(value.shape[0]))
+        if len(ranks) != 1:
+            raise ModelFileError(f"{self.source}: LoRA ranks {sorted(ranks)}: expected one rank for all adapters")
+        return out, {a: sorted(mods) for a, mods in split.items()}, ranks.pop()
+
+    @property
+    def base_model(self) -> str:
+        """The base SD model id or folder the backbone section names (``"tiny"`` for the tiny preset)."""
+        bb = self.config.get("backbone") or {}
+        return str(bb.get("pretrained") or ("tiny" if "tiny" in str(bb.get("_target_")) else "unknown"))
+
+    # ------------------------------------------------------------------ model
+    def build(self, pretrained: str | os.PathLike | None = None):
+        """(backbone, lrrb or None, lfim or None) with the trained weights loaded, LoRA unmerged.
+
+        The backbone is built in float32 without gradient checkpointing. ``pretrained`` replaces the base
+        SD location; for presets without one (``tiny``) it loads that folder through
+        ``StableDiffusionBackbone.from_pretrained`` with the same LoRA set-up.
+        """
+        from hydra.utils import instantiate
+
+        check_stored_config(self.config, self.source)  # also when built from a hand-made instance
+        cfg = dict(self.config["backbone"])
+        cfg.update(gradient_checkpointing=False, frozen_dtype=None)
+        if pretrained is not None:
+            if "pretrained" in cfg:
+                cfg["pretrained"] = str(pretrained)
+            else:
+                keep = {k: cfg[k] for k in _LORA_KEYS if k in cfg}
+                cfg = {"_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
+                       "pretrained": str(pretrained), **keep}  # fmt: skip
+        if self.lora_split:
+            cfg["lora_rank"] = 0
+        backbone = instantiate(cfg, _convert_="all")
+        if self.lora_split:
+            alpha = float(self.config["backbone"].get("lora_alpha", OFFICIAL_LORA_ALPHA))
+            backbone.add_named_adapters(self.lora_split, int(self.config["backbone"]["lora_rank"]), alpha)
+        lrrb = instantiate(dict(self.config["lrrb"]), _convert_="all") if self.config.get("lrrb") else None
+        lfim = instantiate(dict(self.config["lfim"]), _convert_="all") if self.config.get("lfim") else None
+        unet_state = {k[len("unet.") :]: v for k, v in self.state.items() if k.startswith("unet.")}
+        lrrb_state = {k[len("lrrb.") :]: v for k, v in self.state.items() if k.startswith("lrrb.")}
+        other = sorted(k for k in self.state if not k.startswith(("unet.", "lrrb.")))
+        if other:
+            raise ModelFileError(f"{self.source}: unexpected tensors {other[:3]}")
+        if lrrb is None and lrrb_state:
+            raise ModelFileError(f"{self.source}: LRRB tensors present but the config has lrrb: null")
+        backbone.load_lora_state_dict(unet_state, source=f"the weights of {self.source}")
+        if lrrb is not None:
+            try:
+                lrrb.load_state_dict(lrrb_state, strict=True)
+            except RuntimeError as err:
+                raise ModelFileError(f"{self.source}: the LRRB weights do not fit the configured LRRB: {err}") from err
+        return backbone, lrrb, lfim
+
+
+def _trained_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LightningModule state dict -> ``unet.*`` (LoRA) and ``lrrb.*`` tensors.
+
+    Checkpoints key LoRA as ``backbone.unet.<...lora_...>``; ``backbone.<...lora_...>`` without ``unet.`` is
+    read as well (the names ``StableDiffusionBackbone.lora_state_dict`` returns).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("lrrb."):
+            out[key] = value
+        elif key.startswith("backbone.") and "lora_" in key:
+            rest = key[len("backbone.") :]
+            out[rest if rest.startswith("unet.") else f"unet.{rest}"] = value
+    return out
+
+
+def trained_state(backbone, lrrb: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The tensors :class:`TrainedWeights` holds, from live modules: ``unet.*`` LoRA and ``lrrb.*``."""
+    state = {f"unet.{k}": v for k, v in backbone.lora_state_dict().items()}
+    if lrrb is not None:
+        state.update({f"lrrb.{k}": v for k, v in lrrb.state_dict().items()})
+    return state
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelFileError(f"missing {path.name} in {path.parent}")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors raises its own error types
+        raise ModelFileError(f"{path} is not a readable safetensors file: {err}") from err
+
+
+def model_card(weights: TrainedWeights, rank: int, alpha: float, metrics: Mapping[str, float] | None = None) -> str:
+    """A Hugging Face model card (YAML front matter + Markdown) for an exported folder."""
+    base = weights.base_model
+    cfg = weights.config
+    lfim = cfg.get("lfim") or {}
+    lines = [
+        "---",
+        "library_name: diffusers",
+        *([f"base_model: {base}"] if "/" in base and not Path(base).exists() else []),
+        "license: openrail++",
+        "tags: [super-resolution, image-to-image, lora, fidesr, one-step-diffusion]",
+        "---",
+        "",
+        "# FiDeSR one-step super-resolution (LoRA + LRRB)",
+        "",
+        f"Trained with fidesr (FiDeSR, CVPR 2026) from `{Path(weights.source).name}`"
+        + (f" at step {weights.info['global_step']}" if weights.info.get("global_step") is not None else "")
+        + ".",
+        "",
+        f"- base model: `{base}` (its licence applies: CreativeML Open RAIL++-M for SD 2.1-base)",
+        f"- UNet LoRA: rank {rank}, alpha {alpha:g}, in `{LORA_FILE}` (diffusers/PEFT format)",
+        f"- LRRB: {'`' + LRRB_FILE + '`' if cfg.get('lrrb') else 'none'}",
+        f"- LFIM defaults: lf_scale {lfim.get('lf_scale', 'n/a')}, hf_scale {lfim.get('hf_scale', 'n/a')}"
+        if lfim else "- LFIM: off",
+        "",
+        "## Use",
+        "",
+        "```bash",
+        "fidesr-upscale INPUT -o OUT --checkpoint THIS_FOLDER_OR_REPO_ID",
+        "```",
+        "",
+        "The LoRA alone loads in plain diffusers (`pipe.load_lora_weights(folder)`), but the SR model is",
+        "one UNet step at t = 1 on the LQ latent followed by the LRRB and LFIM: use fidesr for its outputs.",
+    ]
+    if metrics:
+        lines += ["", "## Validation metrics", "", "| metric | value |", "|---|--:|"]
+        lines += [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
+    run = weights.info.get("run_config") or {}
+    if run:
+        keep = {k: run.get(k) for k in ("seed", "trainer", "data", "daw", "csd", "lrrb", "perceptual") if k in run}
+        lines += ["", "## Training config (excerpt)", "", "```json", json.dumps(keep, indent=1, default=str)[:4000], "```"]
+    return "\n".join(lines) + "\n"
