@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fidesr.metrics.images import read_image
+from fidesr.metrics.images import read_for_metrics
 from fidesr.report.aggregate import Configuration
 from fidesr.report.plots import pyplot, save_figure
 
@@ -82,7 +82,7 @@ def collect(confs: Sequence[Configuration], set_name: str, n_images: int = 3, cr
     names = [n for n in names if all(j.image(set_name, n).is_file() for j in jobs) and ref.image(set_name, n, "lq").is_file()]
     if not names:
         return [], f"no SR images of the last validation of {set_name!r} in every configuration"
-    srs = {n: [read_image(j.image(set_name, n))[0] for j in jobs] for n in names}
+    srs = {n: [read_for_metrics(j.image(set_name, n))[0] for j in jobs] for n in names}
     if boxes:
         missing = [b.name for b in boxes if b.name not in srs]
         if missing:
@@ -96,7 +96,7 @@ def collect(confs: Sequence[Configuration], set_name: str, n_images: int = 3, cr
                f"per-pixel std across configurations), in the {len(boxes)} images where that spread is largest")  # fmt: skip
     out = []
     for b in boxes:
-        gt, lq = read_image(ref.image(set_name, b.name, "gt"))[0], read_image(ref.image(set_name, b.name, "lq"))
+        gt, lq = read_for_metrics(ref.image(set_name, b.name, "gt"))[0], read_for_metrics(ref.image(set_name, b.name, "lq"))
         scale = gt.shape[-1] // lq.shape[-1]
         bicubic = F.interpolate(lq, size=gt.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)[0]
         nearest = F.interpolate(lq, size=gt.shape[-2:], mode="nearest")[0]
