@@ -31,6 +31,7 @@ def test_ablation_config_sweeps_daw_and_lrrb(compose) -> None:
     assert cfg.task_name == "ablation_daw_lrrb" and cfg.trainer.accelerator == "cpu"
     assert cfg.daw.warmup_steps == 100  # daw=short: DAW active within the demo's steps
     assert cfg.trainer.val_check_interval == 0.25 and cfg.trainer.check_val_every_n_epoch == 1  # 4 validations, any max_steps
+    assert cfg.callbacks.model_checkpoint.every_n_train_steps is None  # not the fraction 0.25
 
 
 def test_ablation_config_wandb_group_is_the_sweep(compose) -> None:
