@@ -54,8 +54,9 @@ def render_grid(cols: list[torch.Tensor], labels: list[str], n_maps: int) -> tor
         y0 = head + grid.shape[-2] + 2
         bar = _colormap(torch.linspace(0, 1, x1 - x0).expand(1, 1, font.size, -1).contiguous())[0]
         canvas.paste(Image.fromarray((bar.permute(1, 2, 0) * 255).round().byte().numpy()), (x0, y0))
+        top = "max of each image" if draw.textlength("0 max of each image", font=font) < x1 - x0 - 8 else "max"
         draw.text((x0, y0 + font.size + 2), "0", fill="black", font=font)
-        draw.text((x1 - 2, y0 + font.size + 2), "max of each image", fill="black", font=font, anchor="ra")
+        draw.text((x1 - 2, y0 + font.size + 2), top, fill="black", font=font, anchor="ra")
     return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
 
 
