@@ -30,6 +30,8 @@ def test_ablation_config_sweeps_daw_and_lrrb(compose) -> None:
     assert cfg.backbone._target_ == "fidesr.backbone.build_tiny_backbone"  # the demo scale underneath
     assert cfg.task_name == "ablation_daw_lrrb" and cfg.trainer.accelerator == "cpu"
     assert cfg.daw.warmup_steps == 100  # daw=short: DAW active within the demo's steps
+    assert cfg.trainer.val_check_interval == 0.25 and cfg.trainer.check_val_every_n_epoch == 1  # 4 validations, any max_steps
+    assert cfg.callbacks.model_checkpoint.every_n_train_steps is None  # not the fraction 0.25
 
 
 def test_ablation_config_wandb_group_is_the_sweep(compose) -> None:
@@ -127,7 +129,8 @@ def _train_calls_run_job() -> bool:
 @pytest.mark.slow
 def test_ablation_sweep_and_report(tmp_path: Path, cache_dir: Path, tiny_backbone_folder: Path) -> None:
     """4 configurations train (2 steps each), a 5th..8th job fails at construction (a bad override): the
-    failures are listed and the 4 rows and the plots are written."""
+    failures are listed and the 4 rows with their paired differences, the plots and comparisons.png are
+    written."""
     sweep = tmp_path / "sweep"
     env = {**os.environ, "FIDESR_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
            "HYDRA_FULL_ERROR": "1"}  # fmt: skip
@@ -166,8 +169,12 @@ def test_ablation_sweep_and_report(tmp_path: Path, cache_dir: Path, tiny_backbon
     assert sorted(r["configuration"] for r in rows) == sorted(
         f"daw={d},lrrb={lr}" for d in ("short", "off") for lr in ("on", "off"))  # fmt: skip
     assert all(r["step"] == 2 and isinstance(r["psnr"], float) for r in rows)
+    # Paired on the 16 demo validation images against the all-off configuration, each Δ inside its interval.
+    assert {r["baseline"] for r in rows} == {"daw=off,lrrb=off"} and all(r["n_images"] == 16 for r in rows)
+    for r in rows:
+        assert r["psnr_ci_low"] <= r["psnr_delta"] <= r["psnr_ci_high"], r
     md = (sweep / "ablation.md").read_text()
     assert md.count("**failed**" if _train_calls_run_job() else "**unknown**") == 4
-    for png in ("curves.png", "bars.png", "val_curves.png"):
+    for png in ("curves.png", "deltas.png", "val_curves.png", "comparisons.png"):
         assert (sweep / png).stat().st_size > 1000, png
     assert all((j / RUN_INFO).is_file() for j in good) == _train_calls_run_job()

@@ -129,6 +129,9 @@ def test_validation_metrics_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
     # images and per-image values of the last validation
     sr_dir = run / "val" / "step_4" / "realsr"
     assert len(list(sr_dir.glob("*.png"))) == 4 and len(list((run / "val/gt/synth").glob("*.png"))) == 3
+    # the inputs, once: GT and the LQ at its native size (fidesr-report's comparisons.png crops them)
+    lq_files = sorted((run / "val/lq/realsr").glob("*.png"))
+    assert len(lq_files) == 4 and read_for_metrics(lq_files[0]).shape[-1] * 4 == read_for_metrics(sr_dir / lq_files[0].name).shape[-1]
     per_image = read_csv(sr_dir / "per_image.csv")
     assert len(per_image) == 4 and list(per_image[0]) == ["name", "psnr", "ssim", "lpips-standin"]
     assert float(metrics["val/realsr/psnr"]) == pytest.approx(sum(r["psnr"] for r in per_image) / 4, abs=1e-4)

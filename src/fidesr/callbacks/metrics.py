@@ -7,8 +7,9 @@ Consumes what ``FiDeSRModule.validation_step`` returns (docs/ARCHITECTURE.md)::
 
 and, per set, logs every metric as ``val/<set>/<metric>`` (so ``ModelCheckpoint(monitor=...,
 mode=monitor_mode(metric))`` can watch any of them), writes the SR images under
-``<run>/val/step_<N>/<set>/`` (GT once under ``<run>/val/gt/<set>/``), computes FID between the two
-folders, keeps the per-image values (``per_image.csv`` beside the images), logs a W&B table of per-image
+``<run>/val/step_<N>/<set>/`` (GT and the native-size LQ once under ``<run>/val/gt/<set>/`` and
+``<run>/val/lq/<set>/``), computes FID between the SR and GT folders, keeps the per-image values of every
+validation (``per_image.csv`` beside the images: what ``fidesr-report`` pairs configurations on), logs a W&B table of per-image
 values and thumbnails when a ``WandbLogger`` is attached, and rewrites ``<run>/metrics.md`` and
 ``<run>/metrics.csv`` (one row per (step, set)) after each validation and at the end of fit.
 ``<run>`` is ``trainer.log_dir`` (or ``trainer.default_root_dir``); next to a ``CSVLogger``, which owns
@@ -176,9 +177,13 @@ class ValidationMetrics(pl.Callback):
         if self.save_images or suite.has_fid:
             for i, n in enumerate(names):
                 save_image(sr[i], self.step_dir(trainer) / set_name / f"{safe_stem(n)}.png")
-        if suite.has_fid and gt is not None and set_name not in self._gt_written:
-            for i, n in enumerate(names):
-                save_image(gt[i], self.run_dir / "val" / "gt" / set_name / f"{safe_stem(n)}.png")
+        if set_name not in self._gt_written and (self.save_images or suite.has_fid):
+            # The inputs once per set (FID needs the GT folder; fidesr-report's comparisons.png crops
+            # GT and the native-size LQ of the batch beside every configuration's SR).
+            lq = batch.get("lq") if isinstance(batch, Mapping) and self.save_images else None
+            for kind, images in (("gt", gt), ("lq", lq)):
+                for i, n in enumerate(names if images is not None else []):
+                    save_image(images[i].float(), self.run_dir / "val" / kind / set_name / f"{safe_stem(n)}.png")
         if self._wandb is not None and self.wandb_table:
             thumbs = self._thumbs.setdefault(set_name, [])
             lq = outputs.get("lq")
