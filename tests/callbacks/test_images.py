@@ -35,3 +35,28 @@ def test_colormap_scales_each_map_to_its_max() -> None:
     m = torch.tensor([[[[0.0, 2.0]]], [[[0.0, 10.0]]]])  # [2,1,1,2]: different ranges, same shape
     out = _colormap(m)
     assert out.shape == (2, 3, 1, 2) and torch.equal(out[0], out[1])  # both 0 -> min colour, max -> top colour
+
+
+def test_the_weight_column_is_the_training_steps_daw_call() -> None:
+    """The grid's DAW column is DetailAwareWeighting's own call (daw.p included), not a second copy of it."""
+    import types
+
+    from fidesr.callbacks.images import ValidationImages
+    from fidesr.components.daw import DetailAwareWeighting
+    from fidesr.components.perceptual import PerceptualLoss
+
+    g = torch.Generator().manual_seed(1)
+    rows = [{"lq": torch.rand(3, 32, 32, generator=g), "sr": torch.rand(3, 32, 32, generator=g),
+             "gt": torch.rand(3, 32, 32, generator=g)} for _ in range(2)]  # fmt: skip
+    torch.manual_seed(0)
+    perceptual = PerceptualLoss(backbone="random")
+    cols = {}
+    for p in (0.0, 1.0):
+        daw = DetailAwareWeighting(p=p, warmup_steps=0, ramp_steps=0)
+        module = types.SimpleNamespace(daw=daw, perceptual=perceptual, device=torch.device("cpu"), global_step=5)
+        cols[p] = ValidationImages()._columns(module, rows)
+        sr, gt = torch.stack([r["sr"] for r in rows]) * 2 - 1, torch.stack([r["gt"] for r in rows]) * 2 - 1
+        with torch.no_grad():
+            expected = daw(sr, gt, perceptual(sr, gt), 5)
+        assert torch.equal(cols[p][-1], _colormap(expected))
+    assert not torch.equal(cols[0.0][-1], cols[1.0][-1])

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-from fidesr.components.daw import detail_map, error_map
+from fidesr.components.daw import detail_map
 from fidesr.data.imageio import save_image
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,11 @@ class ValidationImages(L.Callback):
         if daw is not None and getattr(pl_module, "perceptual", None) is not None:
             with torch.no_grad():
                 gt_m, sr_m = gt * 2 - 1, sr * 2 - 1
-                detail = detail_map(gt_m)
                 lp = pl_module.perceptual.to("cpu")(sr_m, gt_m)
                 pl_module.perceptual.to(pl_module.device)
-                weights = daw.weights(detail, error_map(sr_m, gt_m, lp), max(pl_module.global_step, 1))
-            cols.append(_colormap(detail))
+                # The weights the training step would use now (the module's call, with its p and schedule).
+                weights = daw(sr_m, gt_m, lp, max(pl_module.global_step, 1))
+            cols.append(_colormap(detail_map(gt_m)))  # the detail term D, shown for reference
             if weights is not None:
                 cols.append(_colormap(weights))
         return cols
