@@ -119,7 +119,8 @@ def tiled_apply(
             acc[..., ys, xs] += out[i * b : (i + 1) * b].float() * window
             weight[..., ys, xs] += window
         del out
-    assert acc is not None
+    if acc is None:
+        raise ValueError(f"tiled_apply: no tiles for an input of shape {tuple(x.shape)}")
     return acc.div_(weight).to(out_dtype)
 
 

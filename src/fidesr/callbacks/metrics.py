@@ -124,10 +124,14 @@ class ValidationMetrics(pl.Callback):
             csv_dirs = {Path(lg.log_dir) for lg in trainer.loggers if type(lg).__name__ == "CSVLogger"}
             self.tables_name = "val_metrics" if self.run_dir in csv_dirs else "metrics"
 
+    def _run_dir(self) -> Path:
+        if self.run_dir is None:
+            raise RuntimeError("ValidationMetrics has not been set up by a trainer: no run directory yet")
+        return self.run_dir
+
     def table_path(self, suffix: str) -> Path:
         """``<run>/metrics.csv`` / ``.md`` (see ``tables_name``)."""
-        assert self.run_dir is not None
-        return self.run_dir / f"{self.tables_name or 'metrics'}{suffix}"
+        return self._run_dir() / f"{self.tables_name or 'metrics'}{suffix}"
 
     def _build_suite(self, trainer: pl.Trainer) -> MetricSuite:
         # Built at the first validation, when the module is on its device; then reused (models built once).
@@ -148,8 +152,7 @@ class ValidationMetrics(pl.Callback):
         self._wandb = next((lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"), None)
 
     def step_dir(self, trainer: pl.Trainer) -> Path:
-        assert self.run_dir is not None
-        return self.run_dir / "val" / f"step_{trainer.global_step}"
+        return self._run_dir() / "val" / f"step_{trainer.global_step}"
 
     def on_validation_batch_end(
         self,
@@ -162,8 +165,7 @@ class ValidationMetrics(pl.Callback):
     ) -> None:
         if not self._active or not isinstance(outputs, Mapping) or "sr" not in outputs:
             return
-        suite = self.suite
-        assert suite is not None
+        suite = self._build_suite(trainer)
         set_name = str(outputs.get("set") or _set_name(pl_module, dataloader_idx))
         sr, gt = outputs["sr"].detach(), outputs.get("gt")
         gt = gt.detach() if gt is not None else None
@@ -183,7 +185,7 @@ class ValidationMetrics(pl.Callback):
             lq = batch.get("lq") if isinstance(batch, Mapping) and self.save_images else None
             for kind, images in (("gt", gt), ("lq", lq)):
                 for i, n in enumerate(names if images is not None else []):
-                    save_image(images[i].float(), self.run_dir / "val" / kind / set_name / f"{safe_stem(n)}.png")
+                    save_image(images[i].float(), self._run_dir() / "val" / kind / set_name / f"{safe_stem(n)}.png")
         if self._wandb is not None and self.wandb_table:
             thumbs = self._thumbs.setdefault(set_name, [])
             lq = outputs.get("lq")
@@ -196,8 +198,7 @@ class ValidationMetrics(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active:
             return
-        suite = self.suite
-        assert suite is not None
+        suite = self._build_suite(trainer)
         gathered = _all_gather_object(self._rows)
         order = [*_declared_sets(pl_module), *[s for g in gathered for s in g]]
         sets = [s for i, s in enumerate(order) if s not in order[:i] and any(s in g for g in gathered)]

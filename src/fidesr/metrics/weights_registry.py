@@ -132,9 +132,6 @@ FILES: dict[str, WeightFile] = {
     )
 }
 
-# Every weight key a spec names must exist: a typo here would otherwise surface as a KeyError at run time.
-assert all(k in FILES for s in PROTOCOL.values() for k in s.weights), "unknown weight key in PROTOCOL"
-
 
 def canonical_target(name: str) -> str:
     """A protocol metric's canonical name, or ``lpips_vgg`` for the training loss (``vgg16`` accepted)."""
