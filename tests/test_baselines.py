@@ -110,8 +110,9 @@ def test_pisasr_like_checkpoint_has_both_sets_trained_in_their_stages(pisa_run):
 def _tiny_two_set_backbone_state() -> dict[str, torch.Tensor]:
     """The initial LoRA of the pisa_run (same seed, same construction)."""
     import lightning as L
-    from conftest import TINY_OVERRIDES, _compose
     from hydra.utils import instantiate
+
+    from conftest import TINY_OVERRIDES, _compose
 
     cfg = _compose(["experiment=[demo,pisasr_like]", *TINY_OVERRIDES, "paths.output_dir=/tmp/x", "model.pix_steps=2"])
     L.seed_everything(cfg.seed, workers=True)
