@@ -56,12 +56,23 @@ def test_osediff_like_trains_with_vsd_and_resumes_exactly(compose, fast_train_ov
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert any(not torch.equal(first[k], a[k]) for k in fake), "the fake score did not train"
-    # The exported model leaves the fake score out.
-    from fidesr.model_files import TrainedWeights
+    # OSEDiff's VAE-encoder LoRA trains with the generator: encoder convs, mid-attention, quant_conv only.
+    vae = [k for k in a if k.startswith("backbone.vae.")]
+    assert vae and all(".encoder." in k or k.startswith("backbone.vae.quant_conv.") for k in vae)
+    assert any(k.startswith("backbone.vae.quant_conv.") for k in vae)
+    assert any("mid_block.attentions.0.to_q" in k for k in vae)
+    assert any(not torch.equal(first[k], a[k]) for k in vae), "the VAE-encoder LoRA did not train"
+    # The model read back for inference: the fake score left out, the VAE LoRA in; no export of it yet.
+    from fidesr.model_files import ModelFileError, TrainedWeights
 
     weights = TrainedWeights.load(full / "checkpoints" / "last.ckpt")
     assert weights.state and not any(FAKE_SCORE_ADAPTER in k for k in weights.state)
-    weights.build()
+    assert any(k.startswith("vae.") for k in weights.state)
+    backbone, _, _ = weights.build()
+    for k, v in backbone.vae_lora_state_dict().items():
+        torch.testing.assert_close(v, a[f"backbone.vae.{k}"], rtol=0, atol=0)
+    with pytest.raises(ModelFileError, match="VAE-encoder LoRA"):
+        weights.save_pretrained(tmp_path / "export")
 
 
 def test_csd_and_vsd_together_are_refused(compose, tiny_backbone_folder):

@@ -184,9 +184,11 @@ class FiDeSRModule(L.LightningModule):
 
     def sr_latent(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
                    ) -> OneStepOutput:  # fmt: skip
-        """Encode (no grad), UNet + LRRB: the SR latent ``z_sr`` [B,C,H/8,W/8] with its graph."""
-        with torch.no_grad():
+        """Encode (no grad, unless the VAE encoder has OSEDiff's LoRA), UNet + LRRB: the SR latent ``z_sr``
+        [B,C,H/8,W/8] with its graph."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.backbone.vae_lora_modules)):
             z_lq = self.backbone.encode(lq_up, generator=generator)
+        with torch.no_grad():
             embeds = self.backbone.encode_prompt(prompts)
         return one_step(self.backbone, self.lrrb, z_lq.float(), embeds.float())
 
@@ -357,6 +359,7 @@ class FiDeSRModule(L.LightningModule):
     def trainable_state_keys(self) -> set[str]:
         keys = {f"backbone.unet.{k}" for k in self.backbone.lora_state_dict()}
         keys |= {f"backbone.unet.{k}" for k in self.backbone.fake_score_state_dict()}  # resume, never exported
+        keys |= {f"backbone.vae.{k}" for k in self.backbone.vae_lora_state_dict()}
         if self.lrrb is not None:
             keys |= {f"lrrb.{k}" for k in self.lrrb.state_dict()}
         return keys

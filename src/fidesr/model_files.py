@@ -63,7 +63,8 @@ OFFICIAL_LORA_ALPHA = 8.0
 OFFICIAL_KEYS = ("unet_lora_encoder_modules", "unet_lora_decoder_modules", "unet_lora_others_modules",
                  "lora_rank_unet", "state_dict_unet")  # fmt: skip
 # Backbone settings that carry over when ``pretrained`` replaces a preset without such a key (tiny).
-_LORA_KEYS = ("lora_rank", "lora_alpha", "lora_init", "lora_targets", "timestep", "prediction", "lora_sets")
+_LORA_KEYS = ("lora_rank", "lora_alpha", "lora_init", "lora_targets", "timestep", "prediction", "lora_sets",
+              "vae_lora_rank")  # fmt: skip
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # "<module>.lora_A.<adapter>.weight" (peft inside the UNet) <-> "<module>.lora_A.weight" (diffusers files)
 _ADAPTER_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_[AB])\.(?P<adapter>[^.]+)\.weight$")
@@ -77,8 +78,8 @@ class TrainedWeights:
     Attributes:
         config: sections ``backbone`` (a Hydra node), ``lrrb`` and ``lfim`` (nodes or None), ``model``
             (``color_fix``, ``min_lq_size``); checked against the allow-list when read.
-        state: ``unet.<name in the peft-wrapped unet.state_dict()>`` LoRA tensors (adapter names included)
-            and ``lrrb.<name>`` tensors.
+        state: ``unet.<name in the peft-wrapped unet.state_dict()>`` LoRA tensors (adapter names included),
+            ``lrrb.<name>`` tensors and, for OSEDiff's VAE-encoder LoRA, ``vae.<name>`` tensors.
         source: where it came from (named in messages and the model card).
         lora_split: explicit module lists per adapter (official files, exported folders), or None: the
             backbone's own LoRA set-up from ``config["backbone"]`` applies.
@@ -275,6 +276,11 @@ class TrainedWeights:
         from fidesr.data.imageio import atomic_write
 
         folder = Path(folder)
+        if any(k.startswith("vae.") for k in self.state):
+            raise ModelFileError(
+                f"{self.source}: exporting a model with a VAE-encoder LoRA (OSEDiff) is not supported yet; "
+                "use its training checkpoint (fidesr-upscale --checkpoint CKPT reads it)"
+            )
         if folder.exists() and not folder.is_dir():
             raise ModelFileError(f"{folder} exists and is not a folder")
         if (folder / CONFIG_FILE).exists() and not overwrite:
@@ -377,12 +383,15 @@ class TrainedWeights:
         lfim = instantiate(dict(self.config["lfim"]), _convert_="all") if self.config.get("lfim") else None
         unet_state = {k[len("unet.") :]: v for k, v in self.state.items() if k.startswith("unet.")}
         lrrb_state = {k[len("lrrb.") :]: v for k, v in self.state.items() if k.startswith("lrrb.")}
-        other = sorted(k for k in self.state if not k.startswith(("unet.", "lrrb.")))
+        vae_state = {k[len("vae.") :]: v for k, v in self.state.items() if k.startswith("vae.")}
+        other = sorted(k for k in self.state if not k.startswith(("unet.", "lrrb.", "vae.")))
         if other:
             raise ModelFileError(f"{self.source}: unexpected tensors {other[:3]}")
         if lrrb is None and lrrb_state:
             raise ModelFileError(f"{self.source}: LRRB tensors present but the config has lrrb: null")
         backbone.load_lora_state_dict(unet_state, source=f"the weights of {self.source}")
+        if vae_state or backbone.vae_lora_modules:  # OSEDiff's VAE-encoder LoRA
+            backbone.load_vae_lora_state_dict(vae_state, source=f"the weights of {self.source}")
         if lrrb is not None:
             try:
                 lrrb.load_state_dict(lrrb_state, strict=True)
@@ -404,7 +413,7 @@ def _trained_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
         elif key.startswith("backbone.") and "lora_" in key and f".{FAKE_SCORE_ADAPTER}." not in key:
             # (the VSD fake-score adapter is training state, not part of the model)
             rest = key[len("backbone.") :]
-            out[rest if rest.startswith("unet.") else f"unet.{rest}"] = value
+            out[rest if rest.startswith(("unet.", "vae.")) else f"unet.{rest}"] = value
     return out
 
 

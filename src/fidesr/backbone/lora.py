@@ -51,6 +51,28 @@ def split_lora_targets(unet: torch.nn.Module, patterns: Sequence[str] = LORA_TAR
     return split
 
 
+#: OSEDiff's VAE-encoder LoRA (its ``osediff.py``): every encoder conv, the encoder's mid-block attention
+#: projections, and ``quant_conv`` (not ``post_quant_conv``, which belongs to the frozen decoder side).
+VAE_ENCODER_LORA_TARGETS = ("conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v",
+                            "to_out.0")  # fmt: skip
+VAE_ADAPTER = "default_encoder"
+
+
+def vae_encoder_lora_targets(vae: torch.nn.Module) -> list[str]:
+    """Module names of the VAE that OSEDiff's encoder LoRA wraps (weights of ``encoder.*`` modules whose
+    last name part is one of :data:`VAE_ENCODER_LORA_TARGETS`, and ``quant_conv``)."""
+    out = []
+    for name, _ in vae.named_parameters():
+        if not name.endswith(".weight") or "norm" in name:
+            continue
+        module = name[: -len(".weight")]
+        if module == "quant_conv" or (
+            module.startswith("encoder.") and any(module.endswith(f".{t}") for t in VAE_ENCODER_LORA_TARGETS)
+        ):
+            out.append(module)
+    return out
+
+
 def add_lora_adapters(
     unet: torch.nn.Module,
     rank: int = 8,

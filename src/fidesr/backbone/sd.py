@@ -16,7 +16,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fidesr.backbone.lora import FAKE_SCORE_ADAPTER, LORA_SETS, LORA_TARGETS, add_lora_adapters
+from fidesr.backbone.lora import (
+    FAKE_SCORE_ADAPTER,
+    LORA_SETS,
+    LORA_TARGETS,
+    VAE_ADAPTER,
+    add_lora_adapters,
+    vae_encoder_lora_targets,
+)
 from fidesr.devices import resolve_dtype
 from fidesr.errors import FidesrError
 
@@ -69,6 +76,9 @@ class StableDiffusionBackbone(nn.Module):
             three adapters on the same modules (``default_encoder_pix``, ..., ``default_others_sem``), all
             active after construction (the merged model); see :meth:`set_lora_sets` and
             :meth:`mixed_residual`.
+        vae_lora_rank: OSEDiff's LoRA on the VAE encoder (adapter ``default_encoder``: encoder convs, encoder
+            mid-attention, ``quant_conv``; alpha and init as the UNet's), trained with the generator; 0 (FiDeSR,
+            PiSA-SR): the VAE stays frozen.
     """
 
     def __init__(
@@ -87,6 +97,7 @@ class StableDiffusionBackbone(nn.Module):
         timestep: int = ONE_STEP_TIMESTEP,
         prediction: str = "residual",
         lora_sets: Sequence[str] | None = None,
+        vae_lora_rank: int = 0,
     ) -> None:
         super().__init__()
         if lora_sets is not None and tuple(lora_sets) != LORA_SETS:
@@ -110,6 +121,16 @@ class StableDiffusionBackbone(nn.Module):
             )
             # Trained weights stay float32 (optimizer precision) whatever the frozen dtype.
             for name, param in unet.named_parameters():
+                if "lora_" in name:
+                    param.data = param.data.float()
+        self.vae_lora_modules: list[str] = []
+        if vae_lora_rank > 0:
+            from peft import LoraConfig
+
+            self.vae_lora_modules = vae_encoder_lora_targets(vae)
+            vae.add_adapter(LoraConfig(r=vae_lora_rank, lora_alpha=lora_alpha, init_lora_weights=lora_init,
+                                       target_modules=self.vae_lora_modules), adapter_name=VAE_ADAPTER)  # fmt: skip
+            for name, param in vae.named_parameters():
                 if "lora_" in name:
                     param.data = param.data.float()
         if gradient_checkpointing:
@@ -189,9 +210,10 @@ class StableDiffusionBackbone(nn.Module):
         """The generator's trainable UNet parameters. With two LoRA sets or a fake-score adapter, peft's
         ``requires_grad`` follows which adapters are active, so the generator's LoRA (every set) is
         selected by adapter name instead: one optimiser over all of it, as PiSA-SR's."""
-        if not self.lora_sets and not self.fake_score_modules:
+        if not self.lora_sets and not self.fake_score_modules and not self.vae_lora_modules:
             return (p for p in self.unet.parameters() if p.requires_grad)
-        return (p for n, p in self.unet.named_parameters() if self._adapter_of(n) in self.lora_split)
+        unet = [p for n, p in self.unet.named_parameters() if self._adapter_of(n) in self.lora_split]
+        return iter(unet + [p for n, p in self.vae.named_parameters() if "lora_" in n])
 
     @staticmethod
     def _adapter_of(name: str) -> str | None:
@@ -383,6 +405,18 @@ class StableDiffusionBackbone(nn.Module):
         return {k: v for k, v in self.unet.state_dict().items()
                 if "lora_" in k and self._adapter_of(k) != FAKE_SCORE_ADAPTER}  # fmt: skip
 
+    def vae_lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The VAE-encoder LoRA tensors (``vae.state_dict()`` names); empty without one."""
+        return {k: v for k, v in self.vae.state_dict().items() if "lora_" in k}
+
+    def load_vae_lora_state_dict(self, state: Mapping[str, torch.Tensor], source: str = "trained weights") -> None:
+        """Load the VAE-encoder LoRA (names as :meth:`vae_lora_state_dict`); all of it, nothing else."""
+        own = self.vae_lora_state_dict()
+        if set(state) != set(own):
+            raise KeyError(f"{source}: the VAE-encoder LoRA does not fit (backbone.vae_lora_rank?): "
+                           f"{len(set(own) - set(state))} missing, {len(set(state) - set(own))} unknown")  # fmt: skip
+        self.vae.load_state_dict(dict(state), strict=False, assign=False)
+
     def fake_score_state_dict(self) -> dict[str, torch.Tensor]:
         """The VSD fake-score adapter's tensors (training state: checkpoints for resume, never exports)."""
         return {k: v for k, v in self.unet.state_dict().items() if self._adapter_of(k) == FAKE_SCORE_ADAPTER}
@@ -431,6 +465,10 @@ class StableDiffusionBackbone(nn.Module):
         """Merge the adapters into the UNet weights and remove the adapter layers (diffusers' own
         ``fuse_lora`` + ``unload_lora``). Inference only: afterwards the UNet is a plain diffusers UNet
         (one weight per layer, the friendliest to ``torch.compile``) and the teacher view is gone."""
+        if self.vae_lora_modules:
+            self.vae.fuse_lora(adapter_names=[VAE_ADAPTER])
+            self.vae.unload_lora()
+            self.vae_lora_modules = []
         if not self.lora_split:
             return
         self.unet.fuse_lora(adapter_names=list(self.lora_split))
