@@ -219,3 +219,28 @@ def test_upscale_strengths_give_different_images_on_a_trained_checkpoint(pisa_ru
         outs[(lp, ls)] = np.asarray(Image.open(out / "a.png"), dtype=np.int16)
     assert np.abs(outs[("1", "0")] - outs[("0", "0")]).max() > 0
     assert np.abs(outs[("1", "1")] - outs[("1", "0")]).max() > 0
+
+
+@pytest.mark.slow
+def test_eval_checkpoint_mode_applies_lora_strengths(pisa_run, tmp_path):
+    """fidesr-eval checkpoint=... lora_strengths.lambda_sem=...: the strengths reach the pipeline."""
+    from hydra import compose, initialize_config_module
+
+    from fidesr.cli.eval import run
+    from fidesr.data.imageio import load_image, save_image
+
+    g = torch.Generator().manual_seed(0)
+    lq = torch.rand(3, 16, 16, generator=g)
+    save_image(lq, tmp_path / "lq" / "im0.png")
+    save_image(torch.nn.functional.interpolate(lq[None], scale_factor=4, mode="bicubic")[0].clamp(0, 1),
+               tmp_path / "gt" / "im0.png")  # fmt: skip
+    outs = {}
+    for sem in (0.0, 1.0):
+        with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
+            cfg = compose(config_name="eval", overrides=[
+                f"checkpoint={pisa_run / 'checkpoints' / 'last.ckpt'}", f"lq_dir={tmp_path / 'lq'}",
+                f"gt_dir={tmp_path / 'gt'}", "metrics=[psnr]", f"output_dir={tmp_path / f'out{sem}'}", "device=cpu",
+                "lora_strengths.lambda_pix=1", f"lora_strengths.lambda_sem={sem}"])  # fmt: skip
+        run(cfg)
+        outs[sem] = load_image(next((tmp_path / f"out{sem}").rglob("im0.png")))
+    assert (outs[0.0] - outs[1.0]).abs().max() > 0
