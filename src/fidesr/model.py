@@ -3,6 +3,10 @@
 Loss (DESIGN section 2): ``lambda_mse * MSE_w + lambda_lpips * LPIPS_w + lambda_csd * CSD_w`` where the
 ``_w`` terms are weighted by DAW's per-pixel map once its schedule starts (plain means otherwise). A
 component switched off in the config is ``None`` here and simply absent from the computation.
+
+The compared systems (docs/baselines.md) use the same module: OSEDiff's VSD (``vsd``, in place of CSD,
+``+ lambda_vsd * VSD`` with a fake-score adapter trained by its own optimiser inside the step) and PiSA-SR's
+two LoRA sets (``pix_steps``: the pixel set alone with the MSE until then, the semantic set after it).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from fidesr.backbone.lora import LORA_SETS
 from fidesr.backbone.sd import StableDiffusionBackbone
 from fidesr.components.daw import resize_weights, weighted_mean
 from fidesr.components.perceptual import PerceptualLoss
@@ -51,6 +56,12 @@ class FiDeSRModule(L.LightningModule):
             ``unet``, ``vae_decoder``, ``lpips``, ``lrrb``: the decoder's fp32 GroupNorm + SiLU at full
             resolution are memory-bound in eager mode, which fusion addresses.
         compile_options: keyword arguments of ``torch.compile`` (e.g. ``mode``, ``dynamic``, ``backend``).
+        vsd: ``VariationalScoreDistillation`` (OSEDiff) or None; excludes ``csd``. Adds the fake-score
+            adapter to the backbone's UNet and trains it in each step with its own optimiser.
+        lambda_vsd: weight of the VSD loss (OSEDiff 1).
+        pix_steps: PiSA-SR's two-stage schedule (needs ``backbone.lora_sets``): before this step only the
+            pixel LoRA set is active and trained, with the MSE alone; from it on both sets are active, the
+            pixel set frozen and the semantic set trained with the full loss. None: no stages.
     """
 
     def __init__(
@@ -74,8 +85,28 @@ class FiDeSRModule(L.LightningModule):
         loss_chunk: int | None = None,
         compile_parts: Sequence[str] = (),
         compile_options: dict[str, Any] | None = None,
+        vsd: nn.Module | None = None,
+        lambda_vsd: float = 1.0,
+        pix_steps: int | None = None,
     ) -> None:
         super().__init__()
+        if vsd is not None and csd is not None:
+            raise ValueError("model.csd and model.vsd are both on: choose one distillation term (csd=off or vsd=off)")
+        if (pix_steps is not None) != (backbone.lora_sets == LORA_SETS):
+            raise ValueError(
+                "PiSA-SR's two-stage schedule needs both: model.pix_steps and backbone.lora_sets=[pix, sem] "
+                f"(got pix_steps={pix_steps}, lora_sets={list(backbone.lora_sets)})"
+            )
+        if pix_steps is not None and (pix_steps < 0 or daw is not None):
+            raise ValueError("model.pix_steps must be >= 0 and needs daw=off (the pixel stage has no LPIPS map)")
+        self.vsd, self.lambda_vsd, self.pix_steps = vsd, lambda_vsd, pix_steps
+        if vsd is not None:
+            backbone.add_fake_score_adapter(
+                int(vsd.fake_rank or backbone.lora_rank), float(vsd.fake_alpha or backbone.lora_alpha), vsd.fake_modules
+            )
+        self._fake_optimizer: torch.optim.Optimizer | None = None
+        self._fake_scaler: torch.amp.GradScaler | None = None
+        self._fake_state: dict | None = None  # from a checkpoint, until the optimiser exists
         if perceptual is None and (lambda_lpips > 0 or daw is not None):
             raise ValueError(
                 "model.perceptual is null but lambda_lpips > 0 or DAW is on (DAW's error map needs the "
@@ -123,6 +154,19 @@ class FiDeSRModule(L.LightningModule):
         g.manual_seed(self.step_seed(stream))
         return g
 
+    @property
+    def pix_stage(self) -> bool:
+        """PiSA-SR's pixel stage (only the pixel LoRA set, MSE alone) at the current step."""
+        return self.pix_steps is not None and self.global_step < self.pix_steps
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # The PiSA-SR stage follows the step (so a resumed run is in the right one).
+        if self.pix_steps is not None:
+            if self.pix_stage:
+                self.backbone.set_lora_sets(["pix"])
+            else:
+                self.backbone.set_lora_sets(LORA_SETS, trained=["sem"])
+
     # ------------------------------------------------------------------ data
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         # Degradation parameters were sampled on the CPU by the dataset; the heavy ops run batched here.
@@ -140,9 +184,11 @@ class FiDeSRModule(L.LightningModule):
 
     def sr_latent(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
                    ) -> OneStepOutput:  # fmt: skip
-        """Encode (no grad), UNet + LRRB: the SR latent ``z_sr`` [B,C,H/8,W/8] with its graph."""
-        with torch.no_grad():
+        """Encode (no grad, unless the VAE encoder has OSEDiff's LoRA), UNet + LRRB: the SR latent ``z_sr``
+        [B,C,H/8,W/8] with its graph."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.backbone.vae_lora_modules)):
             z_lq = self.backbone.encode(lq_up, generator=generator)
+        with torch.no_grad():
             embeds = self.backbone.encode_prompt(prompts)
         return one_step(self.backbone, self.lrrb, z_lq.float(), embeds.float())
 
@@ -152,7 +198,7 @@ class FiDeSRModule(L.LightningModule):
         detached loss parts. Every term is a per-image mean, so chunks of a batch combine exactly."""
         sr = self.backbone.decode(z_sr).float()
         parts: dict[str, torch.Tensor] = {}
-        lpips_map = self.perceptual(sr, gt) if self.perceptual is not None else None
+        lpips_map = self.perceptual(sr, gt) if self.perceptual is not None and not self.pix_stage else None
         weights = self.daw(sr, gt, lpips_map, self.global_step) if self.daw is not None else None
         loss_mse = weighted_mean((sr - gt) ** 2, weights)
         loss = self.lambda_mse * loss_mse
@@ -216,7 +262,7 @@ class FiDeSRModule(L.LightningModule):
             logs["daw/alpha"] = self.daw.alpha_at(self.global_step)
             if weights is not None:
                 logs["daw/w_mean"], logs["daw/w_max"] = weights.mean(), weights.max()
-        if self.csd is not None:
+        if self.csd is not None and not self.pix_stage:
             pos = self.backbone.encode_prompt(tags)
             neg = self.backbone.encode_prompt([self.csd.negative_prompt] * len(tags))
             w_lat = None if weights is None else resize_weights(weights, out.z_sr.shape[-2:])
@@ -226,10 +272,56 @@ class FiDeSRModule(L.LightningModule):
             )  # fmt: skip
             loss = loss + self.lambda_csd * loss_csd
             logs["loss/csd"] = loss_csd.detach()
+        if self.vsd is not None:
+            pos = self.backbone.encode_prompt(tags)
+            neg = self.backbone.encode_prompt([self.vsd.negative_prompt] * len(tags))
+            loss_vsd = self.vsd(
+                out.z_sr.float(), self.backbone.teacher_eps, self.backbone.fake_eps, pos, neg,
+                self.backbone.alphas_cumprod, generator=g_dev,
+            )  # fmt: skip
+            loss = loss + self.lambda_vsd * loss_vsd
+            logs["loss/vsd"] = loss_vsd.detach()
+            logs["loss/vsd_fake_score"] = self.fake_score_step(out.z_sr, pos, g_dev)
         logs["loss/total"] = loss.detach()
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=gt.shape[0])
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=gt.shape[0])
         return loss
+
+    def fake_score_step(self, z_sr: torch.Tensor, pos: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One optimiser step of the VSD fake score on the generator's detached latents ``z_sr``
+        ``[B,C,h,w]`` (OSEDiff trains it after the generator's step; its loss does not depend on the
+        generator's new weights, and the generator's VSD term used the fake score before this step either
+        way). Returns the detached diffusion loss."""
+        from fidesr.backbone.lora import FAKE_SCORE_ADAPTER
+
+        opt, scaler = self._fake_score_optimizer()
+        params = self.backbone.fake_score_parameters()
+        # The adapter must be active (and require grad) through the backward as well as the forward.
+        with self.backbone.adapters_active([FAKE_SCORE_ADAPTER]), torch.enable_grad():
+            loss = self.vsd.fake_score_loss(z_sr, self.backbone.fake_eps, pos, self.backbone.alphas_cumprod, generator)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(z_sr.device.type, enabled=False):
+                scaler.scale(loss).backward()
+            if self.vsd.grad_clip is not None:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, self.vsd.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def _fake_score_optimizer(self) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler]:
+        """The fake score's optimiser and fp16 loss scaler, made on first use (state from a checkpoint)."""
+        if self._fake_optimizer is None:
+            self._fake_optimizer = self.vsd.make_optimizer(self.backbone.fake_score_parameters())
+            plugin = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
+            fp16 = getattr(plugin, "scaler", None) is not None
+            self._fake_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+            if self._fake_state is not None:
+                self._fake_optimizer.load_state_dict(self._fake_state["optimizer"])
+                self._fake_scaler.load_state_dict(self._fake_state["scaler"])
+                self._fake_state = None
+        return self._fake_optimizer, self._fake_scaler
 
     def setup(self, stage: str) -> None:
         """Validation set names (dataloader index -> name) from the datamodule, for the outputs' ``set``."""
@@ -266,6 +358,8 @@ class FiDeSRModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def trainable_state_keys(self) -> set[str]:
         keys = {f"backbone.unet.{k}" for k in self.backbone.lora_state_dict()}
+        keys |= {f"backbone.unet.{k}" for k in self.backbone.fake_score_state_dict()}  # resume, never exported
+        keys |= {f"backbone.vae.{k}" for k in self.backbone.vae_lora_state_dict()}
         if self.lrrb is not None:
             keys |= {f"lrrb.{k}" for k in self.lrrb.state_dict()}
         return keys
@@ -283,6 +377,9 @@ class FiDeSRModule(L.LightningModule):
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["fidesr"] = {"config": self.run_config, "trainable_keys": sorted(keep)}
+        if self.vsd is not None:
+            opt, scaler = self._fake_score_optimizer()
+            checkpoint["fidesr_fake_score"] = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
@@ -291,3 +388,7 @@ class FiDeSRModule(L.LightningModule):
                 f"checkpoint lacks {len(missing)} trainable tensors of this model (e.g. {missing[:3]}); "
                 "was it trained with another lrrb / LoRA configuration?"
             )
+        if self.vsd is not None:
+            if "fidesr_fake_score" not in checkpoint:
+                raise KeyError("checkpoint lacks the VSD fake-score optimiser state (fidesr_fake_score)")
+            self._fake_optimizer, self._fake_state = None, checkpoint["fidesr_fake_score"]

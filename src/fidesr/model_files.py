@@ -24,6 +24,11 @@ The exported folder::
 ``UNet2DConditionModel.load_lora_adapter(DIR, prefix="unet")`` read: the three official adapters
 (encoder / decoder / others) share rank and alpha and never overlap, so together they are one adapter
 for diffusers; ``config.json`` keeps which module belongs to which, so fidesr reloads them exactly.
+
+A model with PiSA-SR's two LoRA sets (``backbone.lora_sets``; format version 3) has one such file per set
+instead, ``DIR/pix/pytorch_lora_weights.safetensors`` and ``DIR/sem/pytorch_lora_weights.safetensors``
+(each one diffusers adapter, ``load_lora_weights(DIR, subfolder="pix")``): PiSA-SR's inference weighs the
+two sets' outputs, which one merged file could not express.
 """
 
 from __future__ import annotations
@@ -38,12 +43,14 @@ from typing import Any
 
 import torch
 
+from fidesr.backbone.lora import FAKE_SCORE_ADAPTER, LORA_SETS
 from fidesr.backbone.sd import DEFAULT_PRETRAINED
 from fidesr.errors import MissingInputError, ModelFileError
 from fidesr.trust import check_stored_config, load_torch_file
 
 FOLDER_FORMAT = "fidesr"
 FOLDER_VERSION = 2
+FOLDER_VERSION_SETS = 3  # exports with two LoRA sets (one LoRA file per set)
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name
 LRRB_FILE = "lrrb.safetensors"
 CONFIG_FILE = "config.json"
@@ -56,10 +63,12 @@ OFFICIAL_LORA_ALPHA = 8.0
 OFFICIAL_KEYS = ("unet_lora_encoder_modules", "unet_lora_decoder_modules", "unet_lora_others_modules",
                  "lora_rank_unet", "state_dict_unet")  # fmt: skip
 # Backbone settings that carry over when ``pretrained`` replaces a preset without such a key (tiny).
-_LORA_KEYS = ("lora_rank", "lora_alpha", "lora_init", "lora_targets", "timestep", "prediction")
+_LORA_KEYS = ("lora_rank", "lora_alpha", "lora_init", "lora_targets", "timestep", "prediction", "lora_sets",
+              "vae_lora_rank")  # fmt: skip
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # "<module>.lora_A.<adapter>.weight" (peft inside the UNet) <-> "<module>.lora_A.weight" (diffusers files)
 _ADAPTER_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_[AB])\.(?P<adapter>[^.]+)\.weight$")
+_SET_ADAPTER = r"lora_[AB]\.default_(?:encoder|decoder|others)"  # + "_<set>": an adapter of a LoRA set
 
 
 @dataclass
@@ -69,8 +78,8 @@ class TrainedWeights:
     Attributes:
         config: sections ``backbone`` (a Hydra node), ``lrrb`` and ``lfim`` (nodes or None), ``model``
             (``color_fix``, ``min_lq_size``); checked against the allow-list when read.
-        state: ``unet.<name in the peft-wrapped unet.state_dict()>`` LoRA tensors (adapter names included)
-            and ``lrrb.<name>`` tensors.
+        state: ``unet.<name in the peft-wrapped unet.state_dict()>`` LoRA tensors (adapter names included),
+            ``lrrb.<name>`` tensors and, for OSEDiff's VAE-encoder LoRA, ``vae.<name>`` tensors.
         source: where it came from (named in messages and the model card).
         lora_split: explicit module lists per adapter (official files, exported folders), or None: the
             backbone's own LoRA set-up from ``config["backbone"]`` applies.
@@ -187,22 +196,24 @@ class TrainedWeights:
         if not isinstance(meta, dict) or meta.get("format") != FOLDER_FORMAT:
             raise ModelFileError(f"{meta_path} is not a fidesr model config (format {meta.get('format')!r})"
                                  if isinstance(meta, dict) else f"{meta_path} is not a fidesr model config")  # fmt: skip
-        if int(meta.get("version", 0)) > FOLDER_VERSION:
+        if int(meta.get("version", 0)) > FOLDER_VERSION_SETS:
             raise ModelFileError(f"{meta_path}: format version {meta['version']} is newer than this fidesr reads "
-                                 f"({FOLDER_VERSION}); upgrade fidesr")  # fmt: skip
+                                 f"({FOLDER_VERSION_SETS}); upgrade fidesr")  # fmt: skip
         config = meta.get("config") or {}
         check_stored_config(config, meta_path)
         if not config.get("backbone"):
             raise ModelFileError(f"{meta_path}: the config has no backbone section")
         lora = meta.get("lora") or {}
         split = {str(a): [str(m) for m in mods] for a, mods in (lora.get("adapters") or {}).items()}
-        owner = {m: a for a, mods in split.items() for m in mods}
+        files = lora.get("weights") if isinstance(lora.get("weights"), dict) else {"": LORA_FILE}
         state: dict[str, torch.Tensor] = {}
-        for key, value in _read_safetensors(folder / LORA_FILE).items():
-            m = re.match(r"^unet\.(?P<module>.+)\.(?P<part>lora_[AB])\.weight$", key)
-            if m is None or m["module"] not in owner:
-                raise ModelFileError(f"{folder / LORA_FILE}: tensor {key!r} belongs to no adapter listed in {CONFIG_FILE}")
-            state[f"unet.{m['module']}.{m['part']}.{owner[m['module']]}.weight"] = value
+        for lora_set, name in files.items():  # one file, or one per LoRA set ("pix", "sem")
+            owner = {m: a for a, mods in split.items() if not lora_set or a.endswith(f"_{lora_set}") for m in mods}
+            for key, value in _read_safetensors(folder / name).items():
+                m = re.match(r"^unet\.(?P<module>.+)\.(?P<part>lora_[AB])\.weight$", key)
+                if m is None or m["module"] not in owner:
+                    raise ModelFileError(f"{folder / name}: tensor {key!r} belongs to no adapter listed in {CONFIG_FILE}")
+                state[f"unet.{m['module']}.{m['part']}.{owner[m['module']]}.weight"] = value
         if config.get("lrrb"):
             state.update({f"lrrb.{k}": v for k, v in _read_safetensors(folder / LRRB_FILE).items()})
         info = {k: meta[k] for k in ("training", "source") if k in meta}
@@ -217,7 +228,7 @@ class TrainedWeights:
 
         try:
             folder = snapshot_download(repo_id, revision=revision,
-                                       allow_patterns=[CONFIG_FILE, LORA_FILE, LRRB_FILE, CARD_FILE])  # fmt: skip
+                                       allow_patterns=[CONFIG_FILE, LORA_FILE, f"*/{LORA_FILE}", LRRB_FILE, CARD_FILE])  # fmt: skip
         except LocalEntryNotFoundError as err:
             raise ModelFileError(
                 f"Hub model {repo_id!r} is not in the Hugging Face cache and the Hub cannot be reached (offline?). "
@@ -265,31 +276,43 @@ class TrainedWeights:
         from fidesr.data.imageio import atomic_write
 
         folder = Path(folder)
+        if any(k.startswith("vae.") for k in self.state):
+            raise ModelFileError(
+                f"{self.source}: exporting a model with a VAE-encoder LoRA (OSEDiff) is not supported yet; "
+                "use its training checkpoint (fidesr-upscale --checkpoint CKPT reads it)"
+            )
         if folder.exists() and not folder.is_dir():
             raise ModelFileError(f"{folder} exists and is not a folder")
         if (folder / CONFIG_FILE).exists() and not overwrite:
             raise ModelFileError(f"{folder} already holds an exported model (use --overwrite)")
         folder.mkdir(parents=True, exist_ok=True)
-        lora, split, rank = self._diffusers_lora()
+        sets = [s for s in LORA_SETS if any(re.search(rf"\.{_SET_ADAPTER}_{s}\.weight$", k) for k in self.state)]
+        weights: str | dict[str, str] = LORA_FILE if not sets else {s: f"{s}/{LORA_FILE}" for s in sets}
+        split: dict[str, list[str]] = {}
         alpha = float(self.config["backbone"].get("lora_alpha", OFFICIAL_LORA_ALPHA) or OFFICIAL_LORA_ALPHA)
-        modules = sorted({m for mods in split.values() for m in mods})
-        metadata = LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules).to_dict()
-        # diffusers writes the file itself (its own format and metadata); it is renamed into place after.
-        tmp = folder / f".{LORA_FILE}.part"
-        tmp.mkdir(exist_ok=True)
-        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=lora, unet_lora_adapter_metadata=metadata)
-        os.replace(tmp / LORA_FILE, folder / LORA_FILE)
-        tmp.rmdir()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(folder / LORA_FILE, 0o666 & ~umask)  # the usual permissions, as for every file fidesr writes
+        for lora_set in sets or [None]:
+            lora, set_split, rank = self._diffusers_lora(lora_set)
+            split.update(set_split)
+            modules = sorted({m for mods in set_split.values() for m in mods})
+            metadata = LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules).to_dict()
+            target = folder if lora_set is None else folder / lora_set
+            target.mkdir(exist_ok=True)
+            # diffusers writes the file itself (its own format and metadata); it is renamed into place after.
+            tmp = target / f".{LORA_FILE}.part"
+            tmp.mkdir(exist_ok=True)
+            StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=lora, unet_lora_adapter_metadata=metadata)
+            os.replace(tmp / LORA_FILE, target / LORA_FILE)
+            tmp.rmdir()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(target / LORA_FILE, 0o666 & ~umask)  # the usual permissions, as for every file fidesr writes
         lrrb = {k[len("lrrb.") :]: v.detach().cpu().contiguous() for k, v in self.state.items() if k.startswith("lrrb.")}
         if lrrb:
             with atomic_write(folder / LRRB_FILE, fsync=True) as fh:
                 fh.write(save(lrrb))
         meta = {
-            "format": FOLDER_FORMAT, "version": FOLDER_VERSION, "config": self.config,
-            "lora": {"rank": rank, "alpha": alpha, "weights": LORA_FILE, "adapters": split},
+            "format": FOLDER_FORMAT, "version": FOLDER_VERSION_SETS if sets else FOLDER_VERSION, "config": self.config,
+            "lora": {"rank": rank, "alpha": alpha, "weights": weights, "adapters": split},
             "lrrb": LRRB_FILE if lrrb else None,
             "base_model": self.base_model,
             "source": Path(self.source).name,
@@ -301,9 +324,10 @@ class TrainedWeights:
             fh.write(json.dumps(meta, indent=2, sort_keys=False).encode())
         return folder
 
-    def _diffusers_lora(self) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], int]:
+    def _diffusers_lora(self, lora_set: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], int]:
         """(LoRA tensors named as peft's ``get_peft_model_state_dict`` names them, module lists per adapter,
-        rank) from the adapter-qualified names; diffusers' writer adds the ``unet.`` prefix."""
+        rank) from the adapter-qualified names; diffusers' writer adds the ``unet.`` prefix. ``lora_set``:
+        only the adapters of that LoRA set (``"pix"`` / ``"sem"``, whose modules coincide)."""
         out: dict[str, torch.Tensor] = {}
         split: dict[str, list[str]] = {}
         ranks = set()
@@ -313,6 +337,8 @@ class TrainedWeights:
             m = _ADAPTER_KEY.match(key[len("unet.") :])
             if m is None:
                 raise ModelFileError(f"{self.source}: {key!r} is not a LoRA tensor this exporter knows")
+            if lora_set is not None and not m["adapter"].endswith(f"_{lora_set}"):
+                continue
             out[f"{m['module']}.{m['part']}.weight"] = value.detach().cpu().contiguous()
             if m["part"] == "lora_A":
                 split.setdefault(m["adapter"], []).append(m["module"])
@@ -357,12 +383,15 @@ class TrainedWeights:
         lfim = instantiate(dict(self.config["lfim"]), _convert_="all") if self.config.get("lfim") else None
         unet_state = {k[len("unet.") :]: v for k, v in self.state.items() if k.startswith("unet.")}
         lrrb_state = {k[len("lrrb.") :]: v for k, v in self.state.items() if k.startswith("lrrb.")}
-        other = sorted(k for k in self.state if not k.startswith(("unet.", "lrrb.")))
+        vae_state = {k[len("vae.") :]: v for k, v in self.state.items() if k.startswith("vae.")}
+        other = sorted(k for k in self.state if not k.startswith(("unet.", "lrrb.", "vae.")))
         if other:
             raise ModelFileError(f"{self.source}: unexpected tensors {other[:3]}")
         if lrrb is None and lrrb_state:
             raise ModelFileError(f"{self.source}: LRRB tensors present but the config has lrrb: null")
         backbone.load_lora_state_dict(unet_state, source=f"the weights of {self.source}")
+        if vae_state or backbone.vae_lora_modules:  # OSEDiff's VAE-encoder LoRA
+            backbone.load_vae_lora_state_dict(vae_state, source=f"the weights of {self.source}")
         if lrrb is not None:
             try:
                 lrrb.load_state_dict(lrrb_state, strict=True)
@@ -374,16 +403,17 @@ class TrainedWeights:
 def _trained_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A LightningModule state dict -> ``unet.*`` (LoRA) and ``lrrb.*`` tensors.
 
-    Checkpoints key LoRA as ``backbone.unet.<...lora_...>``; ``backbone.<...lora_...>`` without ``unet.`` is
+    Checkpoints key LoRA as ``backbone.unet.<...lora_...>`` (the VSD fake-score adapter left out); ``backbone.<...lora_...>`` without ``unet.`` is
     read as well (the names ``StableDiffusionBackbone.lora_state_dict`` returns).
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if key.startswith("lrrb."):
             out[key] = value
-        elif key.startswith("backbone.") and "lora_" in key:
+        elif key.startswith("backbone.") and "lora_" in key and f".{FAKE_SCORE_ADAPTER}." not in key:
+            # (the VSD fake-score adapter is training state, not part of the model)
             rest = key[len("backbone.") :]
-            out[rest if rest.startswith("unet.") else f"unet.{rest}"] = value
+            out[rest if rest.startswith(("unet.", "vae.")) else f"unet.{rest}"] = value
     return out
 
 

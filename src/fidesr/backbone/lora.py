@@ -16,6 +16,11 @@ import torch
 from peft import LoraConfig
 
 ADAPTER_NAMES = ("default_encoder", "default_decoder", "default_others")
+#: PiSA-SR's two LoRA sets (pixel-level, semantic-level): adapter names ``<base>_pix`` / ``<base>_sem``
+#: (``default_encoder_pix``, ...), as in its ``pisasr.py``.
+LORA_SETS = ("pix", "sem")
+#: The VSD fake-score adapter (OSEDiff's "unet_update" LoRA) on the same UNet: training only, never exported.
+FAKE_SCORE_ADAPTER = "fake_score"
 
 LORA_TARGETS = (
     "to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut",
@@ -46,22 +51,47 @@ def split_lora_targets(unet: torch.nn.Module, patterns: Sequence[str] = LORA_TAR
     return split
 
 
+#: OSEDiff's VAE-encoder LoRA (its ``osediff.py``): every encoder conv, the encoder's mid-block attention
+#: projections, and ``quant_conv`` (not ``post_quant_conv``, which belongs to the frozen decoder side).
+VAE_ENCODER_LORA_TARGETS = ("conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v",
+                            "to_out.0")  # fmt: skip
+VAE_ADAPTER = "default_encoder"
+
+
+def vae_encoder_lora_targets(vae: torch.nn.Module) -> list[str]:
+    """Module names of the VAE that OSEDiff's encoder LoRA wraps (weights of ``encoder.*`` modules whose
+    last name part is one of :data:`VAE_ENCODER_LORA_TARGETS`, and ``quant_conv``)."""
+    out = []
+    for name, _ in vae.named_parameters():
+        if not name.endswith(".weight") or "norm" in name:
+            continue
+        module = name[: -len(".weight")]
+        if module == "quant_conv" or (
+            module.startswith("encoder.") and any(module.endswith(f".{t}") for t in VAE_ENCODER_LORA_TARGETS)
+        ):
+            out.append(module)
+    return out
+
+
 def add_lora_adapters(
     unet: torch.nn.Module,
     rank: int = 8,
     alpha: float = 8.0,
     init: str | bool = "gaussian",
     patterns: Sequence[str] = LORA_TARGETS,
+    sets: Sequence[str] | None = None,
 ) -> dict[str, list[str]]:
     """Add the three adapters to a diffusers UNet (PEFT integration) and activate all of them.
 
     ``alpha`` is explicit: peft's default equals the rank, i.e. a LoRA scale of 1, which is what the
-    official code trains with.
+    official code trains with. ``sets`` (e.g. :data:`LORA_SETS`): one such triple per set on the same
+    modules, named ``<adapter>_<set>`` (PiSA-SR's pixel and semantic LoRA), in set order.
 
     Returns:
-        The target split of :func:`split_lora_targets`.
+        ``{adapter name: module names}`` (the split of :func:`split_lora_targets`, once per set).
     """
-    split = split_lora_targets(unet, patterns)
+    base = split_lora_targets(unet, patterns)
+    split = base if not sets else {f"{a}_{s}": list(m) for s in sets for a, m in base.items()}
     for adapter, targets in split.items():
         if not targets:
             raise ValueError(f"LoRA adapter {adapter!r} matches no UNet module for patterns {list(patterns)}")

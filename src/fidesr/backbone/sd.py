@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -15,13 +16,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fidesr.backbone.lora import LORA_TARGETS, add_lora_adapters
+from fidesr.backbone.lora import (
+    FAKE_SCORE_ADAPTER,
+    LORA_SETS,
+    LORA_TARGETS,
+    VAE_ADAPTER,
+    add_lora_adapters,
+    vae_encoder_lora_targets,
+)
 from fidesr.devices import resolve_dtype
 from fidesr.errors import FidesrError
 
 DEFAULT_PRETRAINED = "stabilityai/stable-diffusion-2-1-base"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 ONE_STEP_TIMESTEP = 1  # the UNet is called once at t = 1 (OSEDiff / PiSA-SR / FiDeSR)
+# "<module>.lora_A.<adapter>.weight" (peft names inside the UNet): the adapter a LoRA tensor belongs to.
+_LORA_ADAPTER = re.compile(r"\.lora_[AB]\.(?P<adapter>[^.]+)\.weight$")
 
 
 class BackboneLoadError(FidesrError, RuntimeError):
@@ -62,6 +72,13 @@ class StableDiffusionBackbone(nn.Module):
         frozen_dtype: dtype of the frozen VAE, text encoder and UNet base weights (``None`` keeps
             float32; ``"float16"``/``"bfloat16"`` halve their memory; LoRA weights stay float32). Use it
             with mixed precision (``trainer.precision=16-mixed`` or ``bf16-mixed``), which autocasts.
+        lora_sets: ``None`` (one LoRA set: FiDeSR, OSEDiff) or PiSA-SR's ``["pix", "sem"]``: two sets of the
+            three adapters on the same modules (``default_encoder_pix``, ..., ``default_others_sem``), all
+            active after construction (the merged model); see :meth:`set_lora_sets` and
+            :meth:`mixed_residual`.
+        vae_lora_rank: OSEDiff's LoRA on the VAE encoder (adapter ``default_encoder``: encoder convs, encoder
+            mid-attention, ``quant_conv``; alpha and init as the UNet's), trained with the generator; 0 (FiDeSR,
+            PiSA-SR): the VAE stays frozen.
     """
 
     def __init__(
@@ -79,8 +96,12 @@ class StableDiffusionBackbone(nn.Module):
         frozen_dtype: str | torch.dtype | None = None,
         timestep: int = ONE_STEP_TIMESTEP,
         prediction: str = "residual",
+        lora_sets: Sequence[str] | None = None,
+        vae_lora_rank: int = 0,
     ) -> None:
         super().__init__()
+        if lora_sets is not None and tuple(lora_sets) != LORA_SETS:
+            raise ValueError(f"backbone.lora_sets must be null or {list(LORA_SETS)}, got {list(lora_sets)}")
         if prediction not in ("residual", "x0"):
             raise ValueError(f"backbone.prediction must be 'residual' or 'x0', got {prediction!r}")
         self.timestep, self.prediction = int(timestep), prediction
@@ -95,9 +116,21 @@ class StableDiffusionBackbone(nn.Module):
         self.lora_rank, self.lora_alpha = lora_rank, float(lora_alpha)
         self.lora_split: dict[str, list[str]] = {}
         if lora_rank > 0:
-            self.lora_split = add_lora_adapters(unet, lora_rank, lora_alpha, lora_init, tuple(lora_targets))
+            self.lora_split = add_lora_adapters(
+                unet, lora_rank, lora_alpha, lora_init, tuple(lora_targets), sets=lora_sets or None
+            )
             # Trained weights stay float32 (optimizer precision) whatever the frozen dtype.
             for name, param in unet.named_parameters():
+                if "lora_" in name:
+                    param.data = param.data.float()
+        self.vae_lora_modules: list[str] = []
+        if vae_lora_rank > 0:
+            from peft import LoraConfig
+
+            self.vae_lora_modules = vae_encoder_lora_targets(vae)
+            vae.add_adapter(LoraConfig(r=vae_lora_rank, lora_alpha=lora_alpha, init_lora_weights=lora_init,
+                                       target_modules=self.vae_lora_modules), adapter_name=VAE_ADAPTER)  # fmt: skip
+            for name, param in vae.named_parameters():
                 if "lora_" in name:
                     param.data = param.data.float()
         if gradient_checkpointing:
@@ -108,6 +141,8 @@ class StableDiffusionBackbone(nn.Module):
         acp = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32)
         self.register_buffer("alphas_cumprod", acp, persistent=False)
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._frozen_adapters: set[str] = set()  # active but not trained (PiSA-SR's pix set, semantic stage)
+        self.fake_score_modules: list[str] = []  # modules of the VSD fake-score adapter (none: no VSD)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -172,7 +207,121 @@ class StableDiffusionBackbone(nn.Module):
         return int(self.vae.config.latent_channels)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        return (p for p in self.unet.parameters() if p.requires_grad)
+        """The generator's trainable UNet parameters. With two LoRA sets or a fake-score adapter, peft's
+        ``requires_grad`` follows which adapters are active, so the generator's LoRA (every set) is
+        selected by adapter name instead: one optimiser over all of it, as PiSA-SR's."""
+        if not self.lora_sets and not self.fake_score_modules and not self.vae_lora_modules:
+            return (p for p in self.unet.parameters() if p.requires_grad)
+        unet = [p for n, p in self.unet.named_parameters() if self._adapter_of(n) in self.lora_split]
+        return iter(unet + [p for n, p in self.vae.named_parameters() if "lora_" in n])
+
+    @staticmethod
+    def _adapter_of(name: str) -> str | None:
+        """The adapter of a UNet LoRA tensor name, None for other tensors."""
+        m = _LORA_ADAPTER.search(name)
+        return None if m is None else m["adapter"]
+
+    # ------------------------------------------------------------------ LoRA sets (PiSA-SR)
+    @property
+    def lora_sets(self) -> tuple[str, ...]:
+        """The LoRA sets this backbone's adapter names carry (``("pix", "sem")`` for PiSA-SR, else ``()``)."""
+        return tuple(s for s in LORA_SETS if any(a.endswith(f"_{s}") for a in self.lora_split))
+
+    def set_adapters_of(self, sets: Sequence[str]) -> list[str]:
+        """The generator adapters of the given LoRA sets (all of them for ``sets == lora_sets``)."""
+        unknown = [s for s in sets if s not in self.lora_sets]
+        if unknown:
+            raise ValueError(f"LoRA sets {unknown} are not on this backbone (it has {list(self.lora_sets)})")
+        return [a for a in self.lora_split if any(a.endswith(f"_{s}") for s in sets)]
+
+    def set_lora_sets(self, active: Sequence[str], trained: Sequence[str] | None = None) -> None:
+        """Activate the adapters of the ``active`` sets; only those of ``trained`` (default: the active
+        ones) require grad: PiSA-SR's pixel stage is ``(["pix"], ["pix"])``, its semantic stage
+        ``(["pix", "sem"], ["sem"])`` (pix frozen)."""
+        self.unet.set_adapters(self.set_adapters_of(active))
+        self._frozen_adapters = set(self.set_adapters_of(active)) - set(self.set_adapters_of(trained or active))
+        self._apply_frozen()
+
+    def _apply_frozen(self) -> None:
+        # peft sets requires_grad=True on every active adapter whenever adapters are (re)activated.
+        if self._frozen_adapters:
+            for name, param in self.unet.named_parameters():
+                if self._adapter_of(name) in self._frozen_adapters:
+                    param.requires_grad_(False)
+
+    @contextlib.contextmanager
+    def adapters_active(self, adapters: Sequence[str]) -> Iterator[None]:
+        """Only ``adapters`` active inside the block; the previously active ones (and the frozen flags)
+        restored after, also on error."""
+        previous = list(self.unet.active_adapters())
+        self.unet.set_adapters(list(adapters))
+        try:
+            yield
+        finally:
+            self.unet.set_adapters(previous)
+            self._apply_frozen()
+
+    def mixed_residual(self, z_lq: torch.Tensor, prompt_embeds: torch.Tensor, lambda_pix: float,
+                       lambda_sem: float) -> torch.Tensor:  # fmt: skip
+        """PiSA-SR's inference-time strengths (its ``pisasr.py``, DESIGN section 7):
+        ``lambda_pix * eps_pix + lambda_sem * (eps_both - eps_pix)`` with ``eps_pix`` the UNet with only the
+        pixel adapters and ``eps_both`` with both sets; ``(1, 1)`` is ``eps_both`` in one UNet call.
+
+        z_lq [B,C,h,w], prompt_embeds [B,L,D] -> the mixed residual [B,C,h,w].
+        """
+        if self.lora_sets != LORA_SETS:
+            raise ValueError("lambda_pix / lambda_sem need a model with PiSA-SR's two LoRA sets (backbone.lora_sets)")
+        if lambda_pix == 1 and lambda_sem == 1:
+            with self.adapters_active(self.set_adapters_of(LORA_SETS)):
+                return self.residual(z_lq, prompt_embeds)
+        with self.adapters_active(self.set_adapters_of(["pix"])):
+            eps_pix = self.residual(z_lq, prompt_embeds)
+        with self.adapters_active(self.set_adapters_of(LORA_SETS)):
+            eps_both = self.residual(z_lq, prompt_embeds)
+        return lambda_pix * eps_pix + lambda_sem * (eps_both - eps_pix)
+
+    # ------------------------------------------------------------------ VSD fake score (OSEDiff)
+    def add_fake_score_adapter(self, rank: int, alpha: float, modules: str = "mid") -> None:
+        """Add OSEDiff's fake-score LoRA as one more adapter (:data:`FAKE_SCORE_ADAPTER`) on this UNet: the
+        fake score is the frozen base UNet + this adapter, evaluated with the generator's adapters off, so
+        no second UNet is held. ``modules``: ``"mid"`` (the modules of ``default_others``: the official
+        code's effective set-up, where only that adapter of its fake-score UNet is ever active) or ``"all"``
+        (every generator LoRA module, what the official code intends). Inactive (no grad) until used."""
+        from peft import LoraConfig
+
+        if modules not in ("mid", "all"):
+            raise ValueError(f"fake-score adapter modules must be 'mid' or 'all', got {modules!r}")
+        if not self.lora_split:
+            raise ValueError("the VSD fake-score adapter needs the generator's LoRA (backbone.lora_rank > 0)")
+        if self.fake_score_modules:
+            raise ValueError("this backbone already has a fake-score adapter")
+        if modules == "all":
+            targets = sorted({m for mods in self.lora_split.values() for m in mods})
+        else:
+            targets = sorted({m for a, mods in self.lora_split.items() if a.startswith("default_others") for m in mods})
+        previous = list(self.unet.active_adapters())
+        config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            self.unet.add_adapter(config, adapter_name=FAKE_SCORE_ADAPTER)
+        for name, param in self.unet.named_parameters():
+            if self._adapter_of(name) == FAKE_SCORE_ADAPTER:
+                param.data = param.data.float()
+        self.unet.set_adapters(previous)
+        self._apply_frozen()
+        self.fake_score_modules = targets
+
+    def fake_score_parameters(self) -> list[nn.Parameter]:
+        """The fake-score adapter's LoRA parameters (its own optimiser)."""
+        return [p for n, p in self.unet.named_parameters() if self._adapter_of(n) == FAKE_SCORE_ADAPTER]
+
+    def fake_eps(self, z_t: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        """Noise prediction of the fake score (base UNet + fake-score adapter only); builds a graph into
+        the adapter when grad is enabled. z_t [N,C,h,w], t [N] long, prompt_embeds [N,L,D] -> [N,C,h,w]."""
+        if not self.fake_score_modules:
+            raise ValueError("no fake-score adapter: add_fake_score_adapter first")
+        with self.adapters_active([FAKE_SCORE_ADAPTER]):
+            return self.unet(z_t, t, encoder_hidden_states=prompt_embeds).sample
 
     # ------------------------------------------------------------------ VAE
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -238,6 +387,7 @@ class StableDiffusionBackbone(nn.Module):
             yield
         finally:
             self.unet.enable_adapters()
+            self._apply_frozen()
 
     @torch.no_grad()
     def teacher_eps(self, z_t: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
@@ -250,8 +400,26 @@ class StableDiffusionBackbone(nn.Module):
 
     # ------------------------------------------------------------------ LoRA state
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the LoRA tensors of the UNet (names as in ``unet.state_dict()``, adapter names included)."""
-        return {k: v for k, v in self.unet.state_dict().items() if "lora_" in k}
+        """The generator's LoRA tensors of the UNet (names as in ``unet.state_dict()``, adapter names
+        included); not the VSD fake-score adapter (:meth:`fake_score_state_dict`)."""
+        return {k: v for k, v in self.unet.state_dict().items()
+                if "lora_" in k and self._adapter_of(k) != FAKE_SCORE_ADAPTER}  # fmt: skip
+
+    def vae_lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The VAE-encoder LoRA tensors (``vae.state_dict()`` names); empty without one."""
+        return {k: v for k, v in self.vae.state_dict().items() if "lora_" in k}
+
+    def load_vae_lora_state_dict(self, state: Mapping[str, torch.Tensor], source: str = "trained weights") -> None:
+        """Load the VAE-encoder LoRA (names as :meth:`vae_lora_state_dict`); all of it, nothing else."""
+        own = self.vae_lora_state_dict()
+        if set(state) != set(own):
+            raise KeyError(f"{source}: the VAE-encoder LoRA does not fit (backbone.vae_lora_rank?): "
+                           f"{len(set(own) - set(state))} missing, {len(set(state) - set(own))} unknown")  # fmt: skip
+        self.vae.load_state_dict(dict(state), strict=False, assign=False)
+
+    def fake_score_state_dict(self) -> dict[str, torch.Tensor]:
+        """The VSD fake-score adapter's tensors (training state: checkpoints for resume, never exports)."""
+        return {k: v for k, v in self.unet.state_dict().items() if self._adapter_of(k) == FAKE_SCORE_ADAPTER}
 
     def add_named_adapters(self, split: Mapping[str, Sequence[str]], rank: int, alpha: float) -> None:
         """Add LoRA adapters with *given* module lists (an official ``unet_lora_*_modules`` or an exported
@@ -278,7 +446,8 @@ class StableDiffusionBackbone(nn.Module):
         keys that do not fit (missing, unknown, wrong shape).
         """
         unet_sd = self.unet.state_dict()
-        missing = sorted(k for k in unet_sd if "lora_" in k and k not in state)
+        missing = sorted(k for k in unet_sd if "lora_" in k and k not in state
+                         and self._adapter_of(k) != FAKE_SCORE_ADAPTER)  # fmt: skip
         unknown = sorted(k for k in state if k not in unet_sd)
         shapes = sorted(k for k in state if k in unet_sd and tuple(state[k].shape) != tuple(unet_sd[k].shape))
         problems = []
@@ -296,6 +465,10 @@ class StableDiffusionBackbone(nn.Module):
         """Merge the adapters into the UNet weights and remove the adapter layers (diffusers' own
         ``fuse_lora`` + ``unload_lora``). Inference only: afterwards the UNet is a plain diffusers UNet
         (one weight per layer, the friendliest to ``torch.compile``) and the teacher view is gone."""
+        if self.vae_lora_modules:
+            self.vae.fuse_lora(adapter_names=[VAE_ADAPTER])
+            self.vae.unload_lora()
+            self.vae_lora_modules = []
         if not self.lora_split:
             return
         self.unet.fuse_lora(adapter_names=list(self.lora_split))

@@ -224,6 +224,9 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path) -> Path:
     # LFIM strengths per call (None: the checkpoint's own), and a seeded VAE sample per image, so that the
     # jobs of an LFIM sweep differ only in the strengths.
     strengths = {"lf_scale": lfim.get("lf_scale"), "hf_scale": lfim.get("hf_scale")}
+    # PiSA-SR's LoRA-set strengths (two-set models only; null: 1, the merged model).
+    lora = cfg.get("lora_strengths") or {}
+    strengths.update({k: lora.get(k) for k in ("lambda_pix", "lambda_sem") if lora.get(k) is not None})
     for lq_path in tqdm(lqs, desc="upscale", disable=not cfg.progress):
         generator = torch.Generator(device=pipe.device).manual_seed(0)
         with torch.no_grad():

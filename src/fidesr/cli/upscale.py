@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lf-scale", type=float, default=None, help="LFIM low-frequency strength (default: model's, 0.2)")
     q.add_argument("--hf-scale", type=float, default=None, help="LFIM high-frequency strength (default: model's, 0.2)")
     q.add_argument("--no-lfim", action="store_true", help="switch LFIM off (same as --lf-scale 0 --hf-scale 0)")
+    q.add_argument("--lambda-pix", type=float, default=None,
+                   help="PiSA-SR models (two LoRA sets): strength of the pixel-level set (default 1)")  # fmt: skip
+    q.add_argument("--lambda-sem", type=float, default=None,
+                   help="PiSA-SR models: strength of the semantic-level set (default 1; 1, 1 = both merged)")  # fmt: skip
     q.add_argument("--color-fix", choices=("adain", "wavelet", "none"), default=None,
                    help="colour correction towards the input (default: model's, adain)")  # fmt: skip
     q.add_argument("--prompt", default=None, help="text prompt (default: empty, as the reference)")
@@ -211,7 +215,8 @@ def _upscale(args: argparse.Namespace) -> int:
                     try:
                         generator.manual_seed(args.seed)
                         out = pipe(torch.stack([img for _, _, img in group]), lf_scale=args.lf_scale,
-                                   hf_scale=args.hf_scale, generator=generator).sr.cpu()  # fmt: skip
+                                   hf_scale=args.hf_scale, generator=generator, lambda_pix=args.lambda_pix,
+                                   lambda_sem=args.lambda_sem).sr.cpu()  # fmt: skip
                         for (_, dst, _), sr in zip(group, out, strict=True):
                             written.append(save_image(sr, dst))
                     except (RuntimeError, ValueError, OSError) as err:  # e.g. CUDA out of memory: next input

@@ -33,6 +33,8 @@ __all__ = [
     "csd_loss",
     "predict_x0",
     "scaled_linear_alphas_cumprod",
+    "score_distillation_gradient",
+    "score_distillation_loss",
 ]
 
 #: The fixed negative prompt of the official training script (``--neg_prompt_csd``); "oil painting"
@@ -119,10 +121,27 @@ def csd_loss(
         eps_cfg = eps_neg + cfg_scale * (eps_pos.detach().float() - eps_neg)
         real = predict_x0(z_t, eps_cfg, timesteps, alphas_cumprod)
         fake = predict_x0(z_t, eps_neg, timesteps, alphas_cumprod)
+    return score_distillation_loss(z, real, fake, weight_map, eps=1e-6)
+
+
+def score_distillation_gradient(latents: Tensor, real: Tensor, fake: Tensor, eps: float = 1e-6) -> Tensor:
+    """``(fake - real) / (mean_chw |z - real| + eps)`` per sample: the DMD-style normalised score difference
+    both CSD and VSD push the generator latent with. All ``[B, C, h, w]``; no gradient."""
+    with torch.no_grad():
         # Per-sample normaliser (as in DMD/PiSA-SR); computed from detached z: it sits inside the
         # stop-gradient in the official code, so its own gradient never contributes.
-        wf = (z.detach() - real).abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-6
-        grad = (fake - real) / wf
+        wf = (latents.detach() - real).abs().mean(dim=(1, 2, 3), keepdim=True) + eps
+        return (fake - real) / wf
+
+
+def score_distillation_loss(
+    latents: Tensor, real: Tensor, fake: Tensor, weight_map: Tensor | None = None, eps: float = 1e-6
+) -> Tensor:
+    """``mean(W * (z - stopgrad(z - grad))^2)`` with ``grad`` of :func:`score_distillation_gradient`
+    (``real`` / ``fake``: the two x0 estimates, ``[B, C, h, w]``); ``d loss / d z = 2 W grad / z.numel()``.
+    CSD (``eps=1e-6``, its official code) and VSD (``eps=0``, OSEDiff's) share it."""
+    z = latents.float()
+    grad = score_distillation_gradient(z, real, fake, eps)
     diff = (z - (z - grad).detach()) ** 2
     if weight_map is None:
         return diff.mean()
