@@ -26,8 +26,9 @@ test-fast:  ## the suite without the end-to-end runs
 demo:  ## offline CPU demo: train the tiny model for 300 steps, validate, write samples (< 10 min)
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/fidesr-train experiment=demo
 
-lint:  ## static checks
+lint:  ## static checks: ruff's linter and formatter (what CI runs before the tests)
 	$(BIN)/ruff check src tests experiments
+	$(BIN)/ruff format --check src tests experiments
 
 format:  ## apply the formatter
 	$(BIN)/ruff format src tests experiments

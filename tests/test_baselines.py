@@ -244,3 +244,17 @@ def test_eval_checkpoint_mode_applies_lora_strengths(pisa_run, tmp_path):
         run(cfg)
         outs[sem] = load_image(next((tmp_path / f"out{sem}").rglob("im0.png")))
     assert (outs[0.0] - outs[1.0]).abs().max() > 0
+
+
+@pytest.mark.slow
+def test_app_request_applies_the_two_set_strengths(pisa_run, tmp_path):
+    """fidesr-app's request function: PiSA-SR's strengths reach the pipeline (the page shows their sliders
+    for two-set models only)."""
+    from fidesr.app import upscale_request
+    from fidesr.pipeline import load_pipeline
+
+    pipe = load_pipeline(pisa_run / "checkpoints" / "last.ckpt", device="cpu")
+    img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2))
+    a = upscale_request(pipe, img, None, None, "adain", tmp_path, lambda_pix=1.0, lambda_sem=0.0)
+    b = upscale_request(pipe, img, None, None, "adain", tmp_path, lambda_pix=1.0, lambda_sem=1.0)
+    assert a.png != b.png and np.abs(a.sr.astype(int) - b.sr.astype(int)).max() > 0

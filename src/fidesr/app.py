@@ -106,6 +106,8 @@ def upscale_request(
     out_dir: str | os.PathLike,
     name: str = "image",
     seed: int = 0,
+    lambda_pix: float | None = None,
+    lambda_sem: float | None = None,
 ) -> AppResult:
     """Run one request of the page: super-resolve ``image`` and write the full-resolution PNG.
 
@@ -117,6 +119,8 @@ def upscale_request(
         color_fix: one of ``fidesr.pipeline.COLOR_FIXES``.
         out_dir: folder of the PNG, named after ``name`` and the settings (the same settings overwrite it).
         seed: seed of the VAE posterior sample, fixed so that only the settings change the result.
+        lambda_pix, lambda_sem: PiSA-SR's strengths of the pixel and semantic LoRA sets (models with two
+            sets only; None: 1, the merged model).
 
     Raises:
         AppInputError: invalid strengths or colour fix.
@@ -135,12 +139,15 @@ def upscale_request(
         lq = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
     generator = torch.Generator(device=pipe.device).manual_seed(seed)
     start = time.perf_counter()
-    out = pipe(lq[None], lf_scale=lf_scale, hf_scale=hf_scale, color_fix=color_fix, generator=generator)
+    strengths = {"lambda_pix": lambda_pix, "lambda_sem": lambda_sem} if pipe.backbone.lora_sets else {}
+    out = pipe(lq[None], lf_scale=lf_scale, hf_scale=hf_scale, color_fix=color_fix, generator=generator, **strengths)
     sr, bicubic = out.sr[0].cpu(), out.lq_up[0].cpu()  # .cpu() waits for the device: the time is complete
     seconds = time.perf_counter() - start
     tag = "nolfim"
     if pipe.lfim is not None:
         tag = f"lf{_strength(pipe, 'lf_scale', lf_scale):.2f}_hf{_strength(pipe, 'hf_scale', hf_scale):.2f}"
+    if strengths:
+        tag += f"_pix{1.0 if lambda_pix is None else lambda_pix:.2f}_sem{1.0 if lambda_sem is None else lambda_sem:.2f}"
     png = save_image(sr, Path(out_dir) / f"{name}_x{pipe.scale}_{tag}_{color_fix}.png")
     return AppResult(sr=to_uint8(sr), bicubic=to_uint8(bicubic), seconds=seconds, png=png)
 
@@ -194,8 +201,10 @@ def build_app(
     lf0 = float(pipe.lfim.lf_scale) if has_lfim else 0.0
     hf0 = float(pipe.lfim.hf_scale) if has_lfim else 0.0
     no_lfim = "" if has_lfim else " (this model has no LFIM)"
+    two_sets = bool(pipe.backbone.lora_sets)  # PiSA-SR: the pixel and semantic sets get their own strengths
 
-    def run(path: str | None, lf: float, hf: float, color_fix: str, required: bool) -> tuple[Any, ...]:
+    def run(path: str | None, lf: float, hf: float, lp: float, ls: float, color_fix: str,
+            required: bool) -> tuple[Any, ...]:  # fmt: skip
         if not path:
             if required:
                 raise gr.Error("Upload an image first (or pick an example).", print_exception=False)
@@ -203,7 +212,8 @@ def build_app(
         try:
             image = read_upload(path, limits)
             res = upscale_request(pipe, image, lf if has_lfim else None, hf if has_lfim else None, color_fix,
-                                  out_dir, name=Path(path).stem, seed=seed)  # fmt: skip
+                                  out_dir, name=Path(path).stem, seed=seed, lambda_pix=lp if two_sets else None,
+                                  lambda_sem=ls if two_sets else None)  # fmt: skip
         except AppInputError as err:
             log.warning("fidesr-app: rejected upload: %s", err)
             raise gr.Error(str(err), title="Cannot use this image", print_exception=False) from None
@@ -212,7 +222,8 @@ def build_app(
             raise gr.Error(f"The model failed on this image ({type(err).__name__}: {err}). A smaller image may work.",
                            title="Processing failed", print_exception=False) from None  # fmt: skip
         h, w = image.shape[-2:]
-        settings = f"lf {lf:.2f}, hf {hf:.2f}, " if has_lfim else ""
+        settings = (f"lf {lf:.2f}, hf {hf:.2f}, " if has_lfim else "") + (
+            f"lambda_pix {lp:.2f}, lambda_sem {ls:.2f}, " if two_sets else "")
         timing = (f"**{res.seconds:.2f} s** for {w} x {h} px -> {res.sr.shape[1]} x {res.sr.shape[0]} px "
                   f"({settings}colour fix {color_fix}; {_describe(pipe)})")  # fmt: skip
         log.info("fidesr-app: %s", timing.replace("**", ""))
@@ -235,6 +246,10 @@ def build_app(
                                label="LFIM low-frequency strength" + no_lfim)  # fmt: skip
                 hf = gr.Slider(0.0, STRENGTH_MAX, value=hf0, step=0.05, interactive=has_lfim, elem_id="fidesr-hf",
                                label="LFIM high-frequency strength" + no_lfim)  # fmt: skip
+                lp = gr.Slider(0.0, 2.0, value=1.0, step=0.05, visible=two_sets, elem_id="fidesr-lambda-pix",
+                               label="PiSA-SR pixel-level set strength (lambda_pix)")  # fmt: skip
+                ls = gr.Slider(0.0, 2.0, value=1.0, step=0.05, visible=two_sets, elem_id="fidesr-lambda-sem",
+                               label="PiSA-SR semantic-level set strength (lambda_sem)")  # fmt: skip
                 color = gr.Radio(
                     list(COLOR_FIXES), value=pipe.color_fix, label="Colour fix", elem_id="fidesr-color"
                 )
@@ -247,12 +262,12 @@ def build_app(
                 timing = gr.Markdown(elem_id="fidesr-time")
                 download = gr.DownloadButton("Download the full-resolution PNG", interactive=False,
                                              elem_id="fidesr-download")  # fmt: skip
-        inputs, outputs = [upload, lf, hf, color], [compare, timing, download]
+        inputs, outputs = [upload, lf, hf, lp, ls, color], [compare, timing, download]
         # One model, one request at a time (queue); a burst of slider moves runs only the last one.
         button.click(
             lambda *a: run(*a, required=True), inputs, outputs, concurrency_limit=1, concurrency_id="model"
         )
-        gr.on([lf.release, hf.release, color.input], lambda *a: run(*a, required=False), inputs, outputs,
+        gr.on([lf.release, hf.release, lp.release, ls.release, color.input], lambda *a: run(*a, required=False), inputs, outputs,
               concurrency_limit=1, concurrency_id="model", trigger_mode="always_last")  # fmt: skip
         # A new image: the previous result no longer belongs to it.
         upload.change(lambda: (None, "", gr.DownloadButton(value=None, interactive=False)), None, outputs)

@@ -274,6 +274,7 @@ class TrainedWeights:
         from safetensors.torch import save
 
         from fidesr.data.imageio import atomic_write
+        from fidesr.model_card import model_card
 
         folder = Path(folder)
         if any(k.startswith("vae.") for k in self.state):
@@ -319,7 +320,7 @@ class TrainedWeights:
             "training": {k: v for k, v in self.info.items() if k == "global_step" and v is not None},
         }  # fmt: skip
         with atomic_write(folder / CARD_FILE) as fh:
-            fh.write(model_card(self, rank, alpha, metrics).encode())
+            fh.write(model_card(self, rank, alpha, LORA_FILE, LRRB_FILE, metrics).encode())
         with atomic_write(folder / CONFIG_FILE, fsync=True) as fh:  # last: its presence marks a complete export
             fh.write(json.dumps(meta, indent=2, sort_keys=False).encode())
         return folder
@@ -434,47 +435,3 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except Exception as err:  # safetensors raises its own error types
         raise ModelFileError(f"{path} is not a readable safetensors file: {err}") from err
-
-
-def model_card(weights: TrainedWeights, rank: int, alpha: float, metrics: Mapping[str, float] | None = None) -> str:
-    """A Hugging Face model card (YAML front matter + Markdown) for an exported folder."""
-    base = weights.base_model
-    cfg = weights.config
-    lfim = cfg.get("lfim") or {}
-    lines = [
-        "---",
-        "library_name: diffusers",
-        *([f"base_model: {base}"] if "/" in base and not Path(base).exists() else []),
-        "license: openrail++",
-        "tags: [super-resolution, image-to-image, lora, fidesr, one-step-diffusion]",
-        "---",
-        "",
-        "# FiDeSR one-step super-resolution (LoRA + LRRB)",
-        "",
-        f"Trained with fidesr (FiDeSR, CVPR 2026) from `{Path(weights.source).name}`"
-        + (f" at step {weights.info['global_step']}" if weights.info.get("global_step") is not None else "")
-        + ".",
-        "",
-        f"- base model: `{base}` (its licence applies: CreativeML Open RAIL++-M for SD 2.1-base)",
-        f"- UNet LoRA: rank {rank}, alpha {alpha:g}, in `{LORA_FILE}` (diffusers/PEFT format)",
-        f"- LRRB: {'`' + LRRB_FILE + '`' if cfg.get('lrrb') else 'none'}",
-        f"- LFIM defaults: lf_scale {lfim.get('lf_scale', 'n/a')}, hf_scale {lfim.get('hf_scale', 'n/a')}"
-        if lfim else "- LFIM: off",
-        "",
-        "## Use",
-        "",
-        "```bash",
-        "fidesr-upscale INPUT -o OUT --checkpoint THIS_FOLDER_OR_REPO_ID",
-        "```",
-        "",
-        "The LoRA alone loads in plain diffusers (`pipe.load_lora_weights(folder)`), but the SR model is",
-        "one UNet step at t = 1 on the LQ latent followed by the LRRB and LFIM: use fidesr for its outputs.",
-    ]
-    if metrics:
-        lines += ["", "## Validation metrics", "", "| metric | value |", "|---|--:|"]
-        lines += [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
-    run = weights.info.get("run_config") or {}
-    if run:
-        keep = {k: run.get(k) for k in ("seed", "trainer", "data", "daw", "csd", "lrrb", "perceptual") if k in run}
-        lines += ["", "## Training config (excerpt)", "", "```json", json.dumps(keep, indent=1, default=str)[:4000], "```"]
-    return "\n".join(lines) + "\n"

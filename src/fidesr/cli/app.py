@@ -18,23 +18,13 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from fidesr.cli.options import add_model_options, add_tiling_options, check_model_choice, loader_kwargs
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fidesr-app", description="Interactive FiDeSR explorer in the browser "
                                 "(LFIM strengths, colour fix, before/after against bicubic).")  # fmt: skip
-    src = p.add_argument_group("model (one of; as fidesr-upscale)")
-    src.add_argument("--checkpoint", metavar="MODEL",
-                     help="training checkpoint (.ckpt), exported folder (fidesr-export), official .pkl or Hub repo "
-                          "id USER/NAME")  # fmt: skip
-    src.add_argument("--official", type=Path, metavar="PKL", help="official FiDeSR checkpoint (fidesr.pkl)")
-    src.add_argument("--pretrained", help="base SD 2.1-base: hub id or local diffusers folder (default for --official: "
-                     "stabilityai/stable-diffusion-2-1-base; overrides the one a checkpoint names)")  # fmt: skip
-    src.add_argument(
-        "--revision", help="Hub revision (branch, tag, commit) of a repo id given to --checkpoint"
-    )
-    src.add_argument("--unsafe-pickle", action="store_true",
-                     help="fully unpickle a .ckpt/.pkl that weights-only loading refuses. This runs any code the "
-                          "file names: only for files whose origin you trust")  # fmt: skip
+    add_model_options(p, "model (one of; as fidesr-upscale)")
     s = p.add_argument_group("server")
     s.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
@@ -45,18 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 1048576: 1024 x 1024 -> 4096 x 4096 px)")  # fmt: skip
     s.add_argument("--no-examples", action="store_true", help="no example images in the page")
     m = p.add_argument_group("inference (as fidesr-upscale)")
-    m.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
-    m.add_argument(
-        "--tile", type=int, default=96, help="latent tile size in latent px (x8 image px); 0 = no tiling"
-    )
-    m.add_argument(
-        "--tile-overlap", type=int, default=32, help="latent tile overlap in latent px (default 32)"
-    )
-    m.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True,
-                   help="tiled VAE encode / decode of large images")  # fmt: skip
-    m.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                   help="auto = fp16 on CUDA, fp32 on CPU")  # fmt: skip
-    m.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_tiling_options(m)
     m.add_argument("--seed", type=int, default=0, help="seed of the VAE posterior sample (default 0)")
     p.add_argument("--debug", action="store_true", help="show the traceback of a start-up error")
     return p
@@ -66,8 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: load the model, serve the page until Ctrl-C. Returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.checkpoint is None) == (args.official is None):
-        parser.error("give exactly one of --checkpoint or --official")
+    check_model_choice(parser, args)
     if args.max_pixels <= 0:
         parser.error("--max-pixels must be > 0")
     # Before Gradio is imported: it reads this at import time (no usage statistics, no version check).
@@ -87,12 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fidesr.pipeline import load_pipeline
 
     print(f"fidesr-app: loading {args.checkpoint or args.official} ...", flush=True)
-    kwargs = dict(
-        device=args.device, dtype=args.precision, tile_size=args.tile or None, tile_overlap=args.tile_overlap,
-        vae_tiling=args.vae_tiling, scale=args.scale, unsafe_pickle=args.unsafe_pickle,
-    )  # fmt: skip
-    if args.revision:
-        kwargs["revision"] = args.revision
+    kwargs = loader_kwargs(args)
     try:
         # A model that cannot be loaded (missing file, wrong format, no SD weights) is one line, as in
         # fidesr-upscale; anything else is a bug and keeps its traceback.

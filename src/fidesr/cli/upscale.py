@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from fidesr.cli.options import add_model_options, add_tiling_options, check_model_choice, loader_kwargs
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image, save_image
 from fidesr.errors import ConfigValueError, report_errors
 
@@ -47,19 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files and/or folders")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT_DIR", help="output folder")
-    src = p.add_argument_group("model (one of)")
-    src.add_argument("--checkpoint", metavar="MODEL",
-                     help="training checkpoint (.ckpt), exported folder (fidesr-export), official .pkl or Hub repo "
-                          "id USER/NAME")  # fmt: skip
-    src.add_argument("--official", type=Path, metavar="PKL", help="official FiDeSR checkpoint (fidesr.pkl)")
-    src.add_argument("--pretrained", help="base SD 2.1-base: hub id or local diffusers folder (default for --official: "
-                     "stabilityai/stable-diffusion-2-1-base; overrides the one a checkpoint names)")  # fmt: skip
-    src.add_argument("--revision", help="Hub revision (branch, tag, commit) of a repo id given to --checkpoint")
-    src.add_argument("--unsafe-pickle", action="store_true",
-                     help="fully unpickle a .ckpt/.pkl that weights-only loading refuses. This runs any code the "
-                          "file names: only for files whose origin you trust")  # fmt: skip
+    add_model_options(p)
     q = p.add_argument_group("inference")
-    q.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4, what FiDeSR is trained for)")
     q.add_argument("--lf-scale", type=float, default=None, help="LFIM low-frequency strength (default: model's, 0.2)")
     q.add_argument("--hf-scale", type=float, default=None, help="LFIM high-frequency strength (default: model's, 0.2)")
     q.add_argument("--no-lfim", action="store_true", help="switch LFIM off (same as --lf-scale 0 --hf-scale 0)")
@@ -72,14 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--prompt", default=None, help="text prompt (default: empty, as the reference)")
     q.add_argument("--min-lq-size", type=int, default=None, help="enlarge smaller inputs to this first (default 128)")
     t = p.add_argument_group("tiling and speed")
-    t.add_argument("--tile", type=int, default=96, help="latent tile size in latent px (x8 image px); 0 = no tiling")
-    t.add_argument("--tile-overlap", type=int, default=32, help="latent tile overlap in latent px (default 32)")
+    add_tiling_options(t)
     t.add_argument("--tiles-per-call", type=int, default=1, help="latent tiles per UNet call (speed vs memory)")
-    t.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True,
-                   help="tiled VAE encode (1024 px tiles) / decode (224 latent px tiles) of large images")  # fmt: skip
-    t.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                   help="auto = fp16 on CUDA, fp32 on CPU")  # fmt: skip
-    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--compile", nargs="?", const="reduce-overhead", default=None, metavar="MODE",
                    help="torch.compile the model (MODE default reduce-overhead; first image compiles, minutes)")  # fmt: skip
     t.add_argument("--batch-size", type=int, default=1, help="images of equal size processed together")
@@ -138,13 +122,7 @@ def check_output_dir(path: Path) -> None:
 def _load_pipeline(args: argparse.Namespace):
     from fidesr.pipeline import load_pipeline
 
-    kwargs = dict(
-        device=args.device, dtype=args.precision, tile_size=args.tile or None, tile_overlap=args.tile_overlap,
-        tiles_per_call=args.tiles_per_call, vae_tiling=args.vae_tiling, scale=args.scale,
-        unsafe_pickle=args.unsafe_pickle,
-    )  # fmt: skip
-    if args.revision:
-        kwargs["revision"] = args.revision
+    kwargs = loader_kwargs(args, tiles_per_call=args.tiles_per_call)
     for key, value in (("color_fix", args.color_fix), ("prompt", args.prompt), ("min_lq_size", args.min_lq_size)):
         if value is not None:
             kwargs[key] = value
@@ -172,8 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return export_main(argv[1:])
     args = build_parser().parse_args(argv)
-    if (args.checkpoint is None) == (args.official is None):
-        build_parser().error("give exactly one of --checkpoint or --official")
+    check_model_choice(build_parser(), args)
     if args.no_lfim:
         args.lf_scale, args.hf_scale = 0.0, 0.0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
