@@ -50,8 +50,16 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_backbone_folder(cache_dir: Path) -> Path:
     from fidesr.backbone.tiny import tiny_sd_folder
 
-    spec = dict(unet_channels=[32, 64], vae_channels=[32, 64, 64], text_dim=32, ae_warmup_steps=10, ae_crop=32, ae_batch=16, seed=0,
-                unet_zero_out=False)
+    spec = dict(
+        unet_channels=[32, 64],
+        vae_channels=[32, 64, 64],
+        text_dim=32,
+        ae_warmup_steps=10,
+        ae_crop=32,
+        ae_batch=16,
+        seed=0,
+        unet_zero_out=False,
+    )
     return tiny_sd_folder(cache_dir, **spec)
 
 
@@ -70,7 +78,9 @@ def _compose(overrides: list[str], config_name: str = "train", return_hydra_conf
     from hydra import initialize_config_module
 
     with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
+        return hydra_compose(
+            config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config
+        )
 
 
 @pytest.fixture
@@ -110,12 +120,19 @@ def trained_model(tiny_backbone_folder: Path, tmp_path_factory: pytest.TempPathF
     for p in lrrb.parameters():
         p.data.normal_(0.0, 0.02)
     config = {
-        "backbone": {"_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
-                     "pretrained": str(tiny_backbone_folder), "local_files_only": True,
-                     "lora_rank": 8, "lora_alpha": 8, "lora_init": "gaussian"},
-        "lrrb": LRRB_CFG, "lfim": LFIM_CFG, "daw": None,
+        "backbone": {
+            "_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
+            "pretrained": str(tiny_backbone_folder),
+            "local_files_only": True,
+            "lora_rank": 8,
+            "lora_alpha": 8,
+            "lora_init": "gaussian",
+        },
+        "lrrb": LRRB_CFG,
+        "lfim": LFIM_CFG,
+        "daw": None,
         "model": {"_target_": "fidesr.model.FiDeSRModule", "color_fix": "adain", "min_lq_size": 32},
-    }  # fmt: skip
+    }
     state = {f"backbone.unet.{k}": v.clone() for k, v in backbone.lora_state_dict().items()}
     state.update({f"lrrb.{k}": v.clone() for k, v in lrrb.state_dict().items()})
     ckpt = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
@@ -128,8 +145,6 @@ def trained_model(tiny_backbone_folder: Path, tmp_path_factory: pytest.TempPathF
     return {"ckpt": ckpt, "backbone": backbone, "lrrb": lrrb, "live": live, "folder": tiny_backbone_folder}
 
 
-
-
 def write_png_bomb(path: Path, side: int = 100_000) -> Path:
     """A valid PNG whose header claims ``side`` x ``side`` RGB pixels, a few hundred bytes on disk: a
     decompression bomb (the pixels would take side^2 x 3 bytes once decoded)."""
@@ -137,12 +152,21 @@ def write_png_bomb(path: Path, side: int = 100_000) -> Path:
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
-                     + chunk(b"IEND", b""))  # fmt: skip
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 

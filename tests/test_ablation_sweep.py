@@ -30,7 +30,9 @@ def test_ablation_config_sweeps_daw_and_lrrb(compose) -> None:
     assert cfg.backbone._target_ == "fidesr.backbone.build_tiny_backbone"  # the demo scale underneath
     assert cfg.task_name == "ablation_daw_lrrb" and cfg.trainer.accelerator == "cpu"
     assert cfg.daw.warmup_steps == 100  # daw=short: DAW active within the demo's steps
-    assert cfg.trainer.val_check_interval == 0.25 and cfg.trainer.check_val_every_n_epoch == 1  # 4 validations, any max_steps
+    assert (
+        cfg.trainer.val_check_interval == 0.25 and cfg.trainer.check_val_every_n_epoch == 1
+    )  # 4 validations, any max_steps
     assert cfg.callbacks.model_checkpoint.every_n_train_steps is None  # not the fraction 0.25
 
 
@@ -132,16 +134,32 @@ def test_ablation_sweep_and_report(tmp_path: Path, cache_dir: Path, tiny_backbon
     failures are listed and the 4 rows with their paired differences, the plots and comparisons.png are
     written."""
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "FIDESR_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-           "HYDRA_FULL_ERROR": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "FIDESR_CACHE_DIR": str(cache_dir),
+        "WANDB_MODE": "disabled",
+        "OMP_NUM_THREADS": "1",
+        "HYDRA_FULL_ERROR": "1",
+    }
     cmd = [
-        str(BIN / "fidesr-train"), "-m", "experiment=ablation_daw_lrrb", "backbone.ae_warmup_steps=10",
-        "data.crop_size=32", "data.batch_size=2", "data.val_batch_size=4", "trainer.max_steps=2",
-        "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "validate_before_fit=false",
-        "callbacks.progress_bar=null", "callbacks.validation_images=null", "trainer.enable_model_summary=false",
+        str(BIN / "fidesr-train"),
+        "-m",
+        "experiment=ablation_daw_lrrb",
+        "backbone.ae_warmup_steps=10",
+        "data.crop_size=32",
+        "data.batch_size=2",
+        "data.val_batch_size=4",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        "validate_before_fit=false",
+        "callbacks.progress_bar=null",
+        "callbacks.validation_images=null",
+        "trainer.enable_model_summary=false",
         # One bad value per configuration: those jobs raise when the model is built (after the backbone).
-        "model.color_fix=adain,bogus", f"hydra.sweep.dir={sweep}",
-    ]  # fmt: skip
+        "model.color_fix=adain,bogus",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     log = proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
@@ -162,12 +180,18 @@ def test_ablation_sweep_and_report(tmp_path: Path, cache_dir: Path, tiny_backbon
         infos = [read_run_info(j) for j in good]
         assert len({i["sweep_id"] for i in infos}) == 1 and {i["status"] for i in infos} == {"completed"}
 
-    rep = subprocess.run([str(BIN / "fidesr-report"), str(sweep), "--wandb", "off"], env=env,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    rep = subprocess.run(
+        [str(BIN / "fidesr-report"), str(sweep), "--wandb", "off"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rep.returncode == 0, rep.stdout + rep.stderr
     rows = read_csv(sweep / "ablation.csv")
     assert sorted(r["configuration"] for r in rows) == sorted(
-        f"daw={d},lrrb={lr}" for d in ("short", "off") for lr in ("on", "off"))  # fmt: skip
+        f"daw={d},lrrb={lr}" for d in ("short", "off") for lr in ("on", "off")
+    )
     assert all(r["step"] == 2 and isinstance(r["psnr"], float) for r in rows)
     # Paired on the 16 demo validation images against the all-off configuration, each Δ inside its interval.
     assert {r["baseline"] for r in rows} == {"daw=off,lrrb=off"} and all(r["n_images"] == 16 for r in rows)

@@ -14,8 +14,13 @@ from PIL import Image
 from fidesr.backbone.lora import FAKE_SCORE_ADAPTER
 from fidesr.cli.train import train
 
-COMMON = ["trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "validate_before_fit=false",
-          "callbacks.validation_images=null", "logger=csv"]  # fmt: skip
+COMMON = [
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+    "validate_before_fit=false",
+    "callbacks.validation_images=null",
+    "logger=csv",
+]
 
 
 def _fast(overrides: list[str], experiment: str) -> list[str]:
@@ -30,7 +35,9 @@ def _ckpt(run: Path) -> dict:
 
 
 def _logged(run: Path) -> set[str]:
-    with open(run / "csv" / "metrics.csv") as fh:  # the CSV logger's file (metrics.csv at the top: validation)
+    with open(
+        run / "csv" / "metrics.csv"
+    ) as fh:  # the CSV logger's file (metrics.csv at the top: validation)
         rows = list(csv.DictReader(fh))
     return {k for row in rows for k, v in row.items() if v not in ("", None)}
 
@@ -79,7 +86,9 @@ def test_csd_and_vsd_together_are_refused(compose, tiny_backbone_folder):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    cfg = compose(["experiment=[demo,osediff_like]", "csd=on", "backbone.ae_warmup_steps=10", "paths.output_dir=/tmp/x"])
+    cfg = compose(
+        ["experiment=[demo,osediff_like]", "csd=on", "backbone.ae_warmup_steps=10", "paths.output_dir=/tmp/x"]
+    )
     with pytest.raises(InstantiationException, match="choose one distillation term"):
         instantiate(cfg.model)
 
@@ -125,7 +134,9 @@ def _tiny_two_set_backbone_state() -> dict[str, torch.Tensor]:
 
     from conftest import TINY_OVERRIDES, _compose
 
-    cfg = _compose(["experiment=[demo,pisasr_like]", *TINY_OVERRIDES, "paths.output_dir=/tmp/x", "model.pix_steps=2"])
+    cfg = _compose(
+        ["experiment=[demo,pisasr_like]", *TINY_OVERRIDES, "paths.output_dir=/tmp/x", "model.pix_steps=2"]
+    )
     L.seed_everything(cfg.seed, workers=True)
     model = instantiate(cfg.model)
     return {f"backbone.unet.{k}": v for k, v in model.backbone.lora_state_dict().items()}
@@ -146,7 +157,9 @@ def test_pisasr_strengths_combine_the_two_sets_as_pisasr_does(make_tiny_backbone
     from fidesr.pipeline import FiDeSRPipeline
 
     backbone = _two_set_backbone(make_tiny_backbone)
-    pipe = FiDeSRPipeline(backbone, None, None, min_lq_size=16, tile_size=None, vae_tiling=False, color_fix="none")
+    pipe = FiDeSRPipeline(
+        backbone, None, None, min_lq_size=16, tile_size=None, vae_tiling=False, color_fix="none"
+    )
     lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     z_lq = backbone.encode(pipe.upsample(lq)[0] * 2 - 1, generator=torch.Generator().manual_seed(0))
     e = backbone.encode_prompt([""])
@@ -158,7 +171,9 @@ def test_pisasr_strengths_combine_the_two_sets_as_pisasr_does(make_tiny_backbone
         eps_both = backbone.unet(z_lq, torch.tensor([1]), encoder_hidden_states=e).sample
     assert not torch.allclose(eps_pix, eps_both)
     for lp, ls in [(0.3, 0.7), (1.0, 0.0), (0.0, 0.0), (1.0, 1.0), (1.5, 0.5)]:
-        out = pipe(lq, lambda_pix=lp, lambda_sem=ls, generator=torch.Generator().manual_seed(0), return_latents=True)
+        out = pipe(
+            lq, lambda_pix=lp, lambda_sem=ls, generator=torch.Generator().manual_seed(0), return_latents=True
+        )
         expected = z_lq - (lp * eps_pix + ls * (eps_both - eps_pix))
         torch.testing.assert_close(out.latents.z_sr, expected, rtol=1e-5, atol=1e-6, msg=f"{lp}, {ls}")
     # Defaults (1, 1): the merged model, one UNet call with both sets: what validation runs.
@@ -176,22 +191,36 @@ def test_strengths_need_a_two_set_model(make_tiny_backbone):
         pipe(torch.rand(1, 3, 16, 16), lambda_sem=0.5)
 
 
-def test_two_set_export_writes_one_lora_file_per_set_and_reloads(make_tiny_backbone, tiny_backbone_folder, tmp_path):
+def test_two_set_export_writes_one_lora_file_per_set_and_reloads(
+    make_tiny_backbone, tiny_backbone_folder, tmp_path
+):
     from fidesr.model_files import LORA_FILE, TrainedWeights, trained_state
     from fidesr.pipeline import FiDeSRPipeline
 
     backbone = _two_set_backbone(make_tiny_backbone)
-    config = {"backbone": {"_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
-                           "pretrained": str(tiny_backbone_folder), "local_files_only": True, "lora_rank": 4,
-                           "lora_alpha": 8, "lora_sets": ["pix", "sem"]},
-              "lrrb": None, "lfim": None, "model": {"color_fix": "none", "min_lq_size": 16}}  # fmt: skip
+    config = {
+        "backbone": {
+            "_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
+            "pretrained": str(tiny_backbone_folder),
+            "local_files_only": True,
+            "lora_rank": 4,
+            "lora_alpha": 8,
+            "lora_sets": ["pix", "sem"],
+        },
+        "lrrb": None,
+        "lfim": None,
+        "model": {"color_fix": "none", "min_lq_size": 16},
+    }
     folder = TrainedWeights(config, trained_state(backbone), "tiny").save_pretrained(tmp_path / "export")
     assert (folder / "pix" / LORA_FILE).is_file() and (folder / "sem" / LORA_FILE).is_file()
     assert not (folder / LORA_FILE).exists()
     import json
 
     meta = json.loads((folder / "config.json").read_text())
-    assert meta["version"] == 3 and meta["lora"]["weights"] == {"pix": f"pix/{LORA_FILE}", "sem": f"sem/{LORA_FILE}"}
+    assert meta["version"] == 3 and meta["lora"]["weights"] == {
+        "pix": f"pix/{LORA_FILE}",
+        "sem": f"sem/{LORA_FILE}",
+    }
     assert sorted(meta["lora"]["adapters"]) == sorted(backbone.lora_split)
     lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     live = FiDeSRPipeline(backbone, None, None, min_lq_size=16, color_fix="none")
@@ -214,8 +243,27 @@ def test_upscale_strengths_give_different_images_on_a_trained_checkpoint(pisa_ru
     outs = {}
     for lp, ls in [("1", "0"), ("0", "0"), ("1", "1")]:
         out = tmp_path / f"out_{lp}_{ls}"
-        assert main([str(src), "-o", str(out), "--checkpoint", str(pisa_run / "checkpoints" / "last.ckpt"),
-                     "--device", "cpu", "--no-progress", "--scale", "2", "--lambda-pix", lp, "--lambda-sem", ls]) == 0
+        assert (
+            main(
+                [
+                    str(src),
+                    "-o",
+                    str(out),
+                    "--checkpoint",
+                    str(pisa_run / "checkpoints" / "last.ckpt"),
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                    "--scale",
+                    "2",
+                    "--lambda-pix",
+                    lp,
+                    "--lambda-sem",
+                    ls,
+                ]
+            )
+            == 0
+        )
         outs[(lp, ls)] = np.asarray(Image.open(out / "a.png"), dtype=np.int16)
     assert np.abs(outs[("1", "0")] - outs[("0", "0")]).max() > 0
     assert np.abs(outs[("1", "1")] - outs[("1", "0")]).max() > 0
@@ -232,15 +280,26 @@ def test_eval_checkpoint_mode_applies_lora_strengths(pisa_run, tmp_path):
     g = torch.Generator().manual_seed(0)
     lq = torch.rand(3, 16, 16, generator=g)
     save_image(lq, tmp_path / "lq" / "im0.png")
-    save_image(torch.nn.functional.interpolate(lq[None], scale_factor=4, mode="bicubic")[0].clamp(0, 1),
-               tmp_path / "gt" / "im0.png")  # fmt: skip
+    save_image(
+        torch.nn.functional.interpolate(lq[None], scale_factor=4, mode="bicubic")[0].clamp(0, 1),
+        tmp_path / "gt" / "im0.png",
+    )
     outs = {}
     for sem in (0.0, 1.0):
         with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
-            cfg = compose(config_name="eval", overrides=[
-                f"checkpoint={pisa_run / 'checkpoints' / 'last.ckpt'}", f"lq_dir={tmp_path / 'lq'}",
-                f"gt_dir={tmp_path / 'gt'}", "metrics=[psnr]", f"output_dir={tmp_path / f'out{sem}'}", "device=cpu",
-                "lora_strengths.lambda_pix=1", f"lora_strengths.lambda_sem={sem}"])  # fmt: skip
+            cfg = compose(
+                config_name="eval",
+                overrides=[
+                    f"checkpoint={pisa_run / 'checkpoints' / 'last.ckpt'}",
+                    f"lq_dir={tmp_path / 'lq'}",
+                    f"gt_dir={tmp_path / 'gt'}",
+                    "metrics=[psnr]",
+                    f"output_dir={tmp_path / f'out{sem}'}",
+                    "device=cpu",
+                    "lora_strengths.lambda_pix=1",
+                    f"lora_strengths.lambda_sem={sem}",
+                ],
+            )
         run(cfg)
         outs[sem] = load_image(next((tmp_path / f"out{sem}").rglob("im0.png")))
     assert (outs[0.0] - outs[1.0]).abs().max() > 0

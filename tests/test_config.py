@@ -15,8 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 # What a CPU-only machine without SD or VGG16 weights can build: the tiny backbone, the CPU trainer and
 # the perceptual stand-in (the real LPIPS-VGG path is tested to fail fast in tests/components).
-LOCAL = ["backbone=tiny", "trainer=cpu", "trainer.devices=1", "backbone.ae_warmup_steps=10", "backbone.unet_zero_out=false",
-         "perceptual=standin", "paths.output_dir=/tmp/x"]
+LOCAL = [
+    "backbone=tiny",
+    "trainer=cpu",
+    "trainer.devices=1",
+    "backbone.ae_warmup_steps=10",
+    "backbone.unet_zero_out=false",
+    "perceptual=standin",
+    "paths.output_dir=/tmp/x",
+]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -46,7 +53,11 @@ def test_paper_experiment_has_the_papers_values(compose):
     assert cfg.model.scheduler is None
     assert (cfg.model.lambda_mse, cfg.model.lambda_lpips, cfg.model.lambda_csd) == (1.0, 2.0, 1.0)
     assert cfg.model.null_text_ratio == 0.5 and cfg.seed == 123
-    assert (cfg.trainer.precision, cfg.trainer.gradient_clip_val, cfg.trainer.max_steps) == ("16-mixed", 1.0, 200500)
+    assert (cfg.trainer.precision, cfg.trainer.gradient_clip_val, cfg.trainer.max_steps) == (
+        "16-mixed",
+        1.0,
+        200500,
+    )
     assert cfg.trainer.devices * cfg.data.batch_size == 8
     assert (cfg.daw.alpha, cfg.daw.warmup_steps, cfg.daw.ramp_steps) == (0.6, 2000, 1000)
     assert (cfg.csd.cfg_scale, cfg.csd.t_min, cfg.csd.t_max) == (7.5, 20, 500)
@@ -54,19 +65,28 @@ def test_paper_experiment_has_the_papers_values(compose):
     assert cfg.perceptual.backbone == "pretrained" and cfg.perceptual.net == "vgg"
 
 
-@pytest.mark.parametrize(("memory", "expected"), [
-    ("default", (None, False, None, "16-mixed")),
-    ("24gib", ("float16", False, 1, "16-mixed")),
-    ("16gib", ("float16", True, 1, "16-mixed")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("memory", "expected"),
+    [
+        ("default", (None, False, None, "16-mixed")),
+        ("24gib", ("float16", False, 1, "16-mixed")),
+        ("16gib", ("float16", True, 1, "16-mixed")),
+    ],
+)
 def test_memory_presets_override_the_experiment(memory, expected, compose, cache_dir, tiny_backbone_folder):
     """The presets apply on top of the paper's experiment (they come after it in the defaults list) and the
     resulting model builds with them (tiny backbone: fp16 frozen weights, float32 LoRA)."""
     cfg = compose(["experiment=fidesr_sd21", f"memory={memory}"])
-    got = (cfg.backbone.frozen_dtype, cfg.backbone.gradient_checkpointing, cfg.model.loss_chunk, cfg.trainer.precision)
+    got = (
+        cfg.backbone.frozen_dtype,
+        cfg.backbone.gradient_checkpointing,
+        cfg.model.loss_chunk,
+        cfg.trainer.precision,
+    )
     assert got == expected
-    model = instantiate(compose(["experiment=fidesr_sd21", f"memory={memory}", *LOCAL, "prompts=empty",
-                                 "data=demo"]).model)  # fmt: skip
+    model = instantiate(
+        compose(["experiment=fidesr_sd21", f"memory={memory}", *LOCAL, "prompts=empty", "data=demo"]).model
+    )
     assert model.loss_chunk == expected[2]
     dtypes = {p.dtype for n, p in model.backbone.unet.named_parameters() if "lora_" not in n}
     assert dtypes == {torch.float16 if expected[0] else torch.float32}
@@ -82,8 +102,16 @@ def test_switched_off_component_is_absent(group, compose):
 
 
 def test_standard_overrides(compose, tmp_path):
-    cfg = compose(["experiment=demo", "trainer.max_steps=7", "logger=csv", f"paths.output_dir={tmp_path}",
-                   "ckpt_path=last", "seed=5"])  # fmt: skip
+    cfg = compose(
+        [
+            "experiment=demo",
+            "trainer.max_steps=7",
+            "logger=csv",
+            f"paths.output_dir={tmp_path}",
+            "ckpt_path=last",
+            "seed=5",
+        ]
+    )
     assert cfg.trainer.max_steps == 7 and cfg.seed == 5 and cfg.model.seed == 5 and cfg.data.seed == 5
     assert cfg.trainer.default_root_dir == str(tmp_path)
     assert cfg.callbacks.model_checkpoint.dirpath == f"{tmp_path}/checkpoints"
@@ -91,7 +119,9 @@ def test_standard_overrides(compose, tmp_path):
 
 
 def test_unknown_group_option_lists_choices(compose):
-    with pytest.raises(ConfigCompositionException, match=r"(?s)Could not find 'lrrb/maybe'.*Available options.*off.*on"):
+    with pytest.raises(
+        ConfigCompositionException, match=r"(?s)Could not find 'lrrb/maybe'.*Available options.*off.*on"
+    ):
         compose(["lrrb=maybe"])
 
 

@@ -11,8 +11,17 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submi
 
 
 def test_slurm_launcher_composes_for_a_multi_node_ddp_run(compose, tmp_path) -> None:
-    cfg = compose(["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=3", "trainer.devices=4",
-                   "hydra.launcher.partition=gpu", f"paths.runs_dir={tmp_path}"], return_hydra_config=True)
+    cfg = compose(
+        [
+            "hydra/launcher=slurm",
+            "trainer=ddp",
+            "trainer.num_nodes=3",
+            "trainer.devices=4",
+            "hydra.launcher.partition=gpu",
+            f"paths.runs_dir={tmp_path}",
+        ],
+        return_hydra_config=True,
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (3, 4, 4)
@@ -23,6 +32,8 @@ def test_slurm_launcher_composes_for_a_multi_node_ddp_run(compose, tmp_path) -> 
 
 
 def test_single_node_defaults_to_one_task(compose, tmp_path) -> None:
-    cfg = compose(["hydra/launcher=slurm", "trainer=cpu", f"paths.runs_dir={tmp_path}"], return_hydra_config=True)
+    cfg = compose(
+        ["hydra/launcher=slurm", "trainer=cpu", f"paths.runs_dir={tmp_path}"], return_hydra_config=True
+    )
     launcher = cfg.hydra.launcher
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (1, 1, 1)

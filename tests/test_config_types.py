@@ -25,7 +25,9 @@ def test_a_wrong_type_names_the_key_and_the_type(compose, override: str, message
         check_config_types(cfg)
 
 
-@pytest.mark.parametrize("experiment", ["demo", "fidesr_sd21", "osediff_like", "pisasr_like", "ablation_daw_lrrb"])
+@pytest.mark.parametrize(
+    "experiment", ["demo", "fidesr_sd21", "osediff_like", "pisasr_like", "ablation_daw_lrrb"]
+)
 def test_every_shipped_experiment_passes(compose, experiment: str) -> None:
     check_config_types(OmegaConf.to_container(compose([f"experiment={experiment}"]), resolve=True))
 

@@ -21,8 +21,15 @@ def _imported_top_level_modules() -> dict[str, str]:
     found: dict[str, str] = {}
     for path in sorted((REPO / "src").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else (
+                    [node.module]
+                    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                    else []
+                )
+            )
             for name in names:
                 found.setdefault(name.split(".")[0], str(path.relative_to(REPO)))
     return found
@@ -38,5 +45,7 @@ def test_every_third_party_import_is_declared() -> None:
             continue
         dists = {canonicalize_name(d) for d in providers.get(module, [])}
         if not dists & declared:
-            undeclared.append(f"{module} (imported in {where}; provided by {sorted(dists) or 'nothing installed'})")
+            undeclared.append(
+                f"{module} (imported in {where}; provided by {sorted(dists) or 'nothing installed'})"
+            )
     assert not undeclared, "imported but not in pyproject's dependencies: " + "; ".join(undeclared)

@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.parametrize("logger", sorted(p.stem for p in (ROOT / "conf" / "logger").glob("*.yaml") if p.stem != "none"))
+@pytest.mark.parametrize(
+    "logger", sorted(p.stem for p in (ROOT / "conf" / "logger").glob("*.yaml") if p.stem != "none")
+)
 def test_every_logger_brings_the_csv_log(compose, logger: str) -> None:
     cfg = compose(["experiment=demo", f"logger={logger}"])
     assert cfg.logger.csv._target_ == "lightning.pytorch.loggers.CSVLogger"
@@ -24,14 +26,27 @@ def test_every_logger_brings_the_csv_log(compose, logger: str) -> None:
 
 
 @pytest.mark.slow
-def test_tensorboard_run_has_scalars_grids_and_the_csv(fast_train_overrides, cache_dir: Path, tmp_path: Path) -> None:
+def test_tensorboard_run_has_scalars_grids_and_the_csv(
+    fast_train_overrides, cache_dir: Path, tmp_path: Path
+) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
     env = {**os.environ, "FIDESR_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(BIN / "fidesr-train"), *fast_train_overrides, "logger=tensorboard",
-                           "trainer.log_every_n_steps=1", "validate_before_fit=false", f"paths.output_dir={out}"],
-                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [
+            str(BIN / "fidesr-train"),
+            *fast_train_overrides,
+            "logger=tensorboard",
+            "trainer.log_every_n_steps=1",
+            "validate_before_fit=false",
+            f"paths.output_dir={out}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = read_csv(out / "csv" / "metrics.csv")
     assert any(isinstance(r.get("train/loss/total"), float) for r in log)

@@ -49,11 +49,17 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(F.silu(self.norm(x)))
         tokens = self.ln(h.flatten(2).transpose(1, 2))
-        q, k, v = (t.unflatten(-1, (2, 8)).transpose(1, 2) for t in self.proj(tokens).chunk(3, dim=-1))  # 2 heads
+        q, k, v = (
+            t.unflatten(-1, (2, 8)).transpose(1, 2) for t in self.proj(tokens).chunk(3, dim=-1)
+        )  # 2 heads
         a = F.scaled_dot_product_attention(q, k, v).softmax(-1).transpose(1, 2).flatten(2).transpose(1, 2)
         a = a.reshape_as(h)
-        up = F.interpolate(h + a, scale_factor=2, mode="nearest") + F.interpolate(h, scale_factor=2, mode="bilinear")
-        return up.pow(2).sum(dim=(2, 3)).exp() + torch.cat([up.mean((2, 3)), x.float().mean((2, 3))], 1).sum(1, True)
+        up = F.interpolate(h + a, scale_factor=2, mode="nearest") + F.interpolate(
+            h, scale_factor=2, mode="bilinear"
+        )
+        return up.pow(2).sum(dim=(2, 3)).exp() + torch.cat([up.mean((2, 3)), x.float().mean((2, 3))], 1).sum(
+            1, True
+        )
 
 
 class _Trace(TorchDispatchMode):
@@ -64,7 +70,9 @@ class _Trace(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func is not torch.ops.prim.device.default:
-            self.ops.append((str(func), tuple(str(t.dtype) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))))
+            self.ops.append(
+                (str(func), tuple(str(t.dtype) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)))
+            )
         return out
 
 
@@ -88,10 +96,16 @@ def _forward_trace(device: str, dtype: torch.dtype) -> list:
 
 
 def _drop_softmax_casts(ops: list) -> list:
-    return [op for i, op in enumerate(ops) if not (op[0] == "aten._to_copy.default" and ops[i + 1][0] == "aten._softmax.default")]
+    return [
+        op
+        for i, op in enumerate(ops)
+        if not (op[0] == "aten._to_copy.default" and ops[i + 1][0] == "aten._softmax.default")
+    ]
 
 
-@pytest.mark.skipif(not torch.backends.cuda.is_built(), reason="needs a CUDA build of torch (fake CUDA tensors)")
+@pytest.mark.skipif(
+    not torch.backends.cuda.is_built(), reason="needs a CUDA build of torch (fake CUDA tensors)"
+)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cpu_emulation_casts_as_cuda_autocast(dtype):
     """Op by op, the emulated CPU autocast yields the dtypes CUDA autocast yields (what decides the bytes

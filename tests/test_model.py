@@ -15,8 +15,17 @@ from fidesr.components.daw import detail_map, error_map, resize_weights
 
 
 def _model(compose, overrides):
-    return instantiate(compose(["experiment=demo", "backbone.ae_warmup_steps=10", "backbone.unet_zero_out=false",
-                                "paths.output_dir=/tmp/x", *overrides]).model)
+    return instantiate(
+        compose(
+            [
+                "experiment=demo",
+                "backbone.ae_warmup_steps=10",
+                "backbone.unet_zero_out=false",
+                "paths.output_dir=/tmp/x",
+                *overrides,
+            ]
+        ).model
+    )
 
 
 def _batch(seed=0, b=2, size=32):
@@ -24,7 +33,9 @@ def _batch(seed=0, b=2, size=32):
     gt = torch.rand(b, 3, size, size, generator=g)
     lq = torch.nn.functional.interpolate(
         torch.nn.functional.interpolate(gt, scale_factor=0.25, mode="bicubic", antialias=True),
-        scale_factor=4, mode="bicubic").clamp(0, 1)  # fmt: skip
+        scale_factor=4,
+        mode="bicubic",
+    ).clamp(0, 1)
     return {"gt": gt, "lq": lq, "prompt": ["a photo"] * b, "name": [f"x{i}" for i in range(b)]}
 
 
@@ -118,8 +129,16 @@ def test_losses_weighted_and_csd_uses_tags_negative_prompt_and_frozen_teacher(co
     pos = model.backbone.encode_prompt(batch["prompt"])
     neg = model.backbone.encode_prompt([model.csd.negative_prompt] * 2)
     eps_neg, eps_pos = teacher(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([neg, pos])).chunk(2)
-    csd = csd_loss(out.z_sr, z_t, t, eps_neg, eps_pos, model.backbone.alphas_cumprod, 7.5,
-                   resize_weights(w, out.z_sr.shape[-2:]))  # fmt: skip
+    csd = csd_loss(
+        out.z_sr,
+        z_t,
+        t,
+        eps_neg,
+        eps_pos,
+        model.backbone.alphas_cumprod,
+        7.5,
+        resize_weights(w, out.z_sr.shape[-2:]),
+    )
     torch.testing.assert_close(logged["train/loss/mse"], mse.detach(), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(logged["train/loss/standin_random_vgg"], lpips.detach(), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(logged["train/loss/csd"], csd.detach(), rtol=1e-4, atol=1e-7)
@@ -136,9 +155,16 @@ def _final_trainable(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_training_checkpoint_holds_only_trainable_weights_and_resume_is_exact(compose, fast_train_overrides, tmp_path):
-    common = [*fast_train_overrides, "trainer.val_check_interval=2", "validate_before_fit=false",
-              "callbacks.validation_images=null", "logger=csv"]  # fmt: skip
+def test_training_checkpoint_holds_only_trainable_weights_and_resume_is_exact(
+    compose, fast_train_overrides, tmp_path
+):
+    common = [
+        *fast_train_overrides,
+        "trainer.val_check_interval=2",
+        "validate_before_fit=false",
+        "callbacks.validation_images=null",
+        "logger=csv",
+    ]
     full = tmp_path / "full"
     train(compose([*common, "trainer.max_steps=4", f"paths.output_dir={full}"]))
     part = tmp_path / "part"
@@ -152,7 +178,9 @@ def test_training_checkpoint_holds_only_trainable_weights_and_resume_is_exact(co
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert any(not torch.equal(first_half[k], a[k]) for k in a), "training did not change the weights"
     ckpt = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["optimizer_states"] and ckpt["fidesr"]["config"]["backbone"]["_target_"].endswith("build_tiny_backbone")
+    assert ckpt["optimizer_states"] and ckpt["fidesr"]["config"]["backbone"]["_target_"].endswith(
+        "build_tiny_backbone"
+    )
     assert (full / "checkpoints" / "last.ckpt").stat().st_size < 100 * 2**20
 
 
@@ -160,8 +188,15 @@ def test_training_checkpoint_holds_only_trainable_weights_and_resume_is_exact(co
 def test_daw_p_reaches_training(compose, fast_train_overrides, tmp_path):
     """daw.p (the perceptual share of DAW's error map) changes what trains once DAW is on; it was ignored
     by the training step (and the logged weight maps) before DAW's weights were computed in one place."""
-    common = [*fast_train_overrides, "trainer.max_steps=3", "trainer.val_check_interval=3", "validate_before_fit=false",
-              "callbacks.validation_images=null", "logger=csv", "daw.warmup_steps=1"]  # fmt: skip
+    common = [
+        *fast_train_overrides,
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "validate_before_fit=false",
+        "callbacks.validation_images=null",
+        "logger=csv",
+        "daw.warmup_steps=1",
+    ]
     out = {}
     for p in (0.0, 1.0):
         train(compose([*common, f"daw.p={p}", f"paths.output_dir={tmp_path / str(p)}"]))
@@ -200,7 +235,9 @@ def test_loss_chunk_gives_the_full_batch_loss_and_gradient(compose, tiny_backbon
         for name, g in ref_grads.items():
             # float32 sums in another order: differences ~1e-6 of the tensor's largest entry
             scale = float(g.abs().max())
-            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5 * scale, msg=f"{name} (chunk {chunk})")
+            torch.testing.assert_close(
+                grads[name], g, rtol=1e-4, atol=1e-5 * scale, msg=f"{name} (chunk {chunk})"
+            )
 
 
 def test_loss_chunk_must_be_positive(compose, tiny_backbone_folder):
@@ -212,9 +249,17 @@ def test_loss_chunk_trains_like_the_whole_batch_through_lightning(compose, fast_
     """Two optimizer steps through the Trainer (its precision plugin, gradient clipping) with the batch
     scored whole or one image at a time end at the same weights. SGD: Adam's normalisation would blow the
     float rounding of near-zero gradients (e.g. cross-attention LoRA under the empty prompt) up to full steps."""
-    common = [*fast_train_overrides, "validate_before_fit=false", "callbacks.validation_images=null",
-              "logger=csv", "trainer.max_steps=2", "model.optimizer._target_=torch.optim.SGD",
-              "model.optimizer.lr=0.1", "~model.optimizer.betas", "~model.optimizer.eps"]  # fmt: skip
+    common = [
+        *fast_train_overrides,
+        "validate_before_fit=false",
+        "callbacks.validation_images=null",
+        "logger=csv",
+        "trainer.max_steps=2",
+        "model.optimizer._target_=torch.optim.SGD",
+        "model.optimizer.lr=0.1",
+        "~model.optimizer.betas",
+        "~model.optimizer.eps",
+    ]
     finals = []
     for chunk in ("null", "1"):
         out = tmp_path / f"chunk_{chunk}"
@@ -222,7 +267,9 @@ def test_loss_chunk_trains_like_the_whole_batch_through_lightning(compose, fast_
         finals.append(_final_trainable(out))
     whole, chunked = finals
     assert whole.keys() == chunked.keys()
-    assert max(float(v.abs().max()) for k, v in whole.items() if "lora_B" in k) > 1e-3  # B starts at 0: it moved
+    assert (
+        max(float(v.abs().max()) for k, v in whole.items() if "lora_B" in k) > 1e-3
+    )  # B starts at 0: it moved
     for k in whole:
         torch.testing.assert_close(chunked[k], whole[k], rtol=1e-4, atol=1e-6, msg=k)
 
@@ -233,8 +280,14 @@ def test_compile_parts_train_like_eager_and_reject_unknown_parts(compose, tiny_b
     batch = _batch(b=2)
     eager = _model(compose, ["model.null_text_ratio=0.0"])
     _randomize_lora(eager)
-    compiled = _model(compose, ["model.null_text_ratio=0.0", "model.compile_parts=[vae_decoder,lpips,lrrb]",
-                                "+model.compile_options.backend=aot_eager"])  # fmt: skip
+    compiled = _model(
+        compose,
+        [
+            "model.null_text_ratio=0.0",
+            "model.compile_parts=[vae_decoder,lpips,lrrb]",
+            "+model.compile_options.backend=aot_eager",
+        ],
+    )
     compiled.load_state_dict(eager.state_dict())
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     grads = []
@@ -244,7 +297,9 @@ def test_compile_parts_train_like_eager_and_reject_unknown_parts(compose, tiny_b
         grads.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
     for name, g in grads[0][1].items():
-        torch.testing.assert_close(grads[1][1][name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()), msg=name)
+        torch.testing.assert_close(
+            grads[1][1][name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()), msg=name
+        )
     assert compiled.backbone.vae.decoder._compiled_call_impl is not None
     with pytest.raises(Exception, match="unknown part 'vae'"):
         _model(compose, ["model.compile_parts=[vae]"])

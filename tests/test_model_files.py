@@ -61,22 +61,40 @@ def exported(trained_model: dict, tmp_path_factory: pytest.TempPathFactory) -> P
     return folder
 
 
-def test_the_exported_folder_loads_in_plain_diffusers(trained_model: dict, exported: Path, tmp_path: Path) -> None:
+def test_the_exported_folder_loads_in_plain_diffusers(
+    trained_model: dict, exported: Path, tmp_path: Path
+) -> None:
     """diffusers' load_lora_weights(DIR) gives fidesr's UNet output (1e-5); every other fidesr file handed
     to it fails loudly instead of loading as a no-op."""
     weights = TrainedWeights.load(exported)
     backbone, _, _ = weights.build()
     g = torch.Generator().manual_seed(0)
-    x = {"z": torch.randn(2, 4, 16, 16, generator=g), "t": torch.tensor([1, 1]),
-         "emb": backbone.encode_prompt(["", "a photo"])}  # fmt: skip
+    x = {
+        "z": torch.randn(2, 4, 16, 16, generator=g),
+        "t": torch.tensor([1, 1]),
+        "emb": backbone.encode_prompt(["", "a photo"]),
+    }
     torch.save(x, tmp_path / "inputs.pt")
-    sources = {"folder": str(exported), "checkpoint": str(trained_model["ckpt"]),
-               "lrrb": str(exported / "lrrb.safetensors")}  # fmt: skip
+    sources = {
+        "folder": str(exported),
+        "checkpoint": str(trained_model["ckpt"]),
+        "lrrb": str(exported / "lrrb.safetensors"),
+    }
     script = tmp_path / "diffusers_only.py"
     script.write_text(DIFFUSERS_ONLY)
-    proc = subprocess.run([sys.executable, str(script), str(trained_model["folder"]), json.dumps(sources),
-                           str(tmp_path / "inputs.pt"), str(tmp_path / "eps")],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(trained_model["folder"]),
+            json.dumps(sources),
+            str(tmp_path / "inputs.pt"),
+            str(tmp_path / "eps"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert results["folder"]["lora_tensors"] == len(backbone.lora_state_dict())
@@ -94,14 +112,18 @@ def test_fidesr_loads_its_export_back_exactly(trained_model: dict, exported: Pat
     a, b = TrainedWeights.load(trained_model["ckpt"]), TrainedWeights.load(exported)
     assert a.state.keys() == b.state.keys() and all(torch.equal(a.state[k], b.state[k]) for k in a.state)
     meta = json.loads((exported / "config.json").read_text())
-    assert meta["lora"]["rank"] == 8 and set(meta["lora"]["adapters"]) == {"default_encoder", "default_decoder",
-                                                                          "default_others"}  # fmt: skip
+    assert meta["lora"]["rank"] == 8 and set(meta["lora"]["adapters"]) == {
+        "default_encoder",
+        "default_decoder",
+        "default_others",
+    }
     card = (exported / "README.md").read_text()
     assert "rank 8" in card and "Open RAIL" in card and "step 7" in card
 
 
-def test_upscale_from_the_folder_and_the_checkpoint_are_byte_identical(trained_model: dict, exported: Path,
-                                                                       tmp_path: Path) -> None:  # fmt: skip
+def test_upscale_from_the_folder_and_the_checkpoint_are_byte_identical(
+    trained_model: dict, exported: Path, tmp_path: Path
+) -> None:
     from fidesr.cli.upscale import main
     from fidesr.data.imageio import save_image
 
@@ -109,10 +131,25 @@ def test_upscale_from_the_folder_and_the_checkpoint_are_byte_identical(trained_m
     for i in range(2):
         save_image(torch.rand(3, 24, 20, generator=g), tmp_path / "in" / f"im{i}.png")
     for name, model in (("ckpt", trained_model["ckpt"]), ("dir", exported)):
-        assert main([str(tmp_path / "in"), "-o", str(tmp_path / name), "--checkpoint", str(model), "--device", "cpu",
-                     "--no-progress"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    str(tmp_path / "in"),
+                    "-o",
+                    str(tmp_path / name),
+                    "--checkpoint",
+                    str(model),
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     for i in range(2):
-        assert (tmp_path / "ckpt" / f"im{i}.png").read_bytes() == (tmp_path / "dir" / f"im{i}.png").read_bytes()
+        assert (tmp_path / "ckpt" / f"im{i}.png").read_bytes() == (
+            tmp_path / "dir" / f"im{i}.png"
+        ).read_bytes()
 
 
 def _hub_cache(root: Path, repo_id: str, folder: Path, revision: str = "a" * 40) -> Path:
@@ -133,8 +170,9 @@ def _hub_cache(root: Path, repo_id: str, folder: Path, revision: str = "a" * 40)
     return repo
 
 
-def test_a_hub_repo_id_resolves_from_the_hf_cache(trained_model: dict, exported: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_hub_repo_id_resolves_from_the_hf_cache(
+    trained_model: dict, exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import huggingface_hub.constants
 
     _hub_cache(tmp_path / "hub", "someone/fidesr-tiny", exported)
@@ -144,7 +182,9 @@ def test_a_hub_repo_id_resolves_from_the_hf_cache(trained_model: dict, exported:
     local = TrainedWeights.load(exported)
     assert all(torch.equal(weights.state[k], local.state[k]) for k in local.state)
     lq = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
-    a = FiDeSRPipeline.from_pretrained("someone/fidesr-tiny", device="cpu")(lq, generator=torch.Generator().manual_seed(0))
+    a = FiDeSRPipeline.from_pretrained("someone/fidesr-tiny", device="cpu")(
+        lq, generator=torch.Generator().manual_seed(0)
+    )
     b = FiDeSRPipeline.from_pretrained(exported, device="cpu")(lq, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a.sr, b.sr)
     with pytest.raises(ModelFileError, match="not in the Hugging Face cache.*hf download someone/other"):
@@ -160,7 +200,9 @@ def test_fuse_is_diffusers_own_and_exact(trained_model: dict) -> None:
     for name, module in backbone.unet.named_modules():
         if isinstance(module, BaseTunerLayer):
             (adapter,) = [a for a in module.active_adapters if a in module.lora_A]
-            expected[name] = module.get_base_layer().weight.detach() + module.get_delta_weight(adapter).detach()
+            expected[name] = (
+                module.get_base_layer().weight.detach() + module.get_delta_weight(adapter).detach()
+            )
     assert len(expected) == sum(len(m) for m in backbone.lora_split.values())
     backbone.fuse_lora()
     fused = dict(backbone.unet.named_modules())
@@ -201,12 +243,26 @@ def test_eval_checkpoint_mode_takes_an_exported_folder(exported: Path, tmp_path:
     for i in range(2):
         lq = torch.rand(3, 16, 16, generator=g)
         save_image(lq, tmp_path / "lq" / f"im{i}.png")
-        save_image(torch.nn.functional.interpolate(lq[None], scale_factor=4, mode="bicubic")[0].clamp(0, 1),
-                   tmp_path / "gt" / f"im{i}.png")  # fmt: skip
+        save_image(
+            torch.nn.functional.interpolate(lq[None], scale_factor=4, mode="bicubic")[0].clamp(0, 1),
+            tmp_path / "gt" / f"im{i}.png",
+        )
     with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
-        cfg = compose("eval", overrides=[f"checkpoint={exported}", f"lq_dir={tmp_path / 'lq'}", f"gt_dir={tmp_path / 'gt'}",
-                                         "metrics=[psnr]", f"output_dir={tmp_path / 'out'}", "device=cpu", "progress=false",
-                                         "num_workers=0", "tile_size=4", "tile_overlap=1"])  # fmt: skip
+        cfg = compose(
+            "eval",
+            overrides=[
+                f"checkpoint={exported}",
+                f"lq_dir={tmp_path / 'lq'}",
+                f"gt_dir={tmp_path / 'gt'}",
+                "metrics=[psnr]",
+                f"output_dir={tmp_path / 'out'}",
+                "device=cpu",
+                "progress=false",
+                "num_workers=0",
+                "tile_size=4",
+                "tile_overlap=1",
+            ],
+        )
     result = run(cfg)
     rows = (tmp_path / "out" / "per_image.csv").read_text().splitlines()
     assert rows[0].startswith("name,psnr") and len(rows) == 3 and result.summary["psnr"] > 10

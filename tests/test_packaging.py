@@ -17,7 +17,11 @@ def _pyproject() -> dict:
 def test_every_package_folder_is_listed() -> None:
     listed = set(_pyproject()["tool"]["setuptools"]["packages"])
     src = ROOT / "src"
-    found = {".".join(p.parent.relative_to(src).parts) for p in src.rglob("__init__.py") if "egg-info" not in str(p)}
+    found = {
+        ".".join(p.parent.relative_to(src).parts)
+        for p in src.rglob("__init__.py")
+        if "egg-info" not in str(p)
+    }
     assert found | {"fidesr.conf"} == listed, (found - listed, listed - found - {"fidesr.conf"})
 
 

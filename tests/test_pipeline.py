@@ -111,18 +111,23 @@ def test_export_round_trip_is_exact(trained: dict, pipe: FiDeSRPipeline, tmp_pat
     assert all(torch.equal(a.state[k], c.state[k]) for k in a.state)
 
 
-def test_official_pkl_gives_the_checkpoint_output(trained: dict, pipe: FiDeSRPipeline, tmp_path: Path) -> None:
+def test_official_pkl_gives_the_checkpoint_output(
+    trained: dict, pipe: FiDeSRPipeline, tmp_path: Path
+) -> None:
     """An official-format .pkl written from the same tensors: module lists, rank, LoRA state, LRRB state."""
     backbone, lrrb = trained["backbone"], trained["lrrb"]
     pkl = tmp_path / "fidesr.pkl"
-    torch.save({
-        "unet_lora_encoder_modules": backbone.lora_split["default_encoder"],
-        "unet_lora_decoder_modules": backbone.lora_split["default_decoder"],
-        "unet_lora_others_modules": backbone.lora_split["default_others"],
-        "lora_rank_unet": 8,
-        "state_dict_unet": {k: v.clone() for k, v in backbone.unet.state_dict().items() if "lora" in k},
-        "lrrb_state_dict": {k: v.clone() for k, v in lrrb.state_dict().items()},
-    }, pkl)  # fmt: skip
+    torch.save(
+        {
+            "unet_lora_encoder_modules": backbone.lora_split["default_encoder"],
+            "unet_lora_decoder_modules": backbone.lora_split["default_decoder"],
+            "unet_lora_others_modules": backbone.lora_split["default_others"],
+            "lora_rank_unet": 8,
+            "state_dict_unet": {k: v.clone() for k, v in backbone.unet.state_dict().items() if "lora" in k},
+            "lrrb_state_dict": {k: v.clone() for k, v in lrrb.state_dict().items()},
+        },
+        pkl,
+    )
     official = load_pipeline(official=pkl, pretrained=trained["folder"], device="cpu", min_lq_size=32)
     lq = _smooth_lq((40, 32), seed=7)
     assert (official(lq, generator=_seeded()).sr - pipe(lq, generator=_seeded()).sr).abs().max() < 1e-5
@@ -173,15 +178,25 @@ SMALL_TILES = {"tile_size": 32, "vae_decoder_tile": 64, "vae_encoder_tile": 512}
 
 
 def _small_tiles(overlap: int) -> dict:
-    return {**SMALL_TILES, "tile_overlap": overlap, "vae_decoder_overlap": 2 * overlap, "vae_encoder_overlap": 16 * overlap}
+    return {
+        **SMALL_TILES,
+        "tile_overlap": overlap,
+        "vae_decoder_overlap": 2 * overlap,
+        "vae_encoder_overlap": 16 * overlap,
+    }
 
 
 def _borders(overlap: int, f: int) -> list[int]:
     """Output px where the tiles of ``_small_tiles(overlap)`` start or end, on a 1024 px output with VAE
     factor ``f``: latent tiles, decoder tiles (latent units) and encoder tiles (pixel units / f)."""
     n = 1024 // f
-    return sorted(set(tile_borders(n, 32, overlap, f) + tile_borders(n, 64, 2 * overlap, f)
-                      + tile_borders(n, 512 // f, 16 * overlap // f, f)))  # fmt: skip
+    return sorted(
+        set(
+            tile_borders(n, 32, overlap, f)
+            + tile_borders(n, 64, 2 * overlap, f)
+            + tile_borders(n, 512 // f, 16 * overlap // f, f)
+        )
+    )
 
 
 LARGE_SCRIPT = textwrap.dedent("""
@@ -208,8 +223,19 @@ def large_run(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One 256 x 256 LQ -> 1024 x 1024 run with forced-small tiles, in a fresh process (for its peak RSS)."""
     d = tmp_path_factory.mktemp("large")
     (d / "large.py").write_text(LARGE_SCRIPT)
-    proc = subprocess.run([sys.executable, str(d / "large.py"), str(trained["ckpt"]), json.dumps(_small_tiles(8)),
-                           "256", str(d / "sr.pt")], capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(d / "large.py"),
+            str(trained["ckpt"]),
+            json.dumps(_small_tiles(8)),
+            "256",
+            str(d / "sr.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {**json.loads(proc.stdout.split("RESULT", 1)[1]), "sr": torch.load(d / "sr.pt")}
 
@@ -255,13 +281,25 @@ def test_eval_checkpoint_mode_applies_lfim_strengths(trained: dict, tmp_path: Pa
     for i in range(2):
         lq = _smooth_lq((16, 16), seed=i)[0]
         save_image(lq, lq_dir / f"im{i}.png")
-        save_image(F.interpolate(lq[None], scale_factor=4, mode="bicubic")[0].clamp(0, 1), gt_dir / f"im{i}.png")
+        save_image(
+            F.interpolate(lq[None], scale_factor=4, mode="bicubic")[0].clamp(0, 1), gt_dir / f"im{i}.png"
+        )
     outs = {}
     for lf in (0.0, 0.4):
         with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
-            cfg = compose(config_name="eval", overrides=[
-                f"checkpoint={trained['ckpt']}", f"lq_dir={lq_dir}", f"gt_dir={gt_dir}", "metrics=[psnr]",
-                f"output_dir={tmp_path / f'out{lf}'}", "device=cpu", f"lfim.lf_scale={lf}", "lfim.hf_scale=0"])  # fmt: skip
+            cfg = compose(
+                config_name="eval",
+                overrides=[
+                    f"checkpoint={trained['ckpt']}",
+                    f"lq_dir={lq_dir}",
+                    f"gt_dir={gt_dir}",
+                    "metrics=[psnr]",
+                    f"output_dir={tmp_path / f'out{lf}'}",
+                    "device=cpu",
+                    f"lfim.lf_scale={lf}",
+                    "lfim.hf_scale=0",
+                ],
+            )
         result = run(cfg)
         assert result.summary["psnr"] and (tmp_path / f"out{lf}" / "per_image.csv").is_file()
         outs[lf] = load_image(next((tmp_path / f"out{lf}").rglob("im0.png")))
@@ -280,13 +318,27 @@ def test_lrrb_hf_analysis_tool_reports_the_reduction(trained: dict, tmp_path: Pa
     for i in range(2):
         lq = _smooth_lq((16, 16), seed=i)[0]
         save_image(lq, tmp_path / "lq" / f"im{i}.png")
-        save_image(F.interpolate(lq[None], scale_factor=4, mode="bicubic")[0].clamp(0, 1), tmp_path / "gt" / f"im{i}.png")
+        save_image(
+            F.interpolate(lq[None], scale_factor=4, mode="bicubic")[0].clamp(0, 1),
+            tmp_path / "gt" / f"im{i}.png",
+        )
     path = Path(__file__).resolve().parents[1] / "experiments" / "lrrb_hf" / "analyze.py"
     spec = importlib.util.spec_from_file_location("lrrb_hf_analyze", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    rc = module.main([str(trained["ckpt"]), "--lq", str(tmp_path / "lq"), "--gt", str(tmp_path / "gt"),
-                      "--out", str(tmp_path / "out"), "--device", "cpu"])  # fmt: skip
+    rc = module.main(
+        [
+            str(trained["ckpt"]),
+            "--lq",
+            str(tmp_path / "lq"),
+            "--gt",
+            str(tmp_path / "gt"),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc in (0, None)
     rows = list(csv.DictReader((tmp_path / "out" / "lrrb_hf.csv").open()))
     assert len(rows) >= 2 and (tmp_path / "out" / "lrrb_hf.md").is_file()

@@ -38,7 +38,9 @@ def victim(tmp_path: Path) -> Path:
     return path
 
 
-def _hostile_config(trained: dict, victim: Path, section: str = "lrrb", target: str = "builtins.open") -> dict:
+def _hostile_config(
+    trained: dict, victim: Path, section: str = "lrrb", target: str = "builtins.open"
+) -> dict:
     """The trained model's config with one section replaced by a call that would truncate ``victim``."""
     config = TrainedWeights.load(trained["ckpt"]).config
     args = [str(victim), "w"] if target == "builtins.open" else [str(victim.with_suffix(".src")), str(victim)]
@@ -52,8 +54,19 @@ def _upscale_with(model: Path, tmp_path: Path, *extra: str) -> int:
         from fidesr.data.imageio import save_image
 
         save_image(torch.rand(3, 16, 16), lq)
-    return upscale([str(lq), "-o", str(tmp_path / "out"), "--checkpoint", str(model), "--device", "cpu",
-                    "--no-progress", *extra])  # fmt: skip
+    return upscale(
+        [
+            str(lq),
+            "-o",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(model),
+            "--device",
+            "cpu",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_a_pickle_payload_never_runs(tmp_path: Path, capsys) -> None:
@@ -67,8 +80,22 @@ def test_a_pickle_payload_never_runs(tmp_path: Path, capsys) -> None:
         assert _upscale_with(path, tmp_path) == 1
         err = capsys.readouterr().err
         assert f"fidesr-upscale: error: {path}: refusing to load" in err and "--unsafe-pickle" in err
-        assert upscale([str(tmp_path / "lq.png"), "-o", str(tmp_path / "o2"), "--official", str(path),
-                        "--pretrained", str(tmp_path), "--device", "cpu"]) == 1  # fmt: skip
+        assert (
+            upscale(
+                [
+                    str(tmp_path / "lq.png"),
+                    "-o",
+                    str(tmp_path / "o2"),
+                    "--official",
+                    str(path),
+                    "--pretrained",
+                    str(tmp_path),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 1
+        )
         assert "refusing to load" in capsys.readouterr().err
     # torch.save'd too (the zip format): the same refusal.
     torch.save({"state_dict": {"x": _Payload(marker)}}, tmp_path / "zip.ckpt")
@@ -97,8 +124,9 @@ def test_unsafe_pickle_is_an_explicit_opt_in(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("target", ["builtins.open", "shutil.copyfile"])
-def test_a_checkpoint_whose_config_names_code_is_refused(trained_model: dict, tmp_path: Path, victim: Path,
-                                                         target: str, capsys) -> None:  # fmt: skip
+def test_a_checkpoint_whose_config_names_code_is_refused(
+    trained_model: dict, tmp_path: Path, victim: Path, target: str, capsys
+) -> None:
     ckpt = torch.load(trained_model["ckpt"], weights_only=True)
     victim.with_suffix(".src").write_text("attacker's bytes")
     ckpt["fidesr"]["config"].update(_hostile_config(trained_model, victim, target=target))
@@ -111,8 +139,9 @@ def test_a_checkpoint_whose_config_names_code_is_refused(trained_model: dict, tm
     assert victim.read_text() == "precious"
 
 
-def test_an_exported_folder_whose_config_names_code_is_refused(trained_model: dict, tmp_path: Path,
-                                                               victim: Path, capsys) -> None:  # fmt: skip
+def test_an_exported_folder_whose_config_names_code_is_refused(
+    trained_model: dict, tmp_path: Path, victim: Path, capsys
+) -> None:
     folder = TrainedWeights.load(trained_model["ckpt"]).save_pretrained(tmp_path / "export")
     meta = json.loads((folder / "config.json").read_text())
     meta["config"] = _hostile_config(trained_model, victim, section="lfim")
@@ -124,17 +153,29 @@ def test_an_exported_folder_whose_config_names_code_is_refused(trained_model: di
     assert victim.read_text() == "precious"
 
 
-def test_a_legacy_adapter_file_whose_config_names_code_is_refused(trained_model: dict, tmp_path: Path,
-                                                                  victim: Path, capsys) -> None:  # fmt: skip
+def test_a_legacy_adapter_file_whose_config_names_code_is_refused(
+    trained_model: dict, tmp_path: Path, victim: Path, capsys
+) -> None:
     """The exact file of the report: an adapter .safetensors with builtins.open in its lrrb section."""
     from safetensors.torch import save_file
 
     weights = TrainedWeights.load(trained_model["ckpt"])
-    header = {"format": "fidesr-adapter", "version": 1, "config": _hostile_config(trained_model, victim), "source": {}}
+    header = {
+        "format": "fidesr-adapter",
+        "version": 1,
+        "config": _hostile_config(trained_model, victim),
+        "source": {},
+    }
     path = tmp_path / "adapter.safetensors"
-    save_file({k: v.contiguous() for k, v in weights.state.items()}, str(path), metadata={"fidesr": json.dumps(header)})
+    save_file(
+        {k: v.contiguous() for k, v in weights.state.items()},
+        str(path),
+        metadata={"fidesr": json.dumps(header)},
+    )
     assert _upscale_with(path, tmp_path) == 1
-    assert "adapter.safetensors: refusing to load: the stored config's lrrb._target_" in capsys.readouterr().err
+    assert (
+        "adapter.safetensors: refusing to load: the stored config's lrrb._target_" in capsys.readouterr().err
+    )
     assert victim.read_text() == "precious"
 
 
@@ -142,15 +183,35 @@ def test_a_legacy_adapter_file_whose_config_names_code_is_refused(trained_model:
     ("config", "match"),
     [
         ({"backbone": {"_target_": "os.system", "_args_": ["true"]}}, "backbone._target_ = 'os.system'"),
-        ({"lrrb": {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock", "x": {"_target_": "eval"}}},
-         "lrrb.x._target_"),
-        ({"lfim": {"_target_": "fidesr.components.lfim.LatentFrequencyInjection", "_partial_": True}}, "_partial_"),
-        ({"lfim": {"_target_": "fidesr.components.lfim.LatentFrequencyInjection", "tau": "${oc.env:HOME}"}},
-         "interpolation"),
-        ({"lrrb": {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock", "_call_": "x"}}, "_call_"),
+        (
+            {
+                "lrrb": {
+                    "_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock",
+                    "x": {"_target_": "eval"},
+                }
+            },
+            "lrrb.x._target_",
+        ),
+        (
+            {"lfim": {"_target_": "fidesr.components.lfim.LatentFrequencyInjection", "_partial_": True}},
+            "_partial_",
+        ),
+        (
+            {
+                "lfim": {
+                    "_target_": "fidesr.components.lfim.LatentFrequencyInjection",
+                    "tau": "${oc.env:HOME}",
+                }
+            },
+            "interpolation",
+        ),
+        (
+            {"lrrb": {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock", "_call_": "x"}},
+            "_call_",
+        ),
         ({"lrrb": [1, {"_target_": "subprocess.run"}]}, r"lrrb\[1\]._target_"),
     ],
-)  # fmt: skip
+)
 def test_stored_config_rules(config: dict, match: str) -> None:
     with pytest.raises(UntrustedConfigError, match=match):
         check_stored_config(config, "model.json")
@@ -179,7 +240,9 @@ def test_resuming_reads_the_checkpoint_as_data(tmp_path: Path) -> None:
     assert not marker.exists()
     # What fidesr-train writes loads this way (a real checkpoint: tensors, numbers, strings, dicts).
     io = AtomicCheckpointIO()
-    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "global_step": 3, "loops": {"a": [1, 2.0, "x"]}}, path)
+    io.save_checkpoint(
+        {"state_dict": {"w": torch.ones(2)}, "global_step": 3, "loops": {"a": [1, 2.0, "x"]}}, path
+    )
     assert io.load_checkpoint(path)["global_step"] == 3
 
 

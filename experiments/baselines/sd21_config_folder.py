@@ -33,10 +33,16 @@ def write_folder(folder: Path) -> Path:
         (folder / sub).mkdir(parents=True, exist_ok=True)
         config = dict(spec)
         config["_class_name"] = cls.__name__
-        (folder / sub / "config.json").write_text(json.dumps({k: list(v) if isinstance(v, tuple) else v
-                                                              for k, v in config.items()}, indent=1))  # fmt: skip
-    CLIPTextConfig(vocab_size=49408, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=1, **SD21_TEXT).save_pretrained(folder / "text_encoder")  # fmt: skip
+        (folder / sub / "config.json").write_text(
+            json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, indent=1)
+        )
+    CLIPTextConfig(
+        vocab_size=49408,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=1,
+        **SD21_TEXT,
+    ).save_pretrained(folder / "text_encoder")
     DDPMScheduler(**SD21_SCHEDULE).save_config(folder / "scheduler")
     return folder
 

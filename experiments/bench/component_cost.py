@@ -21,7 +21,9 @@ from hydra.utils import instantiate
 
 def build(overrides: list[str]):
     with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=demo", "paths.output_dir=/tmp/bench", *overrides])
+        cfg = compose(
+            config_name="train", overrides=["experiment=demo", "paths.output_dir=/tmp/bench", *overrides]
+        )
     return instantiate(cfg.model)
 
 
@@ -62,12 +64,18 @@ def main(argv: list[str] | None = None) -> None:
     }
     results = {name: time_steps(build(ov), batch, args.steps) for name, ov in configs.items()}
     full = results["full (LRRB + DAW + CSD)"]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}"
+    )
     print(f"demo backbone, batch {args.batch} x {args.crop} px, median of {args.steps} steps\n")
     print("| configuration | s/step | added by the component |")
     print("|---|---:|---:|")
     for name, sec in results.items():
-        added = "" if name.startswith(("full", "plain")) else f"{full - sec:+.3f} s ({(full - sec) / sec * 100:+.0f} %)"
+        added = (
+            ""
+            if name.startswith(("full", "plain"))
+            else f"{full - sec:+.3f} s ({(full - sec) / sec * 100:+.0f} %)"
+        )
         print(f"| {name} | {sec:.3f} | {added} |")
 
 

@@ -42,23 +42,50 @@ GiB = 2**30
 
 # stabilityai/stable-diffusion-2-1-base: unet/config.json, vae/config.json, text_encoder/config.json.
 SD21_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-    norm_num_groups=32, norm_eps=1e-5, act_fn="silu", flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
-)  # fmt: skip
+    cross_attention_dim=1024,
+    attention_head_dim=(5, 10, 20, 20),
+    use_linear_projection=True,
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    act_fn="silu",
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    downsample_padding=1,
+)
 SD21_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    norm_num_groups=32, act_fn="silu", sample_size=768, scaling_factor=0.18215,
-)  # fmt: skip
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=32,
+    act_fn="silu",
+    sample_size=768,
+    scaling_factor=0.18215,
+)
 SD21_TEXT = dict(
-    hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-    max_position_embeddings=77, hidden_act="gelu", projection_dim=512, layer_norm_eps=1e-5,
-)  # fmt: skip
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=512,
+    layer_norm_eps=1e-5,
+)
 # Same spec as the tests' tiny backbone fixture, so a test cache is reused.
-TINY_SPEC = dict(unet_channels=[32, 64], vae_channels=[32, 64, 64], text_dim=32, ae_warmup_steps=10, ae_crop=64, seed=0)
+TINY_SPEC = dict(
+    unet_channels=[32, 64], vae_channels=[32, 64, 64], text_dim=32, ae_warmup_steps=10, ae_crop=64, seed=0
+)
 
 
 def build_backbone(tiny: bool, device: torch.device, **kwargs) -> StableDiffusionBackbone:
@@ -79,11 +106,18 @@ def build_backbone(tiny: bool, device: torch.device, **kwargs) -> StableDiffusio
         with torch.device(device):
             unet = UNet2DConditionModel(**SD21_UNET)
             vae = AutoencoderKL(**SD21_VAE)
-            text_encoder = CLIPTextModel(CLIPTextConfig(
-                vocab_size=49408, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=1, **SD21_TEXT))  # fmt: skip
-        backbone = StableDiffusionBackbone(unet, vae, text_encoder, tokenizer, DDPMScheduler(**SD21_SCHEDULE),
-                                           **kwargs).to(device)  # fmt: skip
+            text_encoder = CLIPTextModel(
+                CLIPTextConfig(
+                    vocab_size=49408,
+                    bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=1,
+                    **SD21_TEXT,
+                )
+            )
+        backbone = StableDiffusionBackbone(
+            unet, vae, text_encoder, tokenizer, DDPMScheduler(**SD21_SCHEDULE), **kwargs
+        ).to(device)
     with torch.no_grad():
         for name, p in backbone.unet.named_parameters():
             if "lora_B" in name:
@@ -153,7 +187,9 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def time_calls(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> tuple[float, list[float]]:
+def time_calls(
+    fn: Callable[[], object], device: torch.device, iters: int, warmup: int
+) -> tuple[float, list[float]]:
     """(median seconds, all timings) of ``fn`` after ``warmup`` calls; CUDA events on the GPU."""
     for _ in range(warmup):
         fn()
@@ -177,7 +213,9 @@ def time_calls(fn: Callable[[], object], device: torch.device, iters: int, warmu
 class Bench:
     """Runs rows, prints them as they finish, appends them to a JSON-lines file, keeps to a budget."""
 
-    def __init__(self, device: torch.device, out: Path | None, budget_s: float, iters: int, warmup: int) -> None:
+    def __init__(
+        self, device: torch.device, out: Path | None, budget_s: float, iters: int, warmup: int
+    ) -> None:
         self.device, self.out, self.budget_s, self.iters, self.warmup = device, out, budget_s, iters, warmup
         self.start = time.time()
         self.rows: list[dict] = []
@@ -196,26 +234,48 @@ class Bench:
                 fh.write(json.dumps(row) + "\n")
         return row
 
-    def row(self, name: str, fn: Callable[[], object], batch: int, needs_s: float = 0.0, iters: int | None = None,
-            warmup: int | None = None, **info) -> dict | None:  # fmt: skip
+    def row(
+        self,
+        name: str,
+        fn: Callable[[], object],
+        batch: int,
+        needs_s: float = 0.0,
+        iters: int | None = None,
+        warmup: int | None = None,
+        **info,
+    ) -> dict | None:
         if self.left() < needs_s:
-            return self.record({"name": name, "batch": batch, "skipped": f"budget ({self.left():.0f} s left)"})
+            return self.record(
+                {"name": name, "batch": batch, "skipped": f"budget ({self.left():.0f} s left)"}
+            )
         try:
             reset_peak(self.device)
             t0 = time.time()
             fn()  # first call separately: compilation / cuDNN autotuning show up here
             sync(self.device)
             first = time.time() - t0
-            n = iters or (self.iters if batch == 1 else max(2, self.iters // 2))  # batches take longer per call
+            n = iters or (
+                self.iters if batch == 1 else max(2, self.iters // 2)
+            )  # batches take longer per call
             med, times = time_calls(fn, self.device, n, self.warmup if warmup is None else warmup)
         except Exception as err:  # noqa: BLE001 - a failed row is a result too (e.g. OOM, compile error)
-            return self.record({"name": name, "batch": batch, "error": f"{type(err).__name__}: {str(err)[:300]}"})
+            return self.record(
+                {"name": name, "batch": batch, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+            )
         peak = peak_bytes(self.device)
-        return self.record({
-            "name": name, "batch": batch, "s_per_call": round(med, 4), "ms_per_image": round(1000 * med / batch, 2),
-            "images_per_s": round(batch / med, 2), "peak_gib" if self.device.type == "cuda" else "peak_rss_gib": round(peak / GiB, 3),
-            "first_call_s": round(first, 2), "min_ms_per_image": round(1000 * min(times) / batch, 2), **info,
-        })  # fmt: skip
+        return self.record(
+            {
+                "name": name,
+                "batch": batch,
+                "s_per_call": round(med, 4),
+                "ms_per_image": round(1000 * med / batch, 2),
+                "images_per_s": round(batch / med, 2),
+                "peak_gib" if self.device.type == "cuda" else "peak_rss_gib": round(peak / GiB, 3),
+                "first_call_s": round(first, 2),
+                "min_ms_per_image": round(1000 * min(times) / batch, 2),
+                **info,
+            }
+        )
 
 
 def osediff_style(pipe: FiDeSRPipeline, lq: torch.Tensor, timestep: int = 999) -> torch.Tensor:
@@ -268,10 +328,18 @@ def large_image(pipe: FiDeSRPipeline, bench: Bench, n: int, tiny: bool, cap_gib:
     cap_memory(bench.device, cap_gib)
     shapes: list[tuple[int, ...]] = []
     try:
-        bench.row(f"fidesr bf16 tiled {n}->{4 * n} px (cap {cap_gib:g} GiB)" if cuda else f"fidesr tiled {n}->{4 * n} px",
-                  lambda: shapes.append(tuple(pipe(large).sr.shape)), 1, needs_s=30, iters=1, warmup=0,
-                  tiles=f"latent {pipe.tile_size}/{pipe.tile_overlap}, VAE enc {pipe.vae_encoder_tile}/"
-                        f"{pipe.vae_encoder_overlap} px, dec {pipe.vae_decoder_tile}/{pipe.vae_decoder_overlap} latent")  # fmt: skip
+        bench.row(
+            f"fidesr bf16 tiled {n}->{4 * n} px (cap {cap_gib:g} GiB)"
+            if cuda
+            else f"fidesr tiled {n}->{4 * n} px",
+            lambda: shapes.append(tuple(pipe(large).sr.shape)),
+            1,
+            needs_s=30,
+            iters=1,
+            warmup=0,
+            tiles=f"latent {pipe.tile_size}/{pipe.tile_overlap}, VAE enc {pipe.vae_encoder_tile}/"
+            f"{pipe.vae_encoder_overlap} px, dec {pipe.vae_decoder_tile}/{pipe.vae_decoder_overlap} latent",
+        )
     finally:
         cap_memory(bench.device, None)
         for k, v in saved.items():
@@ -279,8 +347,14 @@ def large_image(pipe: FiDeSRPipeline, bench: Bench, n: int, tiny: bool, cap_gib:
     assert all(s == (1, 3, 4 * n, 4 * n) for s in shapes), shapes
 
 
-TILE_ATTRS = ("tile_size", "tile_overlap", "vae_encoder_tile", "vae_encoder_overlap", "vae_decoder_tile",
-              "vae_decoder_overlap")  # fmt: skip
+TILE_ATTRS = (
+    "tile_size",
+    "tile_overlap",
+    "vae_encoder_tile",
+    "vae_encoder_overlap",
+    "vae_decoder_tile",
+    "vae_decoder_overlap",
+)
 ROWS = ("baseline", "eager", "parts", "channels_last", "large", "compiled")
 
 
@@ -291,9 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="append JSON rows to this file")
     ap.add_argument("--iters", type=int, default=None, help="timed calls per row (default 20 GPU, 2 CPU)")
     ap.add_argument("--budget-s", type=float, default=330.0, help="skip rows that would run past this")
-    ap.add_argument("--compile", nargs="*", default=None,
-                    help="compile modes to measure (default on GPU: reduce-overhead; none on CPU)")  # fmt: skip
-    ap.add_argument("--large-lq", type=int, default=None, help="LQ side of the tiled large run (1024 GPU, 64 tiny)")
+    ap.add_argument(
+        "--compile",
+        nargs="*",
+        default=None,
+        help="compile modes to measure (default on GPU: reduce-overhead; none on CPU)",
+    )
+    ap.add_argument(
+        "--large-lq", type=int, default=None, help="LQ side of the tiled large run (1024 GPU, 64 tiny)"
+    )
     ap.add_argument("--cap-gib", type=float, default=24.0, help="memory cap of the large run")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     args = ap.parse_args(argv)
@@ -304,8 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     device, cuda = setup_device(args.device)
     iters = args.iters or (20 if cuda else 2)
     bench = Bench(device, args.out, args.budget_s, iters, warmup=3 if cuda else 1)
-    env = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
-           "tiny": args.tiny, "date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:]}  # fmt: skip
+    env = {
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "torch": torch.__version__,
+        "tiny": args.tiny,
+        "date": time.strftime("%Y-%m-%d"),
+        "argv": sys.argv[1:],
+    }
     bench.record({"name": "env", **env})
 
     lq_side = 32 if args.tiny else 128  # tiny: 32 -> 128 px (the tiny UNet attends at full latent res)
@@ -315,16 +400,31 @@ def main(argv: list[str] | None = None) -> int:
 
     backbone = build_backbone(args.tiny, device, lora_rank=8, lora_alpha=8)
     half = torch.bfloat16 if not cuda else torch.float16  # CPU: no fp16 convolutions worth timing
-    pipe = FiDeSRPipeline.for_inference(backbone, random_lrrb(device), LatentFrequencyInjection(), device=device,
-                                        dtype=half, min_lq_size=lq_side)  # fmt: skip
-    bench.record({"name": "model", "unet_params_M": round(sum(p.numel() for p in backbone.unet.parameters()) / 1e6, 1),
-                  "vae_params_M": round(sum(p.numel() for p in backbone.vae.parameters()) / 1e6, 1),
-                  "build_s": round(time.time() - bench.start, 1)})  # fmt: skip
+    pipe = FiDeSRPipeline.for_inference(
+        backbone,
+        random_lrrb(device),
+        LatentFrequencyInjection(),
+        device=device,
+        dtype=half,
+        min_lq_size=lq_side,
+    )
+    bench.record(
+        {
+            "name": "model",
+            "unet_params_M": round(sum(p.numel() for p in backbone.unet.parameters()) / 1e6, 1),
+            "vae_params_M": round(sum(p.numel() for p in backbone.vae.parameters()) / 1e6, 1),
+            "build_s": round(time.time() - bench.start, 1),
+        }
+    )
 
     half_name = "fp16" if half == torch.float16 else "bf16"
     with torch.no_grad():
         for b in batches if "baseline" in rows else ():
-            bench.row(f"diffusers {half_name} eager, OSEDiff-style baseline", lambda b=b: osediff_style(pipe, lqs[b]), b)
+            bench.row(
+                f"diffusers {half_name} eager, OSEDiff-style baseline",
+                lambda b=b: osediff_style(pipe, lqs[b]),
+                b,
+            )
         for dtype, name in ((half, half_name), (torch.bfloat16, "bf16")) if cuda else ((half, half_name),):
             set_dtype(pipe, dtype)
             for b in batches if "eager" in rows else ():
@@ -350,14 +450,20 @@ def main(argv: list[str] | None = None) -> int:
                 torch._dynamo.reset()
             pipe.compile(mode=mode)
             for b in batches:
-                bench.row(f"fidesr bf16 compiled ({mode})", lambda b=b: pipe(lqs[b]), b, needs_s=90 if cuda else 60)
+                bench.row(
+                    f"fidesr bf16 compiled ({mode})", lambda b=b: pipe(lqs[b]), b, needs_s=90 if cuda else 60
+                )
 
     print("\n| row | batch | ms/image | images/s | peak GiB (CPU: process RSS) | first call s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in bench.rows:
         if "batch" in r:
-            cells = [r.get("ms_per_image", r.get("skipped", r.get("error", ""))), r.get("images_per_s", ""),
-                     r.get("peak_gib", r.get("peak_rss_gib", "")), r.get("first_call_s", "")]  # fmt: skip
+            cells = [
+                r.get("ms_per_image", r.get("skipped", r.get("error", ""))),
+                r.get("images_per_s", ""),
+                r.get("peak_gib", r.get("peak_rss_gib", "")),
+                r.get("first_call_s", ""),
+            ]
             print(f"| {r['name']} | {r['batch']} | " + " | ".join(str(c) for c in cells) + " |")
     print(f"{env['device']}, torch {env['torch']}, {env['date']}; total {time.time() - bench.start:.0f} s")
     failed = [r for r in bench.rows if "error" in r]

@@ -86,21 +86,35 @@ def train_roofline(config: str, batch: int, size: int, machine: dict[str, float]
 def result(name: str, counter: Roofline, per: int, **info) -> dict:
     """A row: times in ms and TFLOP per ``per`` (1: the whole call; the batch: per image)."""
     total = sum(counter.seconds.values())
-    return {"name": name, **info, "machine": "H200 datasheet", "roofline_ms": round(1e3 * total / per, 2),
-            "flop_bound_ms": round(1e3 * counter.seconds["compute"] / per, 2),
-            "bandwidth_bound_ms": round(1e3 * counter.seconds["memory"] / per, 2),
-            "tflop": round(counter.flops / 1e12 / per, 3), "kernels": counter.ops,
-            "top_ops_ms": {k: round(v * 1e3 / per, 2) for k, v in counter.by_op.most_common(6)}}  # fmt: skip
+    return {
+        "name": name,
+        **info,
+        "machine": "H200 datasheet",
+        "roofline_ms": round(1e3 * total / per, 2),
+        "flop_bound_ms": round(1e3 * counter.seconds["compute"] / per, 2),
+        "bandwidth_bound_ms": round(1e3 * counter.seconds["memory"] / per, 2),
+        "tflop": round(counter.flops / 1e12 / per, 3),
+        "kernels": counter.ops,
+        "top_ops_ms": {k: round(v * 1e3 / per, 2) for k, v in counter.by_op.most_common(6)},
+    }
 
 
-def inference_roofline(batch: int, lq_size: int = 128, dtype: torch.dtype = torch.bfloat16,
-                       machine: dict[str, float] = H200) -> dict:  # fmt: skip
+def inference_roofline(
+    batch: int, lq_size: int = 128, dtype: torch.dtype = torch.bfloat16, machine: dict[str, float] = H200
+) -> dict:
     """Per image: ``inference.py``'s FiDeSR pipeline (LoRA merged, LRRB, LFIM, AdaIN), LQ ``lq_size`` -> x4."""
     meta = torch.device("meta")
     backbone = build_backbone(False, meta, lora_rank=8, lora_alpha=8)
     # The pipeline as inference.py builds it, on the meta device (shapes only), then made fake.
-    pipe = FiDeSRPipeline.for_inference(backbone, random_lrrb(meta), LatentFrequencyInjection(), device=meta,
-                                        dtype=dtype, offload_text_encoder=False, min_lq_size=lq_size)  # fmt: skip
+    pipe = FiDeSRPipeline.for_inference(
+        backbone,
+        random_lrrb(meta),
+        LatentFrequencyInjection(),
+        device=meta,
+        dtype=dtype,
+        offload_text_encoder=False,
+        min_lq_size=lq_size,
+    )
     with fake_gpu(), torch.no_grad():
         for module in (pipe.backbone, pipe.lrrb, pipe.lfim):
             materialize(module, torch.device("cpu"))

@@ -43,10 +43,16 @@ def estimate(config: str, batch: int, size: int) -> dict:
     est = estimate_training_step(module, functools.partial(training_batch, batch, size), cfg["autocast"])
     trained = sum(p.numel() for p in module.trainable_parameters())
     return {
-        "name": f"train memory {config}", "batch": batch, "size": size, "estimated_peak_gib": round(est.peak_gib, 3),
-        "peak_during": est.peak_during, "live_at_peak_gib": est.breakdown_gib(), "trained_params_M": round(trained / 1e6, 2),
-        "estimate_s": round(time.time() - t0, 1), **{k: str(v).removeprefix("torch.") for k, v in cfg.items()},
-    }  # fmt: skip
+        "name": f"train memory {config}",
+        "batch": batch,
+        "size": size,
+        "estimated_peak_gib": round(est.peak_gib, 3),
+        "peak_during": est.peak_during,
+        "live_at_peak_gib": est.breakdown_gib(),
+        "trained_params_M": round(trained / 1e6, 2),
+        "estimate_s": round(time.time() - t0, 1),
+        **{k: str(v).removeprefix("torch.") for k, v in cfg.items()},
+    }
 
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -108,8 +114,13 @@ def flops(config: str, batch: int, size: int) -> dict:
         counter = FlopCounterMode(display=False)
         with counter:
             step()
-    return {"name": f"train flops {config}", "batch": batch, "size": size,
-            "step_tflop": round(counter.get_total_flops() / 1e12, 3), "forward_tflop_per_image": parts}  # fmt: skip
+    return {
+        "name": f"train flops {config}",
+        "batch": batch,
+        "size": size,
+        "step_tflop": round(counter.get_total_flops() / 1e12, 3),
+        "forward_tflop_per_image": parts,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,15 +45,79 @@ from fidesr.components.perceptual import PerceptualLoss  # noqa: E402
 from fidesr.model import FiDeSRModule  # noqa: E402
 
 CONFIGS = {  # in run order: the paper's and the 24 GiB configuration first
-    "paper": dict(frozen=torch.float32, autocast=torch.float16, unet_ckpt=False, loss_chunk=None, channels_last=False, compile=(), cap_gib=None),
-    "24gib": dict(frozen=torch.float16, autocast=torch.float16, unet_ckpt=False, loss_chunk=1, channels_last=False, compile=(), cap_gib=24.0),
-    "16gib": dict(frozen=torch.float16, autocast=torch.float16, unet_ckpt=True, loss_chunk=1, channels_last=False, compile=(), cap_gib=16.0),
-    "paper_chunk1": dict(frozen=torch.float32, autocast=torch.float16, unet_ckpt=False, loss_chunk=1, channels_last=False, compile=(), cap_gib=None),
-    "bf16": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, unet_ckpt=False, loss_chunk=None, channels_last=False, compile=(), cap_gib=None),
-    "bf16_cl": dict(frozen=torch.bfloat16, autocast=torch.bfloat16, unet_ckpt=False, loss_chunk=None, channels_last=True, compile=(), cap_gib=None),
-    "paper_compiled": dict(frozen=torch.float32, autocast=torch.float16, unet_ckpt=False, loss_chunk=None, channels_last=False, compile=("vae_decoder", "lpips"), cap_gib=None),
-    "24gib_compiled": dict(frozen=torch.float16, autocast=torch.float16, unet_ckpt=False, loss_chunk=1, channels_last=False, compile=("vae_decoder", "lpips"), cap_gib=24.0),
-}  # fmt: skip
+    "paper": dict(
+        frozen=torch.float32,
+        autocast=torch.float16,
+        unet_ckpt=False,
+        loss_chunk=None,
+        channels_last=False,
+        compile=(),
+        cap_gib=None,
+    ),
+    "24gib": dict(
+        frozen=torch.float16,
+        autocast=torch.float16,
+        unet_ckpt=False,
+        loss_chunk=1,
+        channels_last=False,
+        compile=(),
+        cap_gib=24.0,
+    ),
+    "16gib": dict(
+        frozen=torch.float16,
+        autocast=torch.float16,
+        unet_ckpt=True,
+        loss_chunk=1,
+        channels_last=False,
+        compile=(),
+        cap_gib=16.0,
+    ),
+    "paper_chunk1": dict(
+        frozen=torch.float32,
+        autocast=torch.float16,
+        unet_ckpt=False,
+        loss_chunk=1,
+        channels_last=False,
+        compile=(),
+        cap_gib=None,
+    ),
+    "bf16": dict(
+        frozen=torch.bfloat16,
+        autocast=torch.bfloat16,
+        unet_ckpt=False,
+        loss_chunk=None,
+        channels_last=False,
+        compile=(),
+        cap_gib=None,
+    ),
+    "bf16_cl": dict(
+        frozen=torch.bfloat16,
+        autocast=torch.bfloat16,
+        unet_ckpt=False,
+        loss_chunk=None,
+        channels_last=True,
+        compile=(),
+        cap_gib=None,
+    ),
+    "paper_compiled": dict(
+        frozen=torch.float32,
+        autocast=torch.float16,
+        unet_ckpt=False,
+        loss_chunk=None,
+        channels_last=False,
+        compile=("vae_decoder", "lpips"),
+        cap_gib=None,
+    ),
+    "24gib_compiled": dict(
+        frozen=torch.float16,
+        autocast=torch.float16,
+        unet_ckpt=False,
+        loss_chunk=1,
+        channels_last=False,
+        compile=("vae_decoder", "lpips"),
+        cap_gib=24.0,
+    ),
+}
 
 
 def set_frozen_dtype(module: FiDeSRModule, dtype: torch.dtype) -> None:
@@ -72,7 +136,9 @@ def make_step(module: FiDeSRModule, batch: dict, autocast: torch.dtype, device: 
     AdamW)."""
     params = module.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    grad_scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16 and device.type == "cuda")
+    grad_scaler = torch.amp.GradScaler(
+        device.type, enabled=autocast == torch.float16 and device.type == "cuda"
+    )
 
     def step() -> torch.Tensor:
         with torch.autocast(device.type, dtype=autocast):
@@ -97,8 +163,11 @@ def build_module(tiny: bool, device: torch.device) -> FiDeSRModule:
         daw=DetailAwareWeighting(warmup_steps=0, ramp_steps=0),
         csd=ClassifierScoreDistillation(),
         perceptual=PerceptualLoss(net="vgg", backbone="random"),
-        lambda_mse=1.0, lambda_lpips=2.0, lambda_csd=1.0, null_text_ratio=0.5,
-    ).to(device)  # fmt: skip
+        lambda_mse=1.0,
+        lambda_lpips=2.0,
+        lambda_csd=1.0,
+        null_text_ratio=0.5,
+    ).to(device)
     module.train()
     return module
 
@@ -108,8 +177,12 @@ def make_batch(b: int, size: int, device: torch.device) -> dict:
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(b, 3, size, size, generator=g)
     lq = F.interpolate(F.interpolate(gt, scale_factor=0.25, mode="area"), scale_factor=4, mode="bicubic")
-    return {"gt": gt.to(device), "lq": lq.clamp(0, 1).to(device),
-            "prompt": ["a photo of a cat on a sofa, detailed fur"] * b, "name": [f"im{i}" for i in range(b)]}  # fmt: skip
+    return {
+        "gt": gt.to(device),
+        "lq": lq.clamp(0, 1).to(device),
+        "prompt": ["a photo of a cat on a sofa, detailed fur"] * b,
+        "name": [f"im{i}" for i in range(b)],
+    }
 
 
 def apply_config(module: FiDeSRModule, cfg: dict) -> None:
@@ -136,11 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny preset (CPU smoke run of the same code)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=None, help="append JSON rows to this file")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 5 GPU, 1 CPU)")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="timed steps per configuration (default 5 GPU, 1 CPU)"
+    )
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 8 GPU, 2 tiny)")
     ap.add_argument("--size", type=int, default=None, help="GT crop size (default 512 GPU, 64 tiny)")
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--budget-s", type=float, default=150.0, help="skip configurations that would run past this")
+    ap.add_argument(
+        "--budget-s", type=float, default=150.0, help="skip configurations that would run past this"
+    )
     args = ap.parse_args(argv)
 
     device, cuda = setup_device(args.device)
@@ -148,9 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size or (64 if args.tiny else 512)
     steps = args.steps or (5 if cuda else 1)
     bench = Bench(device, args.out, args.budget_s, steps, warmup=2 if cuda else 1)
-    bench.record({"name": "env", "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-                  "torch": torch.__version__, "tiny": args.tiny, "date": time.strftime("%Y-%m-%d"),
-                  "batch": b, "size": size, "argv": sys.argv[1:]})  # fmt: skip
+    bench.record(
+        {
+            "name": "env",
+            "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+            "torch": torch.__version__,
+            "tiny": args.tiny,
+            "date": time.strftime("%Y-%m-%d"),
+            "batch": b,
+            "size": size,
+            "argv": sys.argv[1:],
+        }
+    )
 
     module = build_module(args.tiny, device)
     batch = make_batch(b, size, device)
@@ -163,15 +249,24 @@ def main(argv: list[str] | None = None) -> int:
         cap = cfg["cap_gib"]
         cap_memory(device, cap)
         step = make_step(module, batch, cfg["autocast"] if cuda else autocast_cpu, device)
-        row = bench.row(f"train step {name}", step, b, needs_s=150 if cfg["compile"] else 15,
-                        frozen=str(cfg["frozen"]).removeprefix("torch."),
-                        autocast=str(cfg["autocast"] if cuda else autocast_cpu).removeprefix("torch."),
-                        unet_ckpt=cfg["unet_ckpt"], loss_chunk=cfg["loss_chunk"], compile=list(cfg["compile"]),
-                        channels_last=cfg["channels_last"],
-                        cap_gib=cap if cuda else None)  # fmt: skip
+        row = bench.row(
+            f"train step {name}",
+            step,
+            b,
+            needs_s=150 if cfg["compile"] else 15,
+            frozen=str(cfg["frozen"]).removeprefix("torch."),
+            autocast=str(cfg["autocast"] if cuda else autocast_cpu).removeprefix("torch."),
+            unet_ckpt=cfg["unet_ckpt"],
+            loss_chunk=cfg["loss_chunk"],
+            compile=list(cfg["compile"]),
+            channels_last=cfg["channels_last"],
+            cap_gib=cap if cuda else None,
+        )
         if row and "s_per_call" in row:
-            print(f"  -> {name}: {row['s_per_call']} s/step, peak {row.get('peak_gib', row.get('peak_rss_gib'))} GiB",
-                  flush=True)  # fmt: skip
+            print(
+                f"  -> {name}: {row['s_per_call']} s/step, peak {row.get('peak_gib', row.get('peak_rss_gib'))} GiB",
+                flush=True,
+            )
     cap_memory(device, None)
 
     print("\n| configuration | batch x px | s/step | peak GiB (CPU: process RSS) |")
@@ -179,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in bench.rows:
         if r.get("name", "").startswith("train step"):
             value = r.get("s_per_call", r.get("skipped", r.get("error", "")))
-            print(f"| {r['name'][11:]} | {b} x {size} | {value} | {r.get('peak_gib', r.get('peak_rss_gib', ''))} |")
+            print(
+                f"| {r['name'][11:]} | {b} x {size} | {value} | {r.get('peak_gib', r.get('peak_rss_gib', ''))} |"
+            )
     return 1 if any("error" in r for r in bench.rows) else 0
 
 

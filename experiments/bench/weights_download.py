@@ -30,9 +30,14 @@ from fidesr.metrics.weights_install import niqe_mat_from_npz  # noqa: E402
 
 # Sizes of the published files in bytes (rounded), what a real `download --all` transfers.
 SIZES = {
-    "alexnet-imagenet": 244_408_911, "vgg16-imagenet": 553_433_881, "lpips-alex-v0.1": 6_009,
-    "dists-alpha-beta": 9_727, "musiq-koniq": 109_000_000, "maniqa-pipal": 541_000_000,
-    "clip-rn50": 256_000_000, "fid-inception": 95_628_359,
+    "alexnet-imagenet": 244_408_911,
+    "vgg16-imagenet": 553_433_881,
+    "lpips-alex-v0.1": 6_009,
+    "dists-alpha-beta": 9_727,
+    "musiq-koniq": 109_000_000,
+    "maniqa-pipal": 541_000_000,
+    "clip-rn50": 256_000_000,
+    "fid-inception": 95_628_359,
 }
 NIQE_NPZ = REPO.parent / "shared" / "weights" / "niqe_pris_params.npz"
 
@@ -61,7 +66,9 @@ def main_bench() -> None:
             rc = main(["--weights-dir", str(wd), "download", "--all"])
             times.append(time.perf_counter() - start)
             assert rc == 0, "download --all failed"
-            print(f"run {i + 1}: {times[-1]:.2f} s for {len(SIZES) + 1} files, {total / 1e6:.0f} MB", flush=True)
+            print(
+                f"run {i + 1}: {times[-1]:.2f} s for {len(SIZES) + 1} files, {total / 1e6:.0f} MB", flush=True
+            )
         print(f"median of {args.runs}: {statistics.median(times):.2f} s")
 
 

@@ -71,8 +71,14 @@ def analyze(pipe, pairs: list[tuple[Path, Path]], meter: HFErrorMeter, seed: int
         args = (meter.cutoff, meter.order, meter.grid)
         before = float(high_frequency_error(out.residual.float(), ideal, *args)[0])
         after = float(high_frequency_error(out.refined_residual.float(), ideal, *args)[0])
-        rows.append({"name": lq_path.stem, "hf_error_before": before, "hf_error_after": after,
-                     "reduction_pct": 100.0 * (before - after) / before if before > 0 else 0.0})  # fmt: skip
+        rows.append(
+            {
+                "name": lq_path.stem,
+                "hf_error_before": before,
+                "hf_error_after": after,
+                "reduction_pct": 100.0 * (before - after) / before if before > 0 else 0.0,
+            }
+        )
     if resized:
         print(
             f"note: {resized} GT image(s) resized to the model's working size (GT not scale x LQ)",
@@ -94,14 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     from fidesr.pipeline import load_pipeline
 
     # No LFIM: the analysis is about the residual, before any frequency editing.
-    pipe = load_pipeline(args.checkpoint, official=args.official, pretrained=args.pretrained,
-                         device=None if args.device == "auto" else args.device, dtype=args.dtype)  # fmt: skip
+    pipe = load_pipeline(
+        args.checkpoint,
+        official=args.official,
+        pretrained=args.pretrained,
+        device=None if args.device == "auto" else args.device,
+        dtype=args.dtype,
+    )
     if pipe.lrrb is None:
         print("error: this model has no LRRB (lrrb: null): nothing to analyse", file=sys.stderr)
         return 2
     if pipe.backbone.prediction != "residual":
-        print(f"warning: prediction={pipe.backbone.prediction!r}: the LRRB refines an x0-type output, the "
-              "'ideal residual' z_L - z_H is the FiDeSR (residual) reading", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: prediction={pipe.backbone.prediction!r}: the LRRB refines an x0-type output, the "
+            "'ideal residual' z_L - z_H is the FiDeSR (residual) reading",
+            file=sys.stderr,
+        )
     pairs = match_pairs(list_images(args.lq), list_images(args.gt))[: args.limit]
     meter = HFErrorMeter(cutoff=args.cutoff, order=args.order, grid=args.grid)
     rows = analyze(pipe, pairs, meter, args.seed)
@@ -113,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["name", "hf_error_before", "hf_error_after", "reduction_pct"]
     write_csv(out / "lrrb_hf.csv", [*rows, {"name": "ALL (ratio of means)", **total}], cols)
     md = [
-        f"# LRRB high-frequency error: `{source.name}`", "",
+        f"# LRRB high-frequency error: `{source.name}`",
+        "",
         f"- pairs: {len(rows)} from `{args.lq}` / `{args.gt}`; high-pass cut-off {args.cutoff}, order "
         f"{args.order}, {args.grid} grid; VAE samples seeded with {args.seed}",
         "- HF error = mean over channels and pixels of HP(r - (z_L - z_H))^2; reduction = 100 (before - after) / before",
@@ -126,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Per image: `{out / 'lrrb_hf.csv'}` (median reduction "
         f"{_pct(sorted(r['reduction_pct'] for r in rows)[len(rows) // 2])} %).",
         "",
-    ]  # fmt: skip
+    ]
     (out / "lrrb_hf.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0

@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     for source in args.sources:
         for path in read_file_list(source):
             if path.stem in owner:
-                print(f"error: two images with the stem {path.stem!r}: {owner[path.stem]} and {path}; "
-                      "FilePrompts looks tags up by stem, so use separate tag files", file=sys.stderr)  # fmt: skip
+                print(
+                    f"error: two images with the stem {path.stem!r}: {owner[path.stem]} and {path}; "
+                    "FilePrompts looks tags up by stem, so use separate tag files",
+                    file=sys.stderr,
+                )
                 return 2
             owner[path.stem] = path
             if path.stem not in tags:

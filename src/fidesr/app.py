@@ -140,7 +140,9 @@ def upscale_request(
     generator = torch.Generator(device=pipe.device).manual_seed(seed)
     start = time.perf_counter()
     strengths = {"lambda_pix": lambda_pix, "lambda_sem": lambda_sem} if pipe.backbone.lora_sets else {}
-    out = pipe(lq[None], lf_scale=lf_scale, hf_scale=hf_scale, color_fix=color_fix, generator=generator, **strengths)
+    out = pipe(
+        lq[None], lf_scale=lf_scale, hf_scale=hf_scale, color_fix=color_fix, generator=generator, **strengths
+    )
     sr, bicubic = out.sr[0].cpu(), out.lq_up[0].cpu()  # .cpu() waits for the device: the time is complete
     seconds = time.perf_counter() - start
     tag = "nolfim"
@@ -203,29 +205,45 @@ def build_app(
     no_lfim = "" if has_lfim else " (this model has no LFIM)"
     two_sets = bool(pipe.backbone.lora_sets)  # PiSA-SR: the pixel and semantic sets get their own strengths
 
-    def run(path: str | None, lf: float, hf: float, lp: float, ls: float, color_fix: str,
-            required: bool) -> tuple[Any, ...]:  # fmt: skip
+    def run(
+        path: str | None, lf: float, hf: float, lp: float, ls: float, color_fix: str, required: bool
+    ) -> tuple[Any, ...]:
         if not path:
             if required:
                 raise gr.Error("Upload an image first (or pick an example).", print_exception=False)
             return gr.skip(), gr.skip(), gr.skip()
         try:
             image = read_upload(path, limits)
-            res = upscale_request(pipe, image, lf if has_lfim else None, hf if has_lfim else None, color_fix,
-                                  out_dir, name=Path(path).stem, seed=seed, lambda_pix=lp if two_sets else None,
-                                  lambda_sem=ls if two_sets else None)  # fmt: skip
+            res = upscale_request(
+                pipe,
+                image,
+                lf if has_lfim else None,
+                hf if has_lfim else None,
+                color_fix,
+                out_dir,
+                name=Path(path).stem,
+                seed=seed,
+                lambda_pix=lp if two_sets else None,
+                lambda_sem=ls if two_sets else None,
+            )
         except AppInputError as err:
             log.warning("fidesr-app: rejected upload: %s", err)
             raise gr.Error(str(err), title="Cannot use this image", print_exception=False) from None
         except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory: the server goes on
             log.error("fidesr-app: the model failed: %s: %s", type(err).__name__, err)
-            raise gr.Error(f"The model failed on this image ({type(err).__name__}: {err}). A smaller image may work.",
-                           title="Processing failed", print_exception=False) from None  # fmt: skip
+            raise gr.Error(
+                f"The model failed on this image ({type(err).__name__}: {err}). A smaller image may work.",
+                title="Processing failed",
+                print_exception=False,
+            ) from None
         h, w = image.shape[-2:]
         settings = (f"lf {lf:.2f}, hf {hf:.2f}, " if has_lfim else "") + (
-            f"lambda_pix {lp:.2f}, lambda_sem {ls:.2f}, " if two_sets else "")
-        timing = (f"**{res.seconds:.2f} s** for {w} x {h} px -> {res.sr.shape[1]} x {res.sr.shape[0]} px "
-                  f"({settings}colour fix {color_fix}; {_describe(pipe)})")  # fmt: skip
+            f"lambda_pix {lp:.2f}, lambda_sem {ls:.2f}, " if two_sets else ""
+        )
+        timing = (
+            f"**{res.seconds:.2f} s** for {w} x {h} px -> {res.sr.shape[1]} x {res.sr.shape[0]} px "
+            f"({settings}colour fix {color_fix}; {_describe(pipe)})"
+        )
         log.info("fidesr-app: %s", timing.replace("**", ""))
         # The SR is shown from its PNG (no second encoding); the bicubic baseline as a lossless array.
         return (res.bicubic, str(res.png)), timing, gr.DownloadButton(value=str(res.png), interactive=True)
@@ -240,16 +258,45 @@ def build_app(
         )
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="Low-quality image", file_types=["image"], type="filepath",
-                                 elem_id="fidesr-upload")  # fmt: skip
-                lf = gr.Slider(0.0, STRENGTH_MAX, value=lf0, step=0.05, interactive=has_lfim, elem_id="fidesr-lf",
-                               label="LFIM low-frequency strength" + no_lfim)  # fmt: skip
-                hf = gr.Slider(0.0, STRENGTH_MAX, value=hf0, step=0.05, interactive=has_lfim, elem_id="fidesr-hf",
-                               label="LFIM high-frequency strength" + no_lfim)  # fmt: skip
-                lp = gr.Slider(0.0, 2.0, value=1.0, step=0.05, visible=two_sets, elem_id="fidesr-lambda-pix",
-                               label="PiSA-SR pixel-level set strength (lambda_pix)")  # fmt: skip
-                ls = gr.Slider(0.0, 2.0, value=1.0, step=0.05, visible=two_sets, elem_id="fidesr-lambda-sem",
-                               label="PiSA-SR semantic-level set strength (lambda_sem)")  # fmt: skip
+                upload = gr.File(
+                    label="Low-quality image", file_types=["image"], type="filepath", elem_id="fidesr-upload"
+                )
+                lf = gr.Slider(
+                    0.0,
+                    STRENGTH_MAX,
+                    value=lf0,
+                    step=0.05,
+                    interactive=has_lfim,
+                    elem_id="fidesr-lf",
+                    label="LFIM low-frequency strength" + no_lfim,
+                )
+                hf = gr.Slider(
+                    0.0,
+                    STRENGTH_MAX,
+                    value=hf0,
+                    step=0.05,
+                    interactive=has_lfim,
+                    elem_id="fidesr-hf",
+                    label="LFIM high-frequency strength" + no_lfim,
+                )
+                lp = gr.Slider(
+                    0.0,
+                    2.0,
+                    value=1.0,
+                    step=0.05,
+                    visible=two_sets,
+                    elem_id="fidesr-lambda-pix",
+                    label="PiSA-SR pixel-level set strength (lambda_pix)",
+                )
+                ls = gr.Slider(
+                    0.0,
+                    2.0,
+                    value=1.0,
+                    step=0.05,
+                    visible=two_sets,
+                    elem_id="fidesr-lambda-sem",
+                    label="PiSA-SR semantic-level set strength (lambda_sem)",
+                )
                 color = gr.Radio(
                     list(COLOR_FIXES), value=pipe.color_fix, label="Colour fix", elem_id="fidesr-color"
                 )
@@ -257,35 +304,59 @@ def build_app(
                 if examples:
                     gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Examples")
             with gr.Column(scale=2):
-                compare = gr.ImageSlider(label="bicubic | FiDeSR", format="png", interactive=False,
-                                         elem_id="fidesr-compare")  # fmt: skip
+                compare = gr.ImageSlider(
+                    label="bicubic | FiDeSR", format="png", interactive=False, elem_id="fidesr-compare"
+                )
                 timing = gr.Markdown(elem_id="fidesr-time")
-                download = gr.DownloadButton("Download the full-resolution PNG", interactive=False,
-                                             elem_id="fidesr-download")  # fmt: skip
+                download = gr.DownloadButton(
+                    "Download the full-resolution PNG", interactive=False, elem_id="fidesr-download"
+                )
         inputs, outputs = [upload, lf, hf, lp, ls, color], [compare, timing, download]
         # One model, one request at a time (queue); a burst of slider moves runs only the last one.
         button.click(
             lambda *a: run(*a, required=True), inputs, outputs, concurrency_limit=1, concurrency_id="model"
         )
-        gr.on([lf.release, hf.release, lp.release, ls.release, color.input], lambda *a: run(*a, required=False), inputs, outputs,
-              concurrency_limit=1, concurrency_id="model", trigger_mode="always_last")  # fmt: skip
+        gr.on(
+            [lf.release, hf.release, lp.release, ls.release, color.input],
+            lambda *a: run(*a, required=False),
+            inputs,
+            outputs,
+            concurrency_limit=1,
+            concurrency_id="model",
+            trigger_mode="always_last",
+        )
         # A new image: the previous result no longer belongs to it.
         upload.change(lambda: (None, "", gr.DownloadButton(value=None, interactive=False)), None, outputs)
     return demo
 
 
-def launch_app(demo: gr.Blocks, work_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860,
-               block: bool = True) -> str:  # fmt: skip
+def launch_app(
+    demo: gr.Blocks,
+    work_dir: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    block: bool = True,
+) -> str:
     """Serve the page on ``host:port`` (no share link, no analytics, no server-side rendering, no MCP);
     returns the local URL (after Ctrl-C when ``block``)."""
     import gradio as gr
 
     # System fonts only: a theme with web fonts would fetch them at run time (the page must work offline).
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                              font_mono=["ui-monospace", "Consolas", "monospace"])  # fmt: skip
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "Consolas", "monospace"]
+    )
     _, url, _ = demo.queue(default_concurrency_limit=1).launch(
-        server_name=host, server_port=port, share=False, inbrowser=False, show_error=False, quiet=False,
-        prevent_thread_lock=not block, allowed_paths=[str(Path(work_dir).resolve())], ssr_mode=False,
-        mcp_server=False, theme=theme, footer_links=[],
-    )  # fmt: skip
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        show_error=False,
+        quiet=False,
+        prevent_thread_lock=not block,
+        allowed_paths=[str(Path(work_dir).resolve())],
+        ssr_mode=False,
+        mcp_server=False,
+        theme=theme,
+        footer_links=[],
+    )
     return url

@@ -41,4 +41,6 @@ def one_step(
     else:
         residual = backbone.mixed_residual(z_lq, prompt_embeds, *lora_strengths)
     refined = residual if lrrb is None else residual + lrrb(z_lq, residual).to(residual.dtype)
-    return OneStepOutput(z_lq=z_lq, residual=residual, refined_residual=refined, z_sr=backbone.sr_latent(z_lq, refined))
+    return OneStepOutput(
+        z_lq=z_lq, residual=residual, refined_residual=refined, z_sr=backbone.sr_latent(z_lq, refined)
+    )

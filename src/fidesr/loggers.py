@@ -48,12 +48,22 @@ def make_wandb_logger(
     if offline is None:
         offline = not wandb_online_possible()
     if offline:
-        log.info("W&B offline (no credentials or no network): runs go to %s/wandb; upload with `wandb sync`", save_dir)
+        log.info(
+            "W&B offline (no credentials or no network): runs go to %s/wandb; upload with `wandb sync`",
+            save_dir,
+        )
     os.makedirs(save_dir, exist_ok=True)
     return WandbLogger(
-        project=project, entity=entity, group=group, name=name, save_dir=save_dir, offline=offline,
-        tags=list(tags), log_model=log_model, job_type=job_type,
-    )  # fmt: skip
+        project=project,
+        entity=entity,
+        group=group,
+        name=name,
+        save_dir=save_dir,
+        offline=offline,
+        tags=list(tags),
+        log_model=log_model,
+        job_type=job_type,
+    )
 
 
 def finish_wandb(exit_code: int = 0) -> None:

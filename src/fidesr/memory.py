@@ -42,6 +42,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 GiB = 2**30
 BLOCK = 512  # the CUDA caching allocator rounds every allocation up to 512 B
 
+
 def _round(nbytes: int) -> int:
     return -(-nbytes // BLOCK) * BLOCK
 
@@ -126,7 +127,9 @@ def fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
     if torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")
         query, key, value = (x.to(dtype) for x in (query, key, value))
-        attn_mask = attn_mask.to(dtype) if attn_mask is not None and attn_mask.is_floating_point() else attn_mask
+        attn_mask = (
+            attn_mask.to(dtype) if attn_mask is not None and attn_mask.is_floating_point() else attn_mask
+        )
     need_lse = query.requires_grad or key.requires_grad or value.requires_grad
     return torch.ops.aten._scaled_dot_product_efficient_attention(
         query, key, value, attn_mask, need_lse, dropout_p, is_causal, scale=scale
@@ -138,17 +141,76 @@ def fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
 # fake *CPU* tensors (the autograd engine wants a CUDA driver for CUDA tensors, even fake ones) under CPU
 # autocast with these kernels added, so that every saved activation gets the dtype it has on a GPU.
 # tests/test_memory.py checks the resulting forward trace against fake-CUDA autocast.
-FP32 = ("acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log1p", "log2", "reciprocal", "rsqrt",
-        "sinh", "tan", "pow.Scalar", "pow.Tensor_Scalar", "pow.Tensor_Tensor", "softplus", "layer_norm",
-        "native_layer_norm", "group_norm", "rms_norm", "frobenius_norm.dim", "nuclear_norm", "nuclear_norm.dim",
-        "cosine_similarity", "dist", "pdist", "renorm", "logsumexp", "norm.Scalar", "norm.ScalarOpt_dim",
-        "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
-        "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "upsample_linear1d", "upsample_bilinear2d",
-        "_upsample_bilinear2d_aa", "upsample_trilinear3d", "upsample_bicubic2d", "_upsample_bicubic2d_aa")  # fmt: skip
-FP32_UNLESS_DTYPE = ("softmax.int", "log_softmax.int", "cumprod", "cumsum", "linalg_vector_norm", "linalg_matrix_norm",
-                     "linalg_matrix_norm.str_ord", "sum", "sum.dim_IntList")  # fmt: skip
+FP32 = (
+    "acos",
+    "asin",
+    "cosh",
+    "erfinv",
+    "exp",
+    "expm1",
+    "log",
+    "log10",
+    "log1p",
+    "log2",
+    "reciprocal",
+    "rsqrt",
+    "sinh",
+    "tan",
+    "pow.Scalar",
+    "pow.Tensor_Scalar",
+    "pow.Tensor_Tensor",
+    "softplus",
+    "layer_norm",
+    "native_layer_norm",
+    "group_norm",
+    "rms_norm",
+    "frobenius_norm.dim",
+    "nuclear_norm",
+    "nuclear_norm.dim",
+    "cosine_similarity",
+    "dist",
+    "pdist",
+    "renorm",
+    "logsumexp",
+    "norm.Scalar",
+    "norm.ScalarOpt_dim",
+    "upsample_nearest1d",
+    "upsample_nearest2d",
+    "upsample_nearest3d",
+    "_upsample_nearest_exact1d",
+    "_upsample_nearest_exact2d",
+    "_upsample_nearest_exact3d",
+    "upsample_linear1d",
+    "upsample_bilinear2d",
+    "_upsample_bilinear2d_aa",
+    "upsample_trilinear3d",
+    "upsample_bicubic2d",
+    "_upsample_bicubic2d_aa",
+)
+FP32_UNLESS_DTYPE = (
+    "softmax.int",
+    "log_softmax.int",
+    "cumprod",
+    "cumsum",
+    "linalg_vector_norm",
+    "linalg_matrix_norm",
+    "linalg_matrix_norm.str_ord",
+    "sum",
+    "sum.dim_IntList",
+)
 LOWER = ("convolution", "_convolution", "addmv", "addr", "chain_matmul", "einsum", "linalg_multi_dot", "mv")
-PROMOTE = ("addcdiv", "addcmul", "atan2", "bilinear", "cross", "dot", "vdot", "index_put", "scatter_add", "tensordot")
+PROMOTE = (
+    "addcdiv",
+    "addcmul",
+    "atan2",
+    "bilinear",
+    "cross",
+    "dot",
+    "vdot",
+    "index_put",
+    "scatter_add",
+    "tensordot",
+)
 HALF = (torch.float16, torch.bfloat16)
 
 
@@ -158,16 +220,27 @@ def _autocast_kernel(op, policy: str):
         return tree_map(fn, args), tree_map(fn, kwargs)
 
     def kernel(*args, **kwargs):
-        floats = [x for x in tree_flatten((args, kwargs))[0] if isinstance(x, torch.Tensor) and x.is_floating_point()]
+        floats = [
+            x
+            for x in tree_flatten((args, kwargs))[0]
+            if isinstance(x, torch.Tensor) and x.is_floating_point()
+        ]
         with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)):
             if policy == "fp32":
                 args, kwargs = cast_all(args, kwargs, torch.float32)
-            elif policy == "fp32_unless_dtype" and floats and floats[0].dtype in HALF and kwargs.get("dtype") is None:
+            elif (
+                policy == "fp32_unless_dtype"
+                and floats
+                and floats[0].dtype in HALF
+                and kwargs.get("dtype") is None
+            ):
                 kwargs = {**kwargs, "dtype": torch.float32}
             elif policy == "lower":
                 args, kwargs = cast_all(args, kwargs, torch.get_autocast_dtype("cpu"))
             elif policy == "promote" and floats:
-                args, kwargs = cast_all(args, kwargs, functools.reduce(torch.promote_types, (x.dtype for x in floats)))
+                args, kwargs = cast_all(
+                    args, kwargs, functools.reduce(torch.promote_types, (x.dtype for x in floats))
+                )
             return op(*args, **kwargs)
 
     return kernel
@@ -178,8 +251,12 @@ def cuda_autocast_policy() -> Iterator[None]:
     """CPU autocast behaves as CUDA autocast while inside (Python kernels on the AutocastCPU key)."""
     lib = torch.library.Library("aten", "IMPL")
     try:
-        for names, policy in ((FP32, "fp32"), (FP32_UNLESS_DTYPE, "fp32_unless_dtype"), (LOWER, "lower"),
-                              (PROMOTE, "promote")):  # fmt: skip
+        for names, policy in (
+            (FP32, "fp32"),
+            (FP32_UNLESS_DTYPE, "fp32_unless_dtype"),
+            (LOWER, "lower"),
+            (PROMOTE, "promote"),
+        ):
             for name in names:
                 base, _, overload = name.partition(".")
                 op = getattr(getattr(torch.ops.aten, base), overload or "default")
@@ -218,15 +295,24 @@ def materialize(module: nn.Module, device: torch.device) -> None:
     for m in module.modules():
         for name, p in m._parameters.items():
             if p is not None:
-                m._parameters[name] = nn.Parameter(torch.empty_like(p, device=device), requires_grad=p.requires_grad)
+                m._parameters[name] = nn.Parameter(
+                    torch.empty_like(p, device=device), requires_grad=p.requires_grad
+                )
         for name, b in m._buffers.items():
             if b is not None:
                 m._buffers[name] = torch.empty_like(b, device=device)
 
 
 #: FiDeSRModule parts whose forward allocations are labelled separately (qualified name -> label).
-PARTS = {"backbone.vae.encoder": "vae encoder", "backbone.vae.decoder": "vae decoder", "backbone.unet": "unet",
-         "lrrb": "lrrb", "perceptual": "lpips", "csd": "csd teacher", "backbone.text_encoder": "text encoder"}  # fmt: skip
+PARTS = {
+    "backbone.vae.encoder": "vae encoder",
+    "backbone.vae.decoder": "vae decoder",
+    "backbone.unet": "unet",
+    "lrrb": "lrrb",
+    "perceptual": "lpips",
+    "csd": "csd teacher",
+    "backbone.text_encoder": "text encoder",
+}
 
 
 @dataclass
@@ -250,8 +336,12 @@ class MemoryEstimate:
 def training_batch(batch_size: int, crop_size: int, device: torch.device) -> dict:
     """A training batch of the contract's shapes (docs/ARCHITECTURE.md): GT and upsampled LQ, tags."""
     gt = torch.empty(batch_size, 3, crop_size, crop_size, device=device)
-    return {"gt": gt, "lq": torch.empty_like(gt), "prompt": ["a photo, detailed"] * batch_size,
-            "name": [f"im{i}" for i in range(batch_size)]}  # fmt: skip
+    return {
+        "gt": gt,
+        "lq": torch.empty_like(gt),
+        "prompt": ["a photo, detailed"] * batch_size,
+        "name": [f"im{i}" for i in range(batch_size)],
+    }
 
 
 def estimate_training_step(
@@ -287,7 +377,9 @@ def estimate_training_step(
                 if i == 1:
                     tracker.reset_peak()
                 tracker.where = "forward"
-                with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                with torch.autocast(
+                    device.type, dtype=autocast or torch.float32, enabled=autocast is not None
+                ):
                     loss = module.training_step(data, 0)
                 tracker.where = "backward"
                 loss.backward()
@@ -297,4 +389,6 @@ def estimate_training_step(
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 del loss
-    return MemoryEstimate(tracker.peak, {k: v for k, v in tracker.peak_by_label.items() if v}, tracker.peak_where)
+    return MemoryEstimate(
+        tracker.peak, {k: v for k, v in tracker.peak_by_label.items() if v}, tracker.peak_where
+    )

@@ -91,18 +91,24 @@ class FiDeSRModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if vsd is not None and csd is not None:
-            raise ValueError("model.csd and model.vsd are both on: choose one distillation term (csd=off or vsd=off)")
+            raise ValueError(
+                "model.csd and model.vsd are both on: choose one distillation term (csd=off or vsd=off)"
+            )
         if (pix_steps is not None) != (backbone.lora_sets == LORA_SETS):
             raise ValueError(
                 "PiSA-SR's two-stage schedule needs both: model.pix_steps and backbone.lora_sets=[pix, sem] "
                 f"(got pix_steps={pix_steps}, lora_sets={list(backbone.lora_sets)})"
             )
         if pix_steps is not None and (pix_steps < 0 or daw is not None):
-            raise ValueError("model.pix_steps must be >= 0 and needs daw=off (the pixel stage has no LPIPS map)")
+            raise ValueError(
+                "model.pix_steps must be >= 0 and needs daw=off (the pixel stage has no LPIPS map)"
+            )
         self.vsd, self.lambda_vsd, self.pix_steps = vsd, lambda_vsd, pix_steps
         if vsd is not None:
             backbone.add_fake_score_adapter(
-                int(vsd.fake_rank or backbone.lora_rank), float(vsd.fake_alpha or backbone.lora_alpha), vsd.fake_modules
+                int(vsd.fake_rank or backbone.lora_rank),
+                float(vsd.fake_alpha or backbone.lora_alpha),
+                vsd.fake_modules,
             )
         self._fake_optimizer: torch.optim.Optimizer | None = None
         self._fake_scaler: torch.amp.GradScaler | None = None
@@ -118,7 +124,9 @@ class FiDeSRModule(L.LightningModule):
         self.lambda_mse, self.lambda_lpips, self.lambda_csd = lambda_mse, lambda_lpips, lambda_csd
         self.null_text_ratio, self.seed = null_text_ratio, seed
         if loss_chunk is not None and loss_chunk < 1:
-            raise ValueError(f"model.loss_chunk must be a positive number of images or null, got {loss_chunk}")
+            raise ValueError(
+                f"model.loss_chunk must be a positive number of images or null, got {loss_chunk}"
+            )
         self.loss_chunk = loss_chunk
         self.compile_parts = tuple(compile_parts)
         parts = self._compilable_parts()
@@ -176,14 +184,16 @@ class FiDeSRModule(L.LightningModule):
         return batch
 
     # ------------------------------------------------------------------ forward
-    def forward(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor, OneStepOutput]:  # fmt: skip
+    def forward(
+        self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, OneStepOutput]:
         """Training forward: upsampled LQ [B,3,H,W] in [-1,1] -> (SR [B,3,H,W] in [-1,1], latents)."""
         out = self.sr_latent(lq_up, prompts, generator)
         return self.backbone.decode(out.z_sr), out
 
-    def sr_latent(self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
-                   ) -> OneStepOutput:  # fmt: skip
+    def sr_latent(
+        self, lq_up: torch.Tensor, prompts: list[str], generator: torch.Generator | None = None
+    ) -> OneStepOutput:
         """Encode (no grad, unless the VAE encoder has OSEDiff's LoRA), UNet + LRRB: the SR latent ``z_sr``
         [B,C,H/8,W/8] with its graph."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.backbone.vae_lora_modules)):
@@ -192,7 +202,9 @@ class FiDeSRModule(L.LightningModule):
             embeds = self.backbone.encode_prompt(prompts)
         return one_step(self.backbone, self.lrrb, z_lq.float(), embeds.float())
 
-    def pixel_losses(self, z_sr: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    def pixel_losses(
+        self, z_sr: torch.Tensor, gt: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
         """Decode ``z_sr`` and score it against ``gt`` [n,3,H,W] in [-1,1]: the weighted MSE + LPIPS term
         (a scalar mean over these n images), the DAW weights [n,1,H,W] (None while DAW is off) and the
         detached loss parts. Every term is a per-image mean, so chunks of a batch combine exactly."""
@@ -209,8 +221,9 @@ class FiDeSRModule(L.LightningModule):
             parts[f"loss/{self.perceptual.name}"] = loss_lpips.detach()
         return loss, weights, parts
 
-    def chunked_pixel_losses(self, z_sr: torch.Tensor, gt: torch.Tensor, chunk: int
-                             ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:  # fmt: skip
+    def chunked_pixel_losses(
+        self, z_sr: torch.Tensor, gt: torch.Tensor, chunk: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
         """:meth:`pixel_losses` ``chunk`` images at a time, each chunk's backward run at once down to the
         latent, so that only one chunk's decoder and LPIPS activations are ever alive (the memory peak of
         a training step at 512 px). The returned loss has the full-batch value and, through ``z_sr``, the
@@ -221,8 +234,8 @@ class FiDeSRModule(L.LightningModule):
         grads, weights, total = [], [], torch.zeros((), device=z_sr.device)
         parts: dict[str, torch.Tensor] = {}
         for start in range(0, b, chunk):
-            z_c = z_sr[start:start + chunk].detach().requires_grad_()
-            loss_c, w_c, parts_c = self.pixel_losses(z_c, gt[start:start + chunk])
+            z_c = z_sr[start : start + chunk].detach().requires_grad_()
+            loss_c, w_c, parts_c = self.pixel_losses(z_c, gt[start : start + chunk])
             share = z_c.shape[0] / b  # per-chunk means -> the batch mean
             # fp16 training: scale like the GradScaler does, or the small per-pixel gradients underflow.
             # The backward runs outside autocast, as the final one does.
@@ -267,18 +280,28 @@ class FiDeSRModule(L.LightningModule):
             neg = self.backbone.encode_prompt([self.csd.negative_prompt] * len(tags))
             w_lat = None if weights is None else resize_weights(weights, out.z_sr.shape[-2:])
             loss_csd = self.csd(
-                out.z_sr.float(), self.backbone.teacher_eps, pos, neg, self.backbone.alphas_cumprod,
-                weight_map=w_lat, generator=g_dev,
-            )  # fmt: skip
+                out.z_sr.float(),
+                self.backbone.teacher_eps,
+                pos,
+                neg,
+                self.backbone.alphas_cumprod,
+                weight_map=w_lat,
+                generator=g_dev,
+            )
             loss = loss + self.lambda_csd * loss_csd
             logs["loss/csd"] = loss_csd.detach()
         if self.vsd is not None:
             pos = self.backbone.encode_prompt(tags)
             neg = self.backbone.encode_prompt([self.vsd.negative_prompt] * len(tags))
             loss_vsd = self.vsd(
-                out.z_sr.float(), self.backbone.teacher_eps, self.backbone.fake_eps, pos, neg,
-                self.backbone.alphas_cumprod, generator=g_dev,
-            )  # fmt: skip
+                out.z_sr.float(),
+                self.backbone.teacher_eps,
+                self.backbone.fake_eps,
+                pos,
+                neg,
+                self.backbone.alphas_cumprod,
+                generator=g_dev,
+            )
             loss = loss + self.lambda_vsd * loss_vsd
             logs["loss/vsd"] = loss_vsd.detach()
             logs["loss/vsd_fake_score"] = self.fake_score_step(out.z_sr, pos, g_dev)
@@ -287,7 +310,9 @@ class FiDeSRModule(L.LightningModule):
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=gt.shape[0])
         return loss
 
-    def fake_score_step(self, z_sr: torch.Tensor, pos: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def fake_score_step(
+        self, z_sr: torch.Tensor, pos: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         """One optimiser step of the VSD fake score on the generator's detached latents ``z_sr``
         ``[B,C,h,w]`` (OSEDiff trains it after the generator's step; its loss does not depend on the
         generator's new weights, and the generator's VSD term used the fake score before this step either
@@ -298,7 +323,9 @@ class FiDeSRModule(L.LightningModule):
         params = self.backbone.fake_score_parameters()
         # The adapter must be active (and require grad) through the backward as well as the forward.
         with self.backbone.adapters_active([FAKE_SCORE_ADAPTER]), torch.enable_grad():
-            loss = self.vsd.fake_score_loss(z_sr, self.backbone.fake_eps, pos, self.backbone.alphas_cumprod, generator)
+            loss = self.vsd.fake_score_loss(
+                z_sr, self.backbone.fake_eps, pos, self.backbone.alphas_cumprod, generator
+            )
             opt.zero_grad(set_to_none=True)
             with torch.autocast(z_sr.device.type, enabled=False):
                 scaler.scale(loss).backward()
@@ -333,7 +360,13 @@ class FiDeSRModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         out = self.pipeline(batch["lq"])
         set_name = self.val_set_names[dataloader_idx] if dataloader_idx < len(self.val_set_names) else "val"
-        return {"sr": out.sr, "gt": batch["gt"], "lq": out.lq_up, "name": list(batch["name"]), "set": set_name}
+        return {
+            "sr": out.sr,
+            "gt": batch["gt"],
+            "lq": out.lq_up,
+            "name": list(batch["name"]),
+            "set": set_name,
+        }
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         return self.validation_step(batch, batch_idx, dataloader_idx)
@@ -358,7 +391,9 @@ class FiDeSRModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def trainable_state_keys(self) -> set[str]:
         keys = {f"backbone.unet.{k}" for k in self.backbone.lora_state_dict()}
-        keys |= {f"backbone.unet.{k}" for k in self.backbone.fake_score_state_dict()}  # resume, never exported
+        keys |= {
+            f"backbone.unet.{k}" for k in self.backbone.fake_score_state_dict()
+        }  # resume, never exported
         keys |= {f"backbone.vae.{k}" for k in self.backbone.vae_lora_state_dict()}
         if self.lrrb is not None:
             keys |= {f"lrrb.{k}" for k in self.lrrb.state_dict()}

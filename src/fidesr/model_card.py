@@ -11,8 +11,14 @@ if TYPE_CHECKING:
     from fidesr.model_files import TrainedWeights
 
 
-def model_card(weights: TrainedWeights, rank: int, alpha: float, lora_file: str, lrrb_file: str,
-               metrics: Mapping[str, float] | None = None) -> str:
+def model_card(
+    weights: TrainedWeights,
+    rank: int,
+    alpha: float,
+    lora_file: str,
+    lrrb_file: str,
+    metrics: Mapping[str, float] | None = None,
+) -> str:
     """A Hugging Face model card (YAML front matter + Markdown) for an exported folder."""
     base = weights.base_model
     cfg = weights.config
@@ -35,7 +41,8 @@ def model_card(weights: TrainedWeights, rank: int, alpha: float, lora_file: str,
         f"- UNet LoRA: rank {rank}, alpha {alpha:g}, in `{lora_file}` (diffusers/PEFT format)",
         f"- LRRB: {'`' + lrrb_file + '`' if cfg.get('lrrb') else 'none'}",
         f"- LFIM defaults: lf_scale {lfim.get('lf_scale', 'n/a')}, hf_scale {lfim.get('hf_scale', 'n/a')}"
-        if lfim else "- LFIM: off",
+        if lfim
+        else "- LFIM: off",
         "",
         "## Use",
         "",
@@ -51,6 +58,15 @@ def model_card(weights: TrainedWeights, rank: int, alpha: float, lora_file: str,
         lines += [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
     run = weights.info.get("run_config") or {}
     if run:
-        keep = {k: run.get(k) for k in ("seed", "trainer", "data", "daw", "csd", "lrrb", "perceptual") if k in run}
-        lines += ["", "## Training config (excerpt)", "", "```json", json.dumps(keep, indent=1, default=str)[:4000], "```"]
+        keep = {
+            k: run.get(k) for k in ("seed", "trainer", "data", "daw", "csd", "lrrb", "perceptual") if k in run
+        }
+        lines += [
+            "",
+            "## Training config (excerpt)",
+            "",
+            "```json",
+            json.dumps(keep, indent=1, default=str)[:4000],
+            "```",
+        ]
     return "\n".join(lines) + "\n"

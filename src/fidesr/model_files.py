@@ -60,11 +60,24 @@ CONFIG_SECTIONS = ("backbone", "lrrb", "lfim", "model")
 MODEL_KEYS = ("color_fix", "min_lq_size")
 #: peft's default ``lora_alpha``, which the official code never sets (scale 8 / rank).
 OFFICIAL_LORA_ALPHA = 8.0
-OFFICIAL_KEYS = ("unet_lora_encoder_modules", "unet_lora_decoder_modules", "unet_lora_others_modules",
-                 "lora_rank_unet", "state_dict_unet")  # fmt: skip
+OFFICIAL_KEYS = (
+    "unet_lora_encoder_modules",
+    "unet_lora_decoder_modules",
+    "unet_lora_others_modules",
+    "lora_rank_unet",
+    "state_dict_unet",
+)
 # Backbone settings that carry over when ``pretrained`` replaces a preset without such a key (tiny).
-_LORA_KEYS = ("lora_rank", "lora_alpha", "lora_init", "lora_targets", "timestep", "prediction", "lora_sets",
-              "vae_lora_rank")  # fmt: skip
+_LORA_KEYS = (
+    "lora_rank",
+    "lora_alpha",
+    "lora_init",
+    "lora_targets",
+    "timestep",
+    "prediction",
+    "lora_sets",
+    "vae_lora_rank",
+)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # "<module>.lora_A.<adapter>.weight" (peft inside the UNet) <-> "<module>.lora_A.weight" (diffusers files)
 _ADAPTER_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_[AB])\.(?P<adapter>[^.]+)\.weight$")
@@ -94,8 +107,14 @@ class TrainedWeights:
 
     # ------------------------------------------------------------------ readers
     @classmethod
-    def load(cls, source: str | os.PathLike, *, pretrained: str | os.PathLike | None = None,
-             revision: str | None = None, unsafe_pickle: bool = False) -> TrainedWeights:  # fmt: skip
+    def load(
+        cls,
+        source: str | os.PathLike,
+        *,
+        pretrained: str | os.PathLike | None = None,
+        revision: str | None = None,
+        unsafe_pickle: bool = False,
+    ) -> TrainedWeights:
         """Read any supported source (see the module doc), deciding by what it is.
 
         Args:
@@ -116,7 +135,9 @@ class TrainedWeights:
             return cls._from_checkpoint_dict(data, path)
         if _REPO_ID.match(str(source)) and not str(source).startswith((".", "/", "~")):
             return cls.from_hub(str(source), revision=revision)
-        raise MissingInputError(f"model not found: {source} (no such file or folder, and not a Hub repo id user/name)")
+        raise MissingInputError(
+            f"model not found: {source} (no such file or folder, and not a Hub repo id user/name)"
+        )
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, unsafe_pickle: bool = False) -> TrainedWeights:
@@ -127,7 +148,9 @@ class TrainedWeights:
     @classmethod
     def _from_checkpoint_dict(cls, ckpt: Any, path: Path) -> TrainedWeights:
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise ModelFileError(f"{path} is neither a fidesr-train checkpoint (no state_dict) nor an official FiDeSR file")
+            raise ModelFileError(
+                f"{path} is neither a fidesr-train checkpoint (no state_dict) nor an official FiDeSR file"
+            )
         run_config = (ckpt.get("fidesr") or {}).get("config")
         if not run_config:
             raise ModelFileError(
@@ -145,8 +168,9 @@ class TrainedWeights:
         return cls(config, state, str(path), info=info)
 
     @classmethod
-    def from_official(cls, path: str | os.PathLike, pretrained: str | os.PathLike | None = None,
-                      unsafe_pickle: bool = False) -> TrainedWeights:  # fmt: skip
+    def from_official(
+        cls, path: str | os.PathLike, pretrained: str | os.PathLike | None = None, unsafe_pickle: bool = False
+    ) -> TrainedWeights:
         """The released FiDeSR ``.pkl`` (LoRA module lists, rank, LoRA and LRRB tensors); ``pretrained``:
         the base SD 2.1-base (hub id or folder; default the hub id)."""
         path = Path(path)
@@ -167,13 +191,16 @@ class TrainedWeights:
         }
         rank = int(sd["lora_rank_unet"])
         config: dict[str, Any] = {
-            "backbone": {"_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
-                         "pretrained": str(pretrained or DEFAULT_PRETRAINED), "lora_rank": rank,
-                         "lora_alpha": OFFICIAL_LORA_ALPHA},
+            "backbone": {
+                "_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
+                "pretrained": str(pretrained or DEFAULT_PRETRAINED),
+                "lora_rank": rank,
+                "lora_alpha": OFFICIAL_LORA_ALPHA,
+            },
             "lrrb": None,
             "lfim": {"_target_": "fidesr.components.lfim.LatentFrequencyInjection"},  # the released settings
             "model": {},
-        }  # fmt: skip
+        }
         state = {f"unet.{k}": v for k, v in sd["state_dict_unet"].items()}
         if sd.get("lrrb_state_dict") is not None:
             lrrb = LatentResidualRefinementBlock()
@@ -188,17 +215,24 @@ class TrainedWeights:
         folder = Path(folder)
         meta_path = folder / CONFIG_FILE
         if not meta_path.is_file():
-            raise ModelFileError(f"{folder} is not an exported fidesr model: no {CONFIG_FILE} (write one with fidesr-export)")
+            raise ModelFileError(
+                f"{folder} is not an exported fidesr model: no {CONFIG_FILE} (write one with fidesr-export)"
+            )
         try:
             meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ModelFileError(f"{meta_path} is not valid JSON: {err}") from err
         if not isinstance(meta, dict) or meta.get("format") != FOLDER_FORMAT:
-            raise ModelFileError(f"{meta_path} is not a fidesr model config (format {meta.get('format')!r})"
-                                 if isinstance(meta, dict) else f"{meta_path} is not a fidesr model config")  # fmt: skip
+            raise ModelFileError(
+                f"{meta_path} is not a fidesr model config (format {meta.get('format')!r})"
+                if isinstance(meta, dict)
+                else f"{meta_path} is not a fidesr model config"
+            )
         if int(meta.get("version", 0)) > FOLDER_VERSION_SETS:
-            raise ModelFileError(f"{meta_path}: format version {meta['version']} is newer than this fidesr reads "
-                                 f"({FOLDER_VERSION_SETS}); upgrade fidesr")  # fmt: skip
+            raise ModelFileError(
+                f"{meta_path}: format version {meta['version']} is newer than this fidesr reads "
+                f"({FOLDER_VERSION_SETS}); upgrade fidesr"
+            )
         config = meta.get("config") or {}
         check_stored_config(config, meta_path)
         if not config.get("backbone"):
@@ -208,11 +242,15 @@ class TrainedWeights:
         files = lora.get("weights") if isinstance(lora.get("weights"), dict) else {"": LORA_FILE}
         state: dict[str, torch.Tensor] = {}
         for lora_set, name in files.items():  # one file, or one per LoRA set ("pix", "sem")
-            owner = {m: a for a, mods in split.items() if not lora_set or a.endswith(f"_{lora_set}") for m in mods}
+            owner = {
+                m: a for a, mods in split.items() if not lora_set or a.endswith(f"_{lora_set}") for m in mods
+            }
             for key, value in _read_safetensors(folder / name).items():
                 m = re.match(r"^unet\.(?P<module>.+)\.(?P<part>lora_[AB])\.weight$", key)
                 if m is None or m["module"] not in owner:
-                    raise ModelFileError(f"{folder / name}: tensor {key!r} belongs to no adapter listed in {CONFIG_FILE}")
+                    raise ModelFileError(
+                        f"{folder / name}: tensor {key!r} belongs to no adapter listed in {CONFIG_FILE}"
+                    )
                 state[f"unet.{m['module']}.{m['part']}.{owner[m['module']]}.weight"] = value
         if config.get("lrrb"):
             state.update({f"lrrb.{k}": v for k, v in _read_safetensors(folder / LRRB_FILE).items()})
@@ -227,8 +265,11 @@ class TrainedWeights:
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
         try:
-            folder = snapshot_download(repo_id, revision=revision,
-                                       allow_patterns=[CONFIG_FILE, LORA_FILE, f"*/{LORA_FILE}", LRRB_FILE, CARD_FILE])  # fmt: skip
+            folder = snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=[CONFIG_FILE, LORA_FILE, f"*/{LORA_FILE}", LRRB_FILE, CARD_FILE],
+            )
         except LocalEntryNotFoundError as err:
             raise ModelFileError(
                 f"Hub model {repo_id!r} is not in the Hugging Face cache and the Hub cannot be reached (offline?). "
@@ -255,14 +296,17 @@ class TrainedWeights:
         except (KeyError, json.JSONDecodeError) as err:
             raise ModelFileError(f"{path} has no fidesr metadata: not a fidesr adapter file") from err
         if header.get("format") != LEGACY_ADAPTER_FORMAT or int(header.get("version", 0)) > 1:
-            raise ModelFileError(f"{path}: unsupported adapter format {header.get('format')} v{header.get('version')}")
+            raise ModelFileError(
+                f"{path}: unsupported adapter format {header.get('format')} v{header.get('version')}"
+            )
         config = header.get("config") or {}
         check_stored_config(config, path)
         return cls(config, _read_safetensors(path), str(path), info={"source": header.get("source", {})})
 
     # ------------------------------------------------------------------ writer
-    def save_pretrained(self, folder: str | os.PathLike, overwrite: bool = False,
-                        metrics: Mapping[str, float] | None = None) -> Path:  # fmt: skip
+    def save_pretrained(
+        self, folder: str | os.PathLike, overwrite: bool = False, metrics: Mapping[str, float] | None = None
+    ) -> Path:
         """Write the exported folder (module doc): LoRA in diffusers' format via diffusers' own
         ``save_lora_weights``, the LRRB as safetensors, ``config.json`` and a model card.
 
@@ -287,7 +331,9 @@ class TrainedWeights:
         if (folder / CONFIG_FILE).exists() and not overwrite:
             raise ModelFileError(f"{folder} already holds an exported model (use --overwrite)")
         folder.mkdir(parents=True, exist_ok=True)
-        sets = [s for s in LORA_SETS if any(re.search(rf"\.{_SET_ADAPTER}_{s}\.weight$", k) for k in self.state)]
+        sets = [
+            s for s in LORA_SETS if any(re.search(rf"\.{_SET_ADAPTER}_{s}\.weight$", k) for k in self.state)
+        ]
         weights: str | dict[str, str] = LORA_FILE if not sets else {s: f"{s}/{LORA_FILE}" for s in sets}
         split: dict[str, list[str]] = {}
         alpha = float(self.config["backbone"].get("lora_alpha", OFFICIAL_LORA_ALPHA) or OFFICIAL_LORA_ALPHA)
@@ -301,31 +347,45 @@ class TrainedWeights:
             # diffusers writes the file itself (its own format and metadata); it is renamed into place after.
             tmp = target / f".{LORA_FILE}.part"
             tmp.mkdir(exist_ok=True)
-            StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=lora, unet_lora_adapter_metadata=metadata)
+            StableDiffusionPipeline.save_lora_weights(
+                tmp, unet_lora_layers=lora, unet_lora_adapter_metadata=metadata
+            )
             os.replace(tmp / LORA_FILE, target / LORA_FILE)
             tmp.rmdir()
             umask = os.umask(0)
             os.umask(umask)
-            os.chmod(target / LORA_FILE, 0o666 & ~umask)  # the usual permissions, as for every file fidesr writes
-        lrrb = {k[len("lrrb.") :]: v.detach().cpu().contiguous() for k, v in self.state.items() if k.startswith("lrrb.")}
+            os.chmod(
+                target / LORA_FILE, 0o666 & ~umask
+            )  # the usual permissions, as for every file fidesr writes
+        lrrb = {
+            k[len("lrrb.") :]: v.detach().cpu().contiguous()
+            for k, v in self.state.items()
+            if k.startswith("lrrb.")
+        }
         if lrrb:
             with atomic_write(folder / LRRB_FILE, fsync=True) as fh:
                 fh.write(save(lrrb))
         meta = {
-            "format": FOLDER_FORMAT, "version": FOLDER_VERSION_SETS if sets else FOLDER_VERSION, "config": self.config,
+            "format": FOLDER_FORMAT,
+            "version": FOLDER_VERSION_SETS if sets else FOLDER_VERSION,
+            "config": self.config,
             "lora": {"rank": rank, "alpha": alpha, "weights": weights, "adapters": split},
             "lrrb": LRRB_FILE if lrrb else None,
             "base_model": self.base_model,
             "source": Path(self.source).name,
             "training": {k: v for k, v in self.info.items() if k == "global_step" and v is not None},
-        }  # fmt: skip
+        }
         with atomic_write(folder / CARD_FILE) as fh:
             fh.write(model_card(self, rank, alpha, LORA_FILE, LRRB_FILE, metrics).encode())
-        with atomic_write(folder / CONFIG_FILE, fsync=True) as fh:  # last: its presence marks a complete export
+        with atomic_write(
+            folder / CONFIG_FILE, fsync=True
+        ) as fh:  # last: its presence marks a complete export
             fh.write(json.dumps(meta, indent=2, sort_keys=False).encode())
         return folder
 
-    def _diffusers_lora(self, lora_set: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], int]:
+    def _diffusers_lora(
+        self, lora_set: str | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], int]:
         """(LoRA tensors named as peft's ``get_peft_model_state_dict`` names them, module lists per adapter,
         rank) from the adapter-qualified names; diffusers' writer adds the ``unet.`` prefix. ``lora_set``:
         only the adapters of that LoRA set (``"pix"`` / ``"sem"``, whose modules coincide)."""
@@ -345,7 +405,9 @@ class TrainedWeights:
                 split.setdefault(m["adapter"], []).append(m["module"])
                 ranks.add(int(value.shape[0]))
         if len(ranks) != 1:
-            raise ModelFileError(f"{self.source}: LoRA ranks {sorted(ranks)}: expected one rank for all adapters")
+            raise ModelFileError(
+                f"{self.source}: LoRA ranks {sorted(ranks)}: expected one rank for all adapters"
+            )
         return out, {a: sorted(mods) for a, mods in split.items()}, ranks.pop()
 
     @property
@@ -372,8 +434,11 @@ class TrainedWeights:
                 cfg["pretrained"] = str(pretrained)
             else:
                 keep = {k: cfg[k] for k in _LORA_KEYS if k in cfg}
-                cfg = {"_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
-                       "pretrained": str(pretrained), **keep}  # fmt: skip
+                cfg = {
+                    "_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
+                    "pretrained": str(pretrained),
+                    **keep,
+                }
         if self.lora_split:
             cfg["lora_rank"] = 0
         backbone = instantiate(cfg, _convert_="all")
@@ -397,7 +462,9 @@ class TrainedWeights:
             try:
                 lrrb.load_state_dict(lrrb_state, strict=True)
             except RuntimeError as err:
-                raise ModelFileError(f"{self.source}: the LRRB weights do not fit the configured LRRB: {err}") from err
+                raise ModelFileError(
+                    f"{self.source}: the LRRB weights do not fit the configured LRRB: {err}"
+                ) from err
         return backbone, lrrb, lfim
 
 

@@ -170,13 +170,20 @@ class FiDeSRPipeline:
         """
         from fidesr.model_files import TrainedWeights
 
-        weights = source if isinstance(source, TrainedWeights) else TrainedWeights.load(
-            source, pretrained=pretrained, revision=revision, unsafe_pickle=unsafe_pickle)  # fmt: skip
+        weights = (
+            source
+            if isinstance(source, TrainedWeights)
+            else TrainedWeights.load(
+                source, pretrained=pretrained, revision=revision, unsafe_pickle=unsafe_pickle
+            )
+        )
         backbone, lrrb, stored_lfim = weights.build(pretrained)
         model = weights.config.get("model") or {}
         defaults = {k: model[k] for k in ("color_fix", "min_lq_size") if model.get(k) is not None}
         lfim_module = stored_lfim if isinstance(lfim, str) and lfim == "stored" else lfim
-        pipe = cls.for_inference(backbone, lrrb, lfim_module, device=device, dtype=dtype, **{**defaults, **kwargs})
+        pipe = cls.for_inference(
+            backbone, lrrb, lfim_module, device=device, dtype=dtype, **{**defaults, **kwargs}
+        )
         pipe.weights = weights
         return pipe
 
@@ -256,12 +263,19 @@ class FiDeSRPipeline:
             return self.backbone.encode(x, generator=generator)
         f = self.backbone.vae_scale_factor
         return tiled_apply(
-            lambda t: self.backbone.encode(t, generator=generator), x, self.vae_encoder_tile // f,
-            self.vae_encoder_overlap // f, in_factor=f,
-        )  # fmt: skip
+            lambda t: self.backbone.encode(t, generator=generator),
+            x,
+            self.vae_encoder_tile // f,
+            self.vae_encoder_overlap // f,
+            in_factor=f,
+        )
 
-    def denoise(self, z_lq: torch.Tensor, prompt_embeds: torch.Tensor,
-                lora_strengths: tuple[float, float] | None = None) -> OneStepOutput:  # fmt: skip
+    def denoise(
+        self,
+        z_lq: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        lora_strengths: tuple[float, float] | None = None,
+    ) -> OneStepOutput:
         """The one-step generator (UNet + LRRB), on latent tiles when ``tile_size`` is set
         (``lora_strengths``: see :func:`fidesr.generator.one_step`)."""
         if not self.tile_size:
@@ -276,8 +290,12 @@ class FiDeSRPipeline:
         both = tiled_apply(step, z_lq, self.tile_size, self.tile_overlap, tiles_per_call=self.tiles_per_call)
         residual, refined = both[:, :c], both[:, c:]
         # z_r is affine in r' (sr_latent), so blending r' and mapping once equals blending the tiles' z_r.
-        return OneStepOutput(z_lq=z_lq, residual=residual, refined_residual=refined,
-                             z_sr=self.backbone.sr_latent(z_lq, refined))  # fmt: skip
+        return OneStepOutput(
+            z_lq=z_lq,
+            residual=residual,
+            refined_residual=refined,
+            z_sr=self.backbone.sr_latent(z_lq, refined),
+        )
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent [B,C,h,w] -> image [B,3,8h,8w] in [-1,1], in VAE tiles when ``vae_tiling``."""
@@ -285,8 +303,14 @@ class FiDeSRPipeline:
             return self.backbone.decode(z)
         f = self.backbone.vae_scale_factor
         # The blend stays float32: no round trip through fp16/bf16 for the final image.
-        return tiled_apply(self.backbone.decode, z, self.vae_decoder_tile, self.vae_decoder_overlap, out_factor=f,
-                           out_dtype=torch.float32)  # fmt: skip
+        return tiled_apply(
+            self.backbone.decode,
+            z,
+            self.vae_decoder_tile,
+            self.vae_decoder_overlap,
+            out_factor=f,
+            out_dtype=torch.float32,
+        )
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -317,8 +341,13 @@ class FiDeSRPipeline:
         strengths = None
         if lambda_pix is not None or lambda_sem is not None:
             if not self.backbone.lora_sets:
-                raise ValueError("lambda_pix / lambda_sem need a model with two LoRA sets (PiSA-SR, backbone.lora_sets)")
-            strengths = (1.0 if lambda_pix is None else float(lambda_pix), 1.0 if lambda_sem is None else float(lambda_sem))
+                raise ValueError(
+                    "lambda_pix / lambda_sem need a model with two LoRA sets (PiSA-SR, backbone.lora_sets)"
+                )
+            strengths = (
+                1.0 if lambda_pix is None else float(lambda_pix),
+                1.0 if lambda_sem is None else float(lambda_sem),
+            )
         if self.lfim is None and (lf_scale or hf_scale):
             raise ValueError("LFIM strengths were given but this pipeline has no LFIM (lfim: null)")
         mode = self.color_fix if color_fix is None else color_fix
@@ -358,6 +387,8 @@ def load_pipeline(
     if official is not None:
         from fidesr.model_files import TrainedWeights
 
-        weights = TrainedWeights.from_official(official, pretrained, unsafe_pickle=kwargs.pop("unsafe_pickle", False))
+        weights = TrainedWeights.from_official(
+            official, pretrained, unsafe_pickle=kwargs.pop("unsafe_pickle", False)
+        )
         return FiDeSRPipeline.from_pretrained(weights, pretrained=pretrained, **kwargs)
     return FiDeSRPipeline.from_pretrained(checkpoint, pretrained=pretrained, **kwargs)

@@ -319,8 +319,12 @@ def run_job(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
         finish_wandb(exit_code=1)  # the task may have failed before its own finally
         if not multirun:
             raise
-        log.error("job failed (the sweep goes on): %s: %s; traceback in %s", type(err).__name__, err,
-                  out_dir / ERROR_FILE)  # fmt: skip
+        log.error(
+            "job failed (the sweep goes on): %s: %s; traceback in %s",
+            type(err).__name__,
+            err,
+            out_dir / ERROR_FILE,
+        )
         return None
     if writer:
         info.update(status="completed", end_time=_now())

@@ -112,7 +112,9 @@ def tiled_apply(
         out = fn(torch.cat(crops, dim=0) if len(crops) > 1 else crops[0])
         if acc is None:
             out_dtype = out_dtype or out.dtype
-            acc = torch.zeros(b, out.shape[1], h * out_factor, w * out_factor, device=x.device, dtype=torch.float32)
+            acc = torch.zeros(
+                b, out.shape[1], h * out_factor, w * out_factor, device=x.device, dtype=torch.float32
+            )
         for i, (y, x0, _, _) in enumerate(group):
             ys = slice(y * out_factor, (y + th) * out_factor)
             xs = slice(x0 * out_factor, (x0 + tw) * out_factor)

@@ -38,8 +38,11 @@ ALLOWED_TARGETS: frozenset[str] = frozenset(
     }
 )
 #: Hydra's own keys, with the values they may take.
-_HYDRA_KEYS = {"_convert_": {"none", "partial", "object", "all"}, "_recursive_": {True, False},
-               "_partial_": {False}}  # fmt: skip
+_HYDRA_KEYS = {
+    "_convert_": {"none", "partial", "object", "all"},
+    "_recursive_": {True, False},
+    "_partial_": {False},
+}
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -77,7 +80,9 @@ def check_stored_config(node: Any, source: str | os.PathLike, key: str = "") -> 
         for i, v in enumerate(node):
             check_stored_config(v, source, f"{key}[{i}]")
     elif not isinstance(node, _PLAIN):
-        raise UntrustedConfigError(f"{source}: the stored config's {where} is a {type(node).__name__}, not a plain value")
+        raise UntrustedConfigError(
+            f"{source}: the stored config's {where} is a {type(node).__name__}, not a plain value"
+        )
     elif isinstance(node, str) and "${" in node:
         raise UntrustedConfigError(f"{source}: the stored config's {where} holds an interpolation ({node!r})")
 
@@ -99,15 +104,21 @@ def load_torch_file(path: str | os.PathLike, what: str, unsafe_pickle: bool = Fa
     if not path.is_file():
         raise ModelFileError(f"{what} not found: {path}")
     if unsafe_pickle:
-        warnings.warn(f"{path}: fully unpickling (--unsafe-pickle): any code the file names runs now", stacklevel=2)
+        warnings.warn(
+            f"{path}: fully unpickling (--unsafe-pickle): any code the file names runs now", stacklevel=2
+        )
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
-        with warnings.catch_warnings():  # torch's note on foreign pickle protocols: the outcome is what counts
+        with (
+            warnings.catch_warnings()
+        ):  # torch's note on foreign pickle protocols: the outcome is what counts
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" not in str(err).lower():  # not a pickle at all: random bytes, another format
-            raise ModelFileError(f"{path} is not a readable {what} (corrupt or not a torch file): {err}") from err
+            raise ModelFileError(
+                f"{path} is not a readable {what} (corrupt or not a torch file): {err}"
+            ) from err
         # torch's message names the global the file asked for: keep the line that says which.
         lines = [ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
         reason = lines[0] if lines else "unsupported type"

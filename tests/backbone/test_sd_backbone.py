@@ -27,15 +27,22 @@ def test_lora_split_matches_official_selection(tiny_backbone_folder: Path):
         if name.endswith(".bias") or "norm" in name or not any(p in name for p in LORA_TARGETS):
             continue
         module = name.removesuffix(".weight")
-        key = ("default_encoder" if ("down_blocks" in name or "conv_in" in name) else
-               "default_decoder" if ("up_blocks" in name or "conv_out" in name) else "default_others")  # fmt: skip
+        key = (
+            "default_encoder"
+            if ("down_blocks" in name or "conv_in" in name)
+            else "default_decoder"
+            if ("up_blocks" in name or "conv_out" in name)
+            else "default_others"
+        )
         expected[key].add(module)
     assert {k: set(v) for k, v in split.items()} == expected
     assert all(split[k] for k in ADAPTER_NAMES)
     flat = [m for v in split.values() for m in v]
     assert len(flat) == len(set(flat)), "a module is in two adapters"
     assert "conv_in" in split["default_encoder"] and "conv_out" in split["default_decoder"]
-    assert not any("time_emb" in m or "time_embedding" in m for m in flat), "time embeddings must stay untouched"
+    assert not any("time_emb" in m or "time_embedding" in m for m in flat), (
+        "time embeddings must stay untouched"
+    )
     assert any(m.startswith("mid_block") for m in split["default_others"])
 
 
@@ -55,7 +62,9 @@ def test_trainable_parameters_are_lora_only_with_expected_counts(make_tiny_backb
     assert set(bb.unet.active_adapters()) == set(ADAPTER_NAMES)
 
 
-def test_local_folder_written_by_save_pretrained_loads_like_a_hub_id(make_tiny_backbone, tiny_backbone_folder, tmp_path):
+def test_local_folder_written_by_save_pretrained_loads_like_a_hub_id(
+    make_tiny_backbone, tiny_backbone_folder, tmp_path
+):
     """A folder written with save_pretrained loads through the same from_pretrained path as a hub id."""
     bb = make_tiny_backbone(lora_rank=0)
     out = tmp_path / "sd"
@@ -77,7 +86,9 @@ def test_missing_or_incomplete_folder_names_what_is_missing(tiny_backbone_folder
     shutil.copytree(tiny_backbone_folder, broken)
     shutil.rmtree(broken / "vae")
     (broken / "unet" / "config.json").unlink()
-    with pytest.raises(BackboneLoadError, match=r"missing vae/, unet/config.json|missing unet/config.json, vae/"):
+    with pytest.raises(
+        BackboneLoadError, match=r"missing vae/, unet/config.json|missing unet/config.json, vae/"
+    ):
         StableDiffusionBackbone.from_pretrained(broken)
 
 
@@ -85,7 +96,9 @@ def test_hub_id_without_network_says_how_to_provide_weights(monkeypatch, tmp_pat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(BackboneLoadError, match="local diffusers folder"):
-        StableDiffusionBackbone.from_pretrained("stabilityai/stable-diffusion-2-1-base", local_files_only=True)
+        StableDiffusionBackbone.from_pretrained(
+            "stabilityai/stable-diffusion-2-1-base", local_files_only=True
+        )
 
 
 def _with_trained_lora(bb: StableDiffusionBackbone) -> StableDiffusionBackbone:

@@ -29,5 +29,7 @@ def test_inference_roofline_sees_the_three_networks():
     one, two = roofline.inference_roofline(1, 32), roofline.inference_roofline(2, 32)
     parts = train_memory.flops("bf16", 1, 128)["forward_tflop_per_image"]
     networks = parts["vae_encoder"] + parts["unet"] + parts["vae_decoder"]
-    assert one["tflop"] == pytest.approx(networks, rel=0.05) and two["tflop"] == pytest.approx(one["tflop"], rel=1e-3)
+    assert one["tflop"] == pytest.approx(networks, rel=0.05) and two["tflop"] == pytest.approx(
+        one["tflop"], rel=1e-3
+    )
     assert one["roofline_ms"] >= 1e3 * one["tflop"] * 1e12 / roofline.H200["half_flops"]

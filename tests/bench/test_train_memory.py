@@ -34,4 +34,3 @@ def test_flops_of_the_inference_parts_add_up_to_the_published_total():
     assert inference == pytest.approx(4.4, rel=0.03)
     assert (parts["vae_encoder"] + parts["vae_decoder"]) / inference == pytest.approx(0.82, abs=0.01)
     assert 9.0 < row["step_tflop"] / 4 < 11.5
-

@@ -34,7 +34,9 @@ def test_grid_has_titles_colour_bar_and_the_images() -> None:
 def test_colormap_scales_each_map_to_its_max() -> None:
     m = torch.tensor([[[[0.0, 2.0]]], [[[0.0, 10.0]]]])  # [2,1,1,2]: different ranges, same shape
     out = _colormap(m)
-    assert out.shape == (2, 3, 1, 2) and torch.equal(out[0], out[1])  # both 0 -> min colour, max -> top colour
+    assert out.shape == (2, 3, 1, 2) and torch.equal(
+        out[0], out[1]
+    )  # both 0 -> min colour, max -> top colour
 
 
 def test_the_weight_column_is_the_training_steps_daw_call() -> None:
@@ -46,14 +48,22 @@ def test_the_weight_column_is_the_training_steps_daw_call() -> None:
     from fidesr.components.perceptual import PerceptualLoss
 
     g = torch.Generator().manual_seed(1)
-    rows = [{"lq": torch.rand(3, 32, 32, generator=g), "sr": torch.rand(3, 32, 32, generator=g),
-             "gt": torch.rand(3, 32, 32, generator=g)} for _ in range(2)]  # fmt: skip
+    rows = [
+        {
+            "lq": torch.rand(3, 32, 32, generator=g),
+            "sr": torch.rand(3, 32, 32, generator=g),
+            "gt": torch.rand(3, 32, 32, generator=g),
+        }
+        for _ in range(2)
+    ]
     torch.manual_seed(0)
     perceptual = PerceptualLoss(backbone="random")
     cols = {}
     for p in (0.0, 1.0):
         daw = DetailAwareWeighting(p=p, warmup_steps=0, ramp_steps=0)
-        module = types.SimpleNamespace(daw=daw, perceptual=perceptual, device=torch.device("cpu"), global_step=5)
+        module = types.SimpleNamespace(
+            daw=daw, perceptual=perceptual, device=torch.device("cpu"), global_step=5
+        )
         cols[p] = ValidationImages()._columns(module, rows)
         sr, gt = torch.stack([r["sr"] for r in rows]) * 2 - 1, torch.stack([r["gt"] for r in rows]) * 2 - 1
         with torch.no_grad():

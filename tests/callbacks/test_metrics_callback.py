@@ -67,8 +67,13 @@ class TinySR(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         up = F.interpolate(batch["lq"], scale_factor=4, mode="bicubic", align_corners=False)
         sr = (up + self.bias).clamp(0, 1)
-        return {"sr": sr, "gt": batch["gt"], "lq": up.clamp(0, 1), "name": batch["name"],
-                "set": self.val_set_names[dataloader_idx]}
+        return {
+            "sr": sr,
+            "gt": batch["gt"],
+            "lq": up.clamp(0, 1),
+            "name": batch["name"],
+            "set": self.val_set_names[dataloader_idx],
+        }
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -94,16 +99,36 @@ class _Brightness(torch.nn.Module):
 
 def test_validation_metrics_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tables: list[tuple] = []  # W&B is disabled in tests: capture what the callback hands to the logger
-    monkeypatch.setattr(WandbLogger, "log_table", lambda self, key, columns=None, data=None, step=None:
-                        tables.append((key, columns, data, step)))
+    monkeypatch.setattr(
+        WandbLogger,
+        "log_table",
+        lambda self, key, columns=None, data=None, step=None: tables.append((key, columns, data, step)),
+    )
     key = "val/realsr/psnr"
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor=key, mode=monitor_mode(key), save_top_k=1)
-    cb = ValidationMetrics(metrics=["psnr", "ssim", "lpips", "musiq"], required=["psnr", "ssim"], fid=True,
-                           stand_ins={"lpips": _Brightness(), "fid": _PooledFeatures()}, wandb_max_images=2)
-    loggers = [CSVLogger(tmp_path, name="csv"), WandbLogger(project="t", save_dir=str(tmp_path), mode="disabled")]
-    trainer = pl.Trainer(default_root_dir=tmp_path, max_epochs=2, limit_train_batches=2, num_sanity_val_steps=1,
-                         logger=loggers, callbacks=[cb, ckpt], accelerator="cpu", devices=1,
-                         enable_progress_bar=False, enable_model_summary=False)
+    cb = ValidationMetrics(
+        metrics=["psnr", "ssim", "lpips", "musiq"],
+        required=["psnr", "ssim"],
+        fid=True,
+        stand_ins={"lpips": _Brightness(), "fid": _PooledFeatures()},
+        wandb_max_images=2,
+    )
+    loggers = [
+        CSVLogger(tmp_path, name="csv"),
+        WandbLogger(project="t", save_dir=str(tmp_path), mode="disabled"),
+    ]
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=2,
+        num_sanity_val_steps=1,
+        logger=loggers,
+        callbacks=[cb, ckpt],
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         trainer.fit(TinySR())
@@ -123,15 +148,20 @@ def test_validation_metrics_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
             assert f"val/{set_name}/{m}" in metrics
         assert f"val/{set_name}/musiq" not in metrics
     assert ckpt.best_model_score is not None
-    assert float(ckpt.best_model_score) == pytest.approx(max(
-        r["psnr"] for r in read_csv(run / "metrics.csv") if r["set"] == "realsr"), abs=1e-4)
+    assert float(ckpt.best_model_score) == pytest.approx(
+        max(r["psnr"] for r in read_csv(run / "metrics.csv") if r["set"] == "realsr"), abs=1e-4
+    )
 
     # images and per-image values of the last validation
     sr_dir = run / "val" / "step_4" / "realsr"
     assert len(list(sr_dir.glob("*.png"))) == 4 and len(list((run / "val/gt/synth").glob("*.png"))) == 3
     # the inputs, once: GT and the LQ at its native size (fidesr-report's comparisons.png crops them)
     lq_files = sorted((run / "val/lq/realsr").glob("*.png"))
-    assert len(lq_files) == 4 and read_for_metrics(lq_files[0]).shape[-1] * 4 == read_for_metrics(sr_dir / lq_files[0].name).shape[-1]
+    assert (
+        len(lq_files) == 4
+        and read_for_metrics(lq_files[0]).shape[-1] * 4
+        == read_for_metrics(sr_dir / lq_files[0].name).shape[-1]
+    )
     per_image = read_csv(sr_dir / "per_image.csv")
     assert len(per_image) == 4 and list(per_image[0]) == ["name", "psnr", "ssim", "lpips-standin"]
     assert float(metrics["val/realsr/psnr"]) == pytest.approx(sum(r["psnr"] for r in per_image) / 4, abs=1e-4)
@@ -144,7 +174,9 @@ def test_validation_metrics_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
     assert rows[0]["images"] == 4 and rows[1]["images"] == 3
     assert all(r["musiq"] == "n/a (weights missing)" for r in rows)
     md = (run / "metrics.md").read_text()
-    assert "| step | epoch | set | images | PSNR ↑ | SSIM ↑ | LPIPS-STANDIN ↓ | MUSIQ ↑ | FID-STANDIN ↓ |" in md
+    assert (
+        "| step | epoch | set | images | PSNR ↑ | SSIM ↑ | LPIPS-STANDIN ↓ | MUSIQ ↑ | FID-STANDIN ↓ |" in md
+    )
     assert "## Best per set" in md
 
     # the saved images are what was scored: fidesr-eval on the folder gives the logged numbers
@@ -153,28 +185,42 @@ def test_validation_metrics_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
     suite = MetricSuite(["psnr", "ssim"])
     for r in per_image:
         stem = r["name"].rsplit(".", 1)[0]
-        s = suite.score(read_for_metrics(sr_dir / f"{stem}.png"), read_for_metrics(run / "val/gt/realsr" / f"{stem}.png"))
+        s = suite.score(
+            read_for_metrics(sr_dir / f"{stem}.png"), read_for_metrics(run / "val/gt/realsr" / f"{stem}.png")
+        )
         assert s["psnr"].item() == pytest.approx(r["psnr"], abs=1e-4)
         assert s["ssim"].item() == pytest.approx(r["ssim"], abs=1e-9)
 
     # W&B: one per-image table per set and validation, thumbnails for the first wandb_max_images
     import wandb
 
-    assert [(k, st) for k, _, _, st in tables] == [("val/realsr/per_image", 2), ("val/synth/per_image", 2),
-                                                    ("val/realsr/per_image", 4), ("val/synth/per_image", 4)]
+    assert [(k, st) for k, _, _, st in tables] == [
+        ("val/realsr/per_image", 2),
+        ("val/synth/per_image", 2),
+        ("val/realsr/per_image", 4),
+        ("val/synth/per_image", 4),
+    ]
     _, columns, data, _ = tables[2]
     assert columns == ["name", "psnr", "ssim", "lpips-standin", "sr", "gt", "lq"] and len(data) == 4
     assert data[0][1] == pytest.approx(per_image[0]["psnr"])
     assert all(isinstance(x, wandb.Image) for x in data[1][4:]) and data[3][4:] == [None, None, None]
 
     # history survives in the callback state (checkpoint resume)
-    assert ValidationMetrics().load_state_dict(cb.state_dict()) is None and len(cb.state_dict()["history"]) == 4
+    assert (
+        ValidationMetrics().load_state_dict(cb.state_dict()) is None and len(cb.state_dict()["history"]) == 4
+    )
 
 
 def test_required_metric_without_weights_stops_before_training(tmp_path: Path) -> None:
     cb = ValidationMetrics(metrics=["psnr", "lpips"], required=["psnr", "lpips"])
-    trainer = pl.Trainer(default_root_dir=tmp_path, max_steps=1, logger=False, callbacks=[cb],
-                         enable_progress_bar=False, enable_checkpointing=False)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=1,
+        logger=False,
+        callbacks=[cb],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
     model = TinySR()
     with pytest.raises(WeightsMissingError, match="alexnet-owt-7be5be79.pth"):
         trainer.fit(model)
@@ -182,10 +228,20 @@ def test_required_metric_without_weights_stops_before_training(tmp_path: Path) -
 
 
 def test_no_images_kept_when_save_images_false(tmp_path: Path) -> None:
-    cb = ValidationMetrics(metrics=["psnr"], fid=True, save_images=False, stand_ins={"fid": _PooledFeatures()})
-    trainer = pl.Trainer(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=1, logger=False,
-                         num_sanity_val_steps=0, callbacks=[cb], enable_progress_bar=False,
-                         enable_checkpointing=False, enable_model_summary=False)
+    cb = ValidationMetrics(
+        metrics=["psnr"], fid=True, save_images=False, stand_ins={"fid": _PooledFeatures()}
+    )
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=1,
+        logger=False,
+        num_sanity_val_steps=0,
+        callbacks=[cb],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     trainer.fit(TinySR())
     assert "val/synth/fid-standin" in trainer.callback_metrics
     assert not list((tmp_path / "val" / "step_1").rglob("*.png"))

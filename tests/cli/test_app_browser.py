@@ -38,17 +38,29 @@ pytestmark = [
 
 
 def _env(cache_dir: Path) -> dict[str, str]:
-    return {**os.environ, "FIDESR_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
-            "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}  # fmt: skip
+    return {
+        **os.environ,
+        "FIDESR_CACHE_DIR": str(cache_dir),
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "HYDRA_FULL_ERROR": "0",
+    }
 
 
 @pytest.fixture
 def checkpoint(fast_train_overrides: list[str], cache_dir: Path, tmp_path: Path) -> Path:
     """last.ckpt of a 2-step fidesr-train run of the tiny model with every component on (about 15 s)."""
-    args = [*fast_train_overrides, "callbacks.validation_images=null", "validate_before_fit=false",
-            "logger=csv", f"paths.output_dir={tmp_path / 'run'}"]  # fmt: skip
-    proc = subprocess.run([str(BIN / "fidesr-train"), *args], capture_output=True, text=True, timeout=600,
-                          env=_env(cache_dir))  # fmt: skip
+    args = [
+        *fast_train_overrides,
+        "callbacks.validation_images=null",
+        "validate_before_fit=false",
+        "logger=csv",
+        f"paths.output_dir={tmp_path / 'run'}",
+    ]
+    proc = subprocess.run(
+        [str(BIN / "fidesr-train"), *args], capture_output=True, text=True, timeout=600, env=_env(cache_dir)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp_path / "run" / "checkpoints" / "last.ckpt"
 
@@ -65,9 +77,22 @@ def app_url(checkpoint: Path, cache_dir: Path, tmp_path: Path):
     port = _free_port()
     log = tmp_path / "app.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen([str(BIN / "fidesr-app"), "--checkpoint", str(checkpoint), "--host", "127.0.0.1",
-                                 "--port", str(port), "--device", "cpu"], stdout=fh, stderr=subprocess.STDOUT,
-                                env=_env(cache_dir))  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                str(BIN / "fidesr-app"),
+                "--checkpoint",
+                str(checkpoint),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=_env(cache_dir),
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 180

@@ -68,20 +68,24 @@ def test_usage_errors_exit_2(gt_dir: Path, tmp_path: Path) -> None:
     assert (gt_dir / "a.png").read_bytes() == before
 
 
-def test_existing_outputs_are_not_replaced_without_overwrite(gt_dir: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_existing_outputs_are_not_replaced_without_overwrite(
+    gt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "lq"
     out.mkdir()
     (out / "a.png").write_bytes(b"an earlier run's output")
     assert main([str(gt_dir), str(out), "--preset", "bicubic"]) == 2
-    assert "1 output(s) already in" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == ["a.png"]
+    assert "1 output(s) already in" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == [
+        "a.png"
+    ]
     assert (out / "a.png").read_bytes() == b"an earlier run's output"
     assert main([str(gt_dir), str(out), "--preset", "bicubic", "--overwrite"]) == 1  # broken.png still fails
     assert (out / "a.png").read_bytes() != b"an earlier run's output"
 
 
-def test_empty_input_and_a_file_as_output_are_errors(tmp_path: Path, gt_dir: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_empty_input_and_a_file_as_output_are_errors(
+    tmp_path: Path, gt_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty"), str(tmp_path / "lq")]) == 2
     assert "no images in" in capsys.readouterr().err
@@ -91,8 +95,9 @@ def test_empty_input_and_a_file_as_output_are_errors(tmp_path: Path, gt_dir: Pat
     assert "exists and is not a folder" in err and "Traceback" not in err
 
 
-def test_a_decompression_bomb_is_named_and_the_rest_written(gt_dir: Path, tmp_path: Path, png_bomb,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_decompression_bomb_is_named_and_the_rest_written(
+    gt_dir: Path, tmp_path: Path, png_bomb, capsys: pytest.CaptureFixture[str]
+) -> None:
     png_bomb(gt_dir / "bomb.png")
     assert main([str(gt_dir), str(tmp_path / "lq"), "--preset", "bicubic"]) == 1
     captured = capsys.readouterr()

@@ -51,7 +51,17 @@ def _cfg(*overrides: str) -> DictConfig:
 
 def test_default_config_is_the_protocol() -> None:
     cfg = _cfg()
-    assert list(cfg.metrics) == ["psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa"]
+    assert list(cfg.metrics) == [
+        "psnr",
+        "ssim",
+        "lpips",
+        "dists",
+        "fid",
+        "niqe",
+        "musiq",
+        "maniqa",
+        "clipiqa",
+    ]
     assert [m for m, o in cfg.metrics.items() if o.required] == ["psnr", "ssim"]
     assert cfg.crop_border == 0 and cfg.test_y_channel and cfg.color_space == "ycbcr"
     assert list(_cfg("metrics=fast").metrics) == ["psnr", "ssim", "niqe"]
@@ -61,8 +71,16 @@ def test_folder_mode_writes_tables(folders: tuple[Path, Path], tmp_path: Path) -
     sr, gt = folders
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="weights missing.*: musiq"):
-        result = run(_cfg(f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr,ssim,musiq]", f"output_dir={out}",
-                          "paper_rows=realsr", "batch_size=2"))
+        result = run(
+            _cfg(
+                f"sr_dir={sr}",
+                f"gt_dir={gt}",
+                "metrics=[psnr,ssim,musiq]",
+                f"output_dir={out}",
+                "paper_rows=realsr",
+                "batch_size=2",
+            )
+        )
     per_image = read_csv(out / "per_image.csv")
     assert list(per_image[0]) == ["name", "psnr", "ssim", "musiq"]
     assert [r["name"] for r in per_image] == ["a.png", "b.png", "c.png"]
@@ -81,16 +99,27 @@ def test_folder_mode_writes_tables(folders: tuple[Path, Path], tmp_path: Path) -
 def test_batching_does_not_change_values(folders: tuple[Path, Path], tmp_path: Path) -> None:
     sr, gt = folders
     a = run(_cfg(f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr,ssim]", f"output_dir={tmp_path / '1'}"))
-    b = run(_cfg(f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr,ssim]", f"output_dir={tmp_path / '3'}",
-                 "batch_size=3"))
+    b = run(
+        _cfg(
+            f"sr_dir={sr}",
+            f"gt_dir={gt}",
+            "metrics=[psnr,ssim]",
+            f"output_dir={tmp_path / '3'}",
+            "batch_size=3",
+        )
+    )
     for ra, rb in zip(a.per_image, b.per_image, strict=True):
-        assert ra["ssim"] == pytest.approx(rb["ssim"], abs=1e-12) and ra["psnr"] == pytest.approx(rb["psnr"], abs=1e-4)
+        assert ra["ssim"] == pytest.approx(rb["ssim"], abs=1e-12) and ra["psnr"] == pytest.approx(
+            rb["psnr"], abs=1e-4
+        )
 
 
 def test_unmatched_names_are_listed(tmp_path: Path) -> None:
     sr = _images(tmp_path / "sr", ["a.png", "b.png", "extra_sr.png"], 0)
     gt = _images(tmp_path / "gt", ["a.png", "b.jpg", "extra_gt.png"], 1)  # b.png ~ b.jpg: matched by stem
-    with pytest.raises(ValueError, match=r"1 SR image\(s\) without GT \[extra_sr\]; 1 GT image\(s\) without SR \[extra_gt\]"):
+    with pytest.raises(
+        ValueError, match=r"1 SR image\(s\) without GT \[extra_sr\]; 1 GT image\(s\) without SR \[extra_gt\]"
+    ):
         run(_cfg(f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr]", f"output_dir={tmp_path / 'o'}"))
 
 
@@ -108,9 +137,21 @@ def test_console_script(folders: tuple[Path, Path], tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("fidesr-eval")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "fidesr.cli.eval"]
     out = tmp_path / "cli"
-    proc = subprocess.run([*cmd, f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr,ssim]", f"output_dir={out}",
-                           "progress=false", "num_workers=0", "device=cpu"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            *cmd,
+            f"sr_dir={sr}",
+            f"gt_dir={gt}",
+            "metrics=[psnr,ssim]",
+            f"output_dir={out}",
+            "progress=false",
+            "num_workers=0",
+            "device=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| sr |" in proc.stdout
     assert (out / "per_image.csv").is_file() and (out / "summary.md").is_file()
@@ -142,15 +183,27 @@ def test_16bit_and_greyscale_files_score_as_their_8bit_copies(tmp_path: Path) ->
         assert img.mode.startswith("I")
     scores = {}
     for d in (sr8, sr16):
-        run(_cfg(f"sr_dir={d}", f"gt_dir={gt}", "metrics=[psnr,ssim]", f"output_dir={tmp_path / ('out_' + d.name)}"))
-        scores[d.name] = {r["name"]: (r["psnr"], r["ssim"]) for r in read_csv(tmp_path / f"out_{d.name}" / "per_image.csv")}
+        run(
+            _cfg(
+                f"sr_dir={d}",
+                f"gt_dir={gt}",
+                "metrics=[psnr,ssim]",
+                f"output_dir={tmp_path / ('out_' + d.name)}",
+            )
+        )
+        scores[d.name] = {
+            r["name"]: (r["psnr"], r["ssim"]) for r in read_csv(tmp_path / f"out_{d.name}" / "per_image.csv")
+        }
     for name in ("rgb.png", "grey.png"):
         (p8, s8), (p16, s16) = scores["sr8"][name], scores["sr16"][name]
-        assert 20 < float(p8) < 40 and abs(float(p8) - float(p16)) < 1e-4 and abs(float(s8) - float(s16)) < 1e-6, name
+        assert (
+            20 < float(p8) < 40 and abs(float(p8) - float(p16)) < 1e-4 and abs(float(s8) - float(s16)) < 1e-6
+        ), name
 
 
-def test_every_unreadable_file_is_listed_before_any_metric(folders: tuple[Path, Path], tmp_path: Path,
-                                                          png_bomb) -> None:  # fmt: skip
+def test_every_unreadable_file_is_listed_before_any_metric(
+    folders: tuple[Path, Path], tmp_path: Path, png_bomb
+) -> None:
     from fidesr.cli.eval import ImageCheckError
 
     sr, gt = folders
@@ -166,7 +219,19 @@ def test_every_unreadable_file_is_listed_before_any_metric(folders: tuple[Path, 
         assert str(path) in message
     assert "2,500,000,000 pixels" in message and not (tmp_path / "out" / "per_image.csv").exists()
     exe = Path(sys.executable).with_name("fidesr-eval")
-    proc = subprocess.run([str(exe), f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr]", f"output_dir={tmp_path / 'o'}",
-                           "progress=false", "num_workers=0"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            str(exe),
+            f"sr_dir={sr}",
+            f"gt_dir={gt}",
+            "metrics=[psnr]",
+            f"output_dir={tmp_path / 'o'}",
+            "progress=false",
+            "num_workers=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "fidesr-eval: error: 3 unreadable image(s)" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -53,8 +53,12 @@ def test_paper_config_and_presets_from_config_files_alone(sd21_configs: Path, ca
 
 
 def test_report_and_clear_errors(sd21_configs: Path, capsys, tmp_path: Path) -> None:
-    overrides = ["experiment=fidesr_sd21", f"backbone.pretrained={sd21_configs}", "data.batch_size=1",
-                 "data.crop_size=128"]  # fmt: skip
+    overrides = [
+        "experiment=fidesr_sd21",
+        f"backbone.pretrained={sd21_configs}",
+        "data.batch_size=1",
+        "data.crop_size=128",
+    ]
     assert main(["--gpu-gib", "12", *overrides]) == 0  # fp32 frozen weights alone are 5 GiB
     out = capsys.readouterr().out
     assert "batch 1 x 128 px" in out and "estimated peak GPU memory" in out and "12 GiB card: fits" in out

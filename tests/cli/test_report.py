@@ -28,10 +28,16 @@ LRRB = {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock", "mid
 
 def make_config(daw: str, lrrb: str, seed: int, **extra: Any) -> dict[str, Any]:
     """A job config shaped like the train app's (interpolations kept, as in .hydra/config.yaml)."""
-    return {"task_name": "ablation", "seed": seed, "paths": {"output_dir": "/runs/${now:%H-%M-%S-%f}"},
-            "daw": DAW if daw == "on" else None, "lrrb": LRRB if lrrb == "on" else None,
-            "model": {"daw": "${daw}", "lrrb": "${lrrb}", "seed": "${seed}", "lr": extra.pop("lr", 1e-3)},
-            "callbacks": {"ckpt": {"dirpath": "${paths.output_dir}/checkpoints"}}, **extra}  # fmt: skip
+    return {
+        "task_name": "ablation",
+        "seed": seed,
+        "paths": {"output_dir": "/runs/${now:%H-%M-%S-%f}"},
+        "daw": DAW if daw == "on" else None,
+        "lrrb": LRRB if lrrb == "on" else None,
+        "model": {"daw": "${daw}", "lrrb": "${lrrb}", "seed": "${seed}", "lr": extra.pop("lr", 1e-3)},
+        "callbacks": {"ckpt": {"dirpath": "${paths.output_dir}/checkpoints"}},
+        **extra,
+    }
 
 
 IMAGES = ("a", "b", "c", "d")
@@ -75,20 +81,36 @@ def make_job(
     OmegaConf.save(OmegaConf.create(dict(config)), job / ".hydra" / "config.yaml")
     if metrics is not None:
         first = {m: v * 0.9 for m, v in metrics.items()}
-        rows = [{"step": 0, "epoch": 0, "set": "demo", "images": 4, **first},
-                {"step": 10, "epoch": 0, "set": "demo", "images": 4, **metrics}]  # fmt: skip
+        rows = [
+            {"step": 0, "epoch": 0, "set": "demo", "images": 4, **first},
+            {"step": 10, "epoch": 0, "set": "demo", "images": 4, **metrics},
+        ]
         write_csv(job / "metrics.csv", rows, ["step", "epoch", "set", "images", *metrics])
-        per_image = [{"name": n, **{m: v + o * abs(v) * 0.1 + e for m, v in metrics.items()}}
-                     for n, o, e in zip(IMAGES, OFFSETS, noise, strict=True)]  # fmt: skip
+        per_image = [
+            {"name": n, **{m: v + o * abs(v) * 0.1 + e for m, v in metrics.items()}}
+            for n, o, e in zip(IMAGES, OFFSETS, noise, strict=True)
+        ]
         write_csv(job / "val" / "step_10" / "demo" / "per_image.csv", per_image, ["name", *metrics])
         if images:
             write_images(job, 10, metrics.get("psnr", 20.0) / 100)
     losses = losses or {"train/loss/mse": [0.3, 0.2, 0.1], "train/loss/total": [1.0, 0.8, 0.7]}
     log = [{"step": s, **{k: v[s] for k, v in losses.items()}} for s in range(3)]
     write_csv(job / "csv" / "metrics.csv", log, ["step", *losses])
-    write_run_info(job, {"status": status, "git_commit": commit, "git_dirty": False, "code_hash": "c" * 64,
-                         "source_files": {"fidesr/model.py": "1"}, "package_version": "0.1.0", "config_hash": config_hash(OmegaConf.create(dict(config))),
-                         "seed": config.get("seed"), "sweep_id": f"ablation_{sweep.name}", "error": error})  # fmt: skip
+    write_run_info(
+        job,
+        {
+            "status": status,
+            "git_commit": commit,
+            "git_dirty": False,
+            "code_hash": "c" * 64,
+            "source_files": {"fidesr/model.py": "1"},
+            "package_version": "0.1.0",
+            "config_hash": config_hash(OmegaConf.create(dict(config))),
+            "seed": config.get("seed"),
+            "sweep_id": f"ablation_{sweep.name}",
+            "error": error,
+        },
+    )
     if error:
         (job / "error.txt").write_text(f"Traceback (most recent call last):\n  ...\n{error}\n")
     return job
@@ -104,10 +126,20 @@ def make_sweep(root: Path, seeds: Sequence[int] = (0, 1), **job_kwargs: Any) -> 
     for daw, lrrb in SWITCHES:
         for seed in seeds:
             bonus = (daw == "on") + 2 * (lrrb == "on")
-            metrics = {"psnr": 20.0 + bonus + seed, "ssim": 0.5 + 0.01 * bonus, "lpips": 0.4 - 0.01 * bonus,
-                       "musiq": 50.0 + bonus}  # fmt: skip
-            make_job(sweep, num, [f"daw={daw}", f"lrrb={lrrb}", f"seed={seed}", "trainer.max_steps=10"],
-                     metrics, make_config(daw, lrrb, seed), **job_kwargs)  # fmt: skip
+            metrics = {
+                "psnr": 20.0 + bonus + seed,
+                "ssim": 0.5 + 0.01 * bonus,
+                "lpips": 0.4 - 0.01 * bonus,
+                "musiq": 50.0 + bonus,
+            }
+            make_job(
+                sweep,
+                num,
+                [f"daw={daw}", f"lrrb={lrrb}", f"seed={seed}", "trainer.max_steps=10"],
+                metrics,
+                make_config(daw, lrrb, seed),
+                **job_kwargs,
+            )
             num += 1
     return sweep
 
@@ -127,15 +159,22 @@ def test_ablation_table_paired_differences_best_and_plots(tmp_path: Path) -> Non
     sweep = make_sweep(tmp_path, images=True)
     assert main([str(sweep), "--wandb", "off", "--resamples", "2000"]) == 0
     rows = table(sweep)
-    assert [r["configuration"] for r in rows] == ["daw=on,lrrb=on", "daw=on,lrrb=off", "daw=off,lrrb=on",
-                                                  "daw=off,lrrb=off"]  # fmt: skip
+    assert [r["configuration"] for r in rows] == [
+        "daw=on,lrrb=on",
+        "daw=on,lrrb=off",
+        "daw=off,lrrb=on",
+        "daw=off,lrrb=off",
+    ]
     best, base = rows[0], rows[3]
     assert best["n_seeds"] == 2 and best["seeds"] == "0 1" and best["step"] == 10 and best["n_images"] == 4
     assert best["psnr"] == pytest.approx(23.5) and best["psnr_std"] == pytest.approx(math.sqrt(0.5))
     assert best["lpips"] == pytest.approx(0.37)
     # Paired on (seed, image) against the all-off baseline: +3 dB, the interval tight around it.
     assert best["baseline"] == "daw=off,lrrb=off" and base["psnr_delta"] == 0
-    assert best["psnr_delta"] == pytest.approx(3.0) and 2.9 < best["psnr_ci_low"] <= 3.0 <= best["psnr_ci_high"] < 3.1
+    assert (
+        best["psnr_delta"] == pytest.approx(3.0)
+        and 2.9 < best["psnr_ci_low"] <= 3.0 <= best["psnr_ci_high"] < 3.1
+    )
     assert best["lpips_delta"] == pytest.approx(-0.03) and best["lpips_ci_high"] < 0
     for r in rows:
         for m in ("psnr", "ssim", "lpips", "musiq"):
@@ -158,9 +197,17 @@ def test_interval_straddling_zero_claims_no_best(tmp_path: Path) -> None:
     """Per-image differences of +-1 around a mean of 0: no difference detected, no best, no bold."""
     sweep = tmp_path / "sw"
     for i, (daw, lrrb) in enumerate(SWITCHES):
-        noise = (0.0,) * 4 if lrrb == "off" else (1.0, -1.0, 1.0, -1.0)  # daw=on,lrrb=off: the baseline's values
-        make_job(sweep, i, [f"daw={daw}", f"lrrb={lrrb}"], {"psnr": 20.0, "ssim": 0.5}, make_config(daw, lrrb, 0),
-                 noise=noise)  # fmt: skip
+        noise = (
+            (0.0,) * 4 if lrrb == "off" else (1.0, -1.0, 1.0, -1.0)
+        )  # daw=on,lrrb=off: the baseline's values
+        make_job(
+            sweep,
+            i,
+            [f"daw={daw}", f"lrrb={lrrb}"],
+            {"psnr": 20.0, "ssim": 0.5},
+            make_config(daw, lrrb, 0),
+            noise=noise,
+        )
     assert main([str(sweep), "--wandb", "off", "--resamples", "2000"]) == 0
     rows = table(sweep)
     assert all(not r["best"] for r in rows)
@@ -168,7 +215,10 @@ def test_interval_straddling_zero_claims_no_best(tmp_path: Path) -> None:
     assert on["psnr_delta"] == pytest.approx(0.0) and on["psnr_ci_low"] < 0 < on["psnr_ci_high"]
     assert on["psnr_p"] == pytest.approx(1.0)
     md = (sweep / "ablation.md").read_text()
-    assert "- PSNR: no difference detected at n = 4 images; identical to the baseline on every image: `daw=on,lrrb=off`" in md
+    assert (
+        "- PSNR: no difference detected at n = 4 images; identical to the baseline on every image: `daw=on,lrrb=off`"
+        in md
+    )
     assert "**" not in md.split("### Differences")[1]
     assert "| `daw=on,lrrb=off` | 0 (identical per-image values) (p = 1) |" in md
 
@@ -181,7 +231,10 @@ def test_baseline_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert set(rows[0]["best"].split(";")) == {"psnr", "ssim", "lpips", "musiq"}  # every other one is worse
     assert "best: the baseline `daw=on,lrrb=on`" in (sweep / "ablation.md").read_text()
     assert main([str(sweep), "--wandb", "off", "--baseline", "daw=maybe"]) == 2
-    assert "'daw=maybe' is not a configuration of this sweep; configurations: daw=on,lrrb=on" in capsys.readouterr().err
+    assert (
+        "'daw=maybe' is not a configuration of this sweep; configurations: daw=on,lrrb=on"
+        in capsys.readouterr().err
+    )
 
 
 def test_crop_boxes_and_constant_loss_panel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -200,8 +253,15 @@ def test_crop_boxes_and_constant_loss_panel(tmp_path: Path, capsys: pytest.Captu
 
 def test_failed_job_listed_and_left_out(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path, seeds=(0,))
-    make_job(sweep, 4, ["daw=on", "lrrb=on", "seed=0", "trainer.max_steps=10", "model.lr=99"], None,
-             make_config("on", "on", 0), status="failed", error="ValueError: lr=99 is absurd")  # fmt: skip
+    make_job(
+        sweep,
+        4,
+        ["daw=on", "lrrb=on", "seed=0", "trainer.max_steps=10", "model.lr=99"],
+        None,
+        make_config("on", "on", 0),
+        status="failed",
+        error="ValueError: lr=99 is absurd",
+    )
     assert main([str(sweep), "--wandb", "off"]) == 0
     assert main([str(sweep), "--wandb", "off", "--strict"]) == 1
     rows = table(sweep)
@@ -245,13 +305,21 @@ def test_config_hash_ignores_seed_and_paths_only() -> None:
 def test_paper_rows_in_their_own_table(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path, seeds=(0,))
     assert main([str(sweep), "--wandb", "off", "--paper-rows", "--resamples", "500"]) == 0
-    assert [r["configuration"] for r in table(sweep)] == ["daw=on,lrrb=on", "daw=on,lrrb=off", "daw=off,lrrb=on",
-                                                          "daw=off,lrrb=off"]  # ours only  # fmt: skip
+    assert [r["configuration"] for r in table(sweep)] == [
+        "daw=on,lrrb=on",
+        "daw=on,lrrb=off",
+        "daw=off,lrrb=on",
+        "daw=off,lrrb=off",
+    ]  # ours only
     paper = {r["configuration"]: r for r in table(sweep, "ablation_paper.csv")}
     both = paper["paper: +DAW +LRRB"]
-    assert both["musiq"] == ABLATION_DAW_LRRB[(True, True)].values["musiq"] and both["ours"] == "daw=on,lrrb=on"
+    assert (
+        both["musiq"] == ABLATION_DAW_LRRB[(True, True)].values["musiq"] and both["ours"] == "daw=on,lrrb=on"
+    )
     base = ABLATION_DAW_LRRB[(False, False)].values["musiq"]
-    assert both["musiq_delta"] == pytest.approx(both["musiq"] - base) and both["source"].startswith("FiDeSR paper")
+    assert both["musiq_delta"] == pytest.approx(both["musiq"] - base) and both["source"].startswith(
+        "FiDeSR paper"
+    )
     md = (sweep / "ablation.md").read_text()
     ours, theirs = md.split("## The paper's ablation")
     assert "paper:" not in ours and "| paper: +DAW +LRRB | `daw=on,lrrb=on` |" in theirs
@@ -261,8 +329,13 @@ def test_paper_rows_in_their_own_table(tmp_path: Path) -> None:
 def test_no_perceptual_metric_no_scatter(tmp_path: Path) -> None:
     sweep = tmp_path / "sw"
     for i, (daw, lrrb) in enumerate(SWITCHES):
-        make_job(sweep, i, [f"daw={daw}", f"lrrb={lrrb}"], {"psnr": 20.0 + i, "ssim": 0.5},
-                 make_config(daw, lrrb, 0))  # fmt: skip
+        make_job(
+            sweep,
+            i,
+            [f"daw={daw}", f"lrrb={lrrb}"],
+            {"psnr": 20.0 + i, "ssim": 0.5},
+            make_config(daw, lrrb, 0),
+        )
     assert main([str(sweep), "--wandb", "off"]) == 0
     assert not (sweep / "perception_distortion.png").exists()
     assert "No perception-distortion plot" in (sweep / "ablation.md").read_text()
@@ -286,11 +359,22 @@ def make_lfim_sweep(root: Path) -> Path:
                 OmegaConf.create([f"lfim.lf_scale={lf}", f"lfim.hf_scale={hf}"]),
                 job / ".hydra" / "overrides.yaml",
             )
-            OmegaConf.save(OmegaConf.create({"checkpoint": "/ckpt/last.ckpt", "lfim": {"lf_scale": lf, "hf_scale": hf}}),
-                           job / ".hydra" / "config.yaml")  # fmt: skip
-            rows = [{"label": "sr", "source": "this evaluation", "images": 4, "psnr": 25 - 2 * lf - hf,
-                     "ssim": 0.7 - 0.1 * lf, "musiq": 60 + 10 * lf + 5 * hf, "clipiqa": 0.5 + 0.1 * hf},
-                    {"label": "FiDeSR (paper)", "source": "paper", "psnr": 26.02}]  # fmt: skip
+            OmegaConf.save(
+                OmegaConf.create({"checkpoint": "/ckpt/last.ckpt", "lfim": {"lf_scale": lf, "hf_scale": hf}}),
+                job / ".hydra" / "config.yaml",
+            )
+            rows = [
+                {
+                    "label": "sr",
+                    "source": "this evaluation",
+                    "images": 4,
+                    "psnr": 25 - 2 * lf - hf,
+                    "ssim": 0.7 - 0.1 * lf,
+                    "musiq": 60 + 10 * lf + 5 * hf,
+                    "clipiqa": 0.5 + 0.1 * hf,
+                },
+                {"label": "FiDeSR (paper)", "source": "paper", "psnr": 26.02},
+            ]
             write_csv(
                 job / "summary.csv", rows, ["label", "source", "images", "psnr", "ssim", "musiq", "clipiqa"]
             )
@@ -321,12 +405,16 @@ def test_wandb_table_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     runs = list((sweep / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     # The comparison as a table of images: one image column per configuration (plus LQ, bicubic, GT).
-    tables = {str(p.relative_to(p.parents[1] if p.parent.name != "table" else p.parent)).split("_")[0]: p
-              for p in runs[0].rglob("media/table/**/*.table.json")}  # fmt: skip
+    tables = {
+        str(p.relative_to(p.parents[1] if p.parent.name != "table" else p.parent)).split("_")[0]: p
+        for p in runs[0].rglob("media/table/**/*.table.json")
+    }
     assert set(tables) == {"ablation", "comparisons/demo"}
     comp = json.loads(tables["comparisons/demo"].read_text())
     assert comp["columns"][:3] == ["image", "box", "LQ (nearest, x4)"] and len(comp["data"]) == 3
-    assert all(cell == "Image" for row in comp["data"] for cell in row[2:])  # how wandb 0.31 writes image cells
+    assert all(
+        cell == "Image" for row in comp["data"] for cell in row[2:]
+    )  # how wandb 0.31 writes image cells
     assert "W&B: table and plots logged" in (sweep / "ablation.md").read_text()
 
 

@@ -15,19 +15,35 @@ import torch
 from fidesr.callbacks.training import AtomicCheckpointIO
 
 BIN = Path(sys.executable).parent
-SMOKE = ["callbacks.validation_images=null", "validate_before_fit=false", "trainer.max_steps=1",
-         "trainer.val_check_interval=1", "data.val_batch_size=4"]  # fmt: skip
+SMOKE = [
+    "callbacks.validation_images=null",
+    "validate_before_fit=false",
+    "trainer.max_steps=1",
+    "trainer.val_check_interval=1",
+    "data.val_batch_size=4",
+]
 
 
 def _run(args: list[str], cache_dir: Path, timeout: int = 600, **env) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "FIDESR_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
-               "HYDRA_FULL_ERROR": "0", **env}  # fmt: skip
-    return subprocess.run([str(BIN / "fidesr-train"), *args], capture_output=True, text=True, timeout=timeout, env=environ)
+    environ = {
+        **os.environ,
+        "FIDESR_CACHE_DIR": str(cache_dir),
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        "HYDRA_FULL_ERROR": "0",
+        **env,
+    }
+    return subprocess.run(
+        [str(BIN / "fidesr-train"), *args], capture_output=True, text=True, timeout=timeout, env=environ
+    )
 
 
 @pytest.mark.slow
 def test_multirun_jobs_get_their_own_dirs_and_wandb_runs(fast_train_overrides, cache_dir, tmp_path):
-    proc = _run(["-m", *fast_train_overrides, *SMOKE, "lrrb=on,off", "logger=wandb", f"paths.runs_dir={tmp_path}"], cache_dir)
+    proc = _run(
+        ["-m", *fast_train_overrides, *SMOKE, "lrrb=on,off", "logger=wandb", f"paths.runs_dir={tmp_path}"],
+        cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = next((tmp_path / "demo").glob("multirun_*"))
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -46,9 +62,20 @@ def test_multirun_jobs_get_their_own_dirs_and_wandb_runs(fast_train_overrides, c
 def test_ddp_two_processes_on_cpu(fast_train_overrides, cache_dir, tmp_path):
     out = tmp_path / "ddp"
     # The chunked pixel losses (an autograd.grad inside training_step) run under DDP too.
-    proc = _run([*fast_train_overrides, *SMOKE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                 "trainer.precision=32-true", "trainer.max_steps=2", f"paths.output_dir={out}",
-                 "model.loss_chunk=1"], cache_dir)  # fmt: skip
+    proc = _run(
+        [
+            *fast_train_overrides,
+            *SMOKE,
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+            "trainer.max_steps=2",
+            f"paths.output_dir={out}",
+            "model.loss_chunk=1",
+        ],
+        cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size: 2" in (proc.stdout + proc.stderr) or "distributed_backend=gloo" in proc.stderr
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -62,8 +89,19 @@ def test_unknown_option_shows_hydra_choices(cache_dir):
 
 
 def test_missing_pretrained_folder_is_one_clear_line(cache_dir, tmp_path):
-    proc = _run(["backbone=sd21", f"backbone.pretrained={tmp_path}/nope", "trainer=cpu", "data=demo",
-                 "perceptual=standin", "metrics=[psnr]", f"paths.output_dir={tmp_path}/run"], cache_dir, timeout=300)  # fmt: skip
+    proc = _run(
+        [
+            "backbone=sd21",
+            f"backbone.pretrained={tmp_path}/nope",
+            "trainer=cpu",
+            "data=demo",
+            "perceptual=standin",
+            "metrics=[psnr]",
+            f"paths.output_dir={tmp_path}/run",
+        ],
+        cache_dir,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert f"fidesr-train: error: backbone.pretrained={tmp_path}/nope: no such folder" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -95,17 +133,31 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(sig, fast_train_overrides
     """A real run gets SIGINT (Ctrl-C) or SIGTERM (a scheduler) mid-way: it saves last.ckpt at the step it
     was on, says so and exits 128 + signal; ckpt_path=last then ends with the weights of an uninterrupted run."""
     steps = 12
-    common = [*fast_train_overrides, "callbacks.validation_images=null", "trainer.val_check_interval=1000",
-              f"trainer.max_steps={steps}"]  # fmt: skip
+    common = [
+        *fast_train_overrides,
+        "callbacks.validation_images=null",
+        "trainer.val_check_interval=1000",
+        f"trainer.max_steps={steps}",
+    ]
     ref = _run([*common, f"paths.output_dir={tmp_path / 'ref'}"], cache_dir)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     out, marker = tmp_path / "run", tmp_path / "step3"
-    environ = {**os.environ, "FIDESR_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(Path(__file__).parent)}  # fmt: skip
+    environ = {
+        **os.environ,
+        "FIDESR_CACHE_DIR": str(cache_dir),
+        "WANDB_MODE": "disabled",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).parent),
+    }
     pace = f"+callbacks.pace={{_target_:train_helpers.Pace,marker:'{marker}',after:3}}"
-    proc = subprocess.Popen([str(BIN / "fidesr-train"), *common, f"paths.output_dir={out}", pace],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(BIN / "fidesr-train"), *common, f"paths.output_dir={out}", pace],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environ,
+    )
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -128,7 +180,11 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(sig, fast_train_overrides
 
 
 def test_wrong_type_in_an_override_names_the_key(cache_dir, tmp_path):
-    proc = _run(["experiment=demo", "trainer.max_steps=abc", f"paths.output_dir={tmp_path}/run"], cache_dir, timeout=300)
+    proc = _run(
+        ["experiment=demo", "trainer.max_steps=abc", f"paths.output_dir={tmp_path}/run"],
+        cache_dir,
+        timeout=300,
+    )
     assert proc.returncode == 1
     assert "fidesr-train: error: trainer.max_steps = 'abc': expected int" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -25,12 +25,16 @@ from fidesr.model_files import TrainedWeights, trained_state
 def adapter(tiny_backbone_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     backbone = StableDiffusionBackbone.from_pretrained(tiny_backbone_folder, local_files_only=True)
     config = {
-        "backbone": {"_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
-                     "pretrained": str(tiny_backbone_folder), "local_files_only": True, "lora_rank": 8},
+        "backbone": {
+            "_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
+            "pretrained": str(tiny_backbone_folder),
+            "local_files_only": True,
+            "lora_rank": 8,
+        },
         "lrrb": {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock"},
         "lfim": {"_target_": "fidesr.components.lfim.LatentFrequencyInjection"},
         "model": {"color_fix": "adain", "min_lq_size": 16},
-    }  # fmt: skip
+    }
     weights = TrainedWeights(config, trained_state(backbone, LatentResidualRefinementBlock()), "tiny")
     return weights.save_pretrained(tmp_path_factory.mktemp("adapter") / "tiny")
 
@@ -64,8 +68,21 @@ def awkward(tmp_path: Path) -> Path:
 
 
 def _run(inputs: list[Path], out: Path, adapter: Path, *extra: str) -> int:
-    return main([*map(str, inputs), "-o", str(out), "--checkpoint", str(adapter), "--device", "cpu",
-                 "--no-progress", "--scale", "2", *extra])  # fmt: skip
+    return main(
+        [
+            *map(str, inputs),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(adapter),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--scale",
+            "2",
+            *extra,
+        ]
+    )
 
 
 def test_awkward_inputs_are_written_and_the_corrupt_one_reported(
@@ -76,15 +93,24 @@ def test_awkward_inputs_are_written_and_the_corrupt_one_reported(
     captured = capsys.readouterr()
     assert code == 1  # one input failed
     assert "corrupt.png" in captured.err and "7 written, 0 skipped (exist), 1 failed" in captured.out
-    expected = {"gray": (32, 48), "gray_as_rgb": (32, 48), "rgba": (32, 48), "palette": (32, 48),
-                "gray16": (32, 48), "rgb16": (32, 48), "exif": (48, 32)}  # (h, w) at x2; EXIF swaps the sides
+    expected = {
+        "gray": (32, 48),
+        "gray_as_rgb": (32, 48),
+        "rgba": (32, 48),
+        "palette": (32, 48),
+        "gray16": (32, 48),
+        "rgb16": (32, 48),
+        "exif": (48, 32),
+    }  # (h, w) at x2; EXIF swaps the sides
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{k}.png" for k in expected)
     for stem, (h, w) in expected.items():
         with Image.open(out / f"{stem}.png") as img:
             assert img.mode == "RGB" and img.size == (w, h), stem
     assert not list(out.glob(".*"))  # no temporary files left behind
     # A grayscale file is the same picture as its 3-channel copy: identical results.
-    assert np.array_equal(np.asarray(Image.open(out / "gray.png")), np.asarray(Image.open(out / "gray_as_rgb.png")))
+    assert np.array_equal(
+        np.asarray(Image.open(out / "gray.png")), np.asarray(Image.open(out / "gray_as_rgb.png"))
+    )
 
 
 def test_existing_outputs_are_kept_without_overwrite(
@@ -97,13 +123,17 @@ def test_existing_outputs_are_kept_without_overwrite(
     captured = capsys.readouterr()
     assert (out / "gray.png").read_bytes() == b"keep me" and "use --overwrite" in captured.err
     assert "1 written, 1 skipped (exist), 0 failed" in captured.out
-    assert _run([awkward / "gray.png"], out, adapter, "--overwrite", "--color-fix", "wavelet", "--no-lfim") == 0
+    assert (
+        _run([awkward / "gray.png"], out, adapter, "--overwrite", "--color-fix", "wavelet", "--no-lfim") == 0
+    )
     assert (out / "gray.png").read_bytes() != b"keep me"
     # Everything exists: nothing to do, the model is not even loaded.
     assert _run([awkward / "gray.png", awkward / "rgba.png"], out, tmp_path / "missing") == 0
 
 
-def test_missing_inputs_and_bad_arguments(adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_inputs_and_bad_arguments(
+    adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert _run([tmp_path / "nope.png"], tmp_path / "o", adapter) == 1
     assert "nope.png: no such file or folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -116,24 +146,50 @@ def test_console_script_tiles_and_batches(awkward: Path, adapter: Path, tmp_path
     exe = Path(sys.executable).with_name("fidesr-upscale")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "fidesr.cli.upscale"]
     out = tmp_path / "cli"
-    proc = subprocess.run([*cmd, str(awkward / "rgba.png"), str(awkward / "palette.png"), "-o", str(out),
-                           "--checkpoint", str(adapter), "--device", "cpu", "--tile", "8", "--tile-overlap", "2",
-                           "--batch-size", "2", "--precision", "fp32", "--no-progress"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            *cmd,
+            str(awkward / "rgba.png"),
+            str(awkward / "palette.png"),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(adapter),
+            "--device",
+            "cpu",
+            "--tile",
+            "8",
+            "--tile-overlap",
+            "2",
+            "--batch-size",
+            "2",
+            "--precision",
+            "fp32",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 written" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == ["palette.png", "rgba.png"]
 
 
-def test_a_decompression_bomb_is_named_and_skipped(awkward: Path, adapter: Path, tmp_path: Path, png_bomb,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_decompression_bomb_is_named_and_skipped(
+    awkward: Path, adapter: Path, tmp_path: Path, png_bomb, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()
     (folder / "good.png").write_bytes((awkward / "rgba.png").read_bytes())
     png_bomb(folder / "bomb.png")
     assert _run([folder], tmp_path / "out", adapter) == 1
     captured = capsys.readouterr()
-    assert "bomb.png" in captured.err and "10,000,000,000 pixels" in captured.err and "--max-pixels" in captured.err
+    assert (
+        "bomb.png" in captured.err
+        and "10,000,000,000 pixels" in captured.err
+        and "--max-pixels" in captured.err
+    )
     assert "Traceback" not in captured.err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.png"]
     # The limit is an option: a smaller one refuses the good image too.
@@ -150,7 +206,10 @@ def test_output_folder_and_model_errors_are_one_line_before_any_work(
     assert _run([awkward / "gray.png"], a_file, tmp_path / "missing") == 1
     err = capsys.readouterr().err
     assert "fidesr-upscale: error: -o " in err and "not a folder" in err and "Traceback" not in err
-    for bad, expect in [(tmp_path / "missing.ckpt", "model not found"), (awkward / "corrupt.png", "corrupt.png")]:
+    for bad, expect in [
+        (tmp_path / "missing.ckpt", "model not found"),
+        (awkward / "corrupt.png", "corrupt.png"),
+    ]:
         assert _run([awkward / "gray.png"], tmp_path / "o", bad) == 1
         err = capsys.readouterr().err
         assert "fidesr-upscale: error: " in err and expect in err and "Traceback" not in err, err
@@ -158,24 +217,44 @@ def test_output_folder_and_model_errors_are_one_line_before_any_work(
     truncated.write_bytes(b"PK\x03\x04" + b"\0" * 100)
     assert _run([awkward / "gray.png"], tmp_path / "o", truncated) == 1
     assert "trunc.ckpt" in capsys.readouterr().err
-    assert main([str(awkward / "gray.png"), "-o", str(tmp_path / "o"), "--checkpoint", str(truncated),
-                 "--device", "cpu", "--debug"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                str(awkward / "gray.png"),
+                "-o",
+                str(tmp_path / "o"),
+                "--checkpoint",
+                str(truncated),
+                "--device",
+                "cpu",
+                "--debug",
+            ]
+        )
+        == 1
+    )
     assert "Traceback" in capsys.readouterr().err  # --debug shows where it came from
 
 
-def test_official_without_pretrained_offline_is_one_line_naming_the_fetch(trained_model: dict, tmp_path: Path,
-                                                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_official_without_pretrained_offline_is_one_line_naming_the_fetch(
+    trained_model: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--official defaults to SD 2.1-base from the Hugging Face cache; offline and not cached, the error says
     what is missing and the command that fetches it (the suite runs with HF_HUB_OFFLINE=1)."""
     import torch
 
     backbone = trained_model["backbone"]
     pkl = tmp_path / "fidesr.pkl"
-    torch.save({"unet_lora_encoder_modules": backbone.lora_split["default_encoder"],
-                "unet_lora_decoder_modules": backbone.lora_split["default_decoder"],
-                "unet_lora_others_modules": backbone.lora_split["default_others"], "lora_rank_unet": 8,
-                "state_dict_unet": backbone.lora_state_dict(), "lrrb_state_dict": trained_model["lrrb"].state_dict()},
-               pkl)  # fmt: skip
+    torch.save(
+        {
+            "unet_lora_encoder_modules": backbone.lora_split["default_encoder"],
+            "unet_lora_decoder_modules": backbone.lora_split["default_decoder"],
+            "unet_lora_others_modules": backbone.lora_split["default_others"],
+            "lora_rank_unet": 8,
+            "state_dict_unet": backbone.lora_state_dict(),
+            "lrrb_state_dict": trained_model["lrrb"].state_dict(),
+        },
+        pkl,
+    )
     img = tmp_path / "in.png"
     Image.fromarray(_gradient(16, 16)).save(img)
     assert main([str(img), "-o", str(tmp_path / "out"), "--official", str(pkl), "--device", "cpu"]) == 1

@@ -63,9 +63,15 @@ def test_csd_loss_value_and_gradient_match_reference(weighted):
     loss = csd.csd_loss(z, z_t, t, eps_neg, eps_pos, abar, cfg_scale=7.5, weight_map=w)
     loss.backward()
     ref_loss, ref_grad = np_csd(
-        z.detach().double().numpy(), z_t.double().numpy(), t.numpy(), eps_neg.double().numpy(),
-        eps_pos.double().numpy(), abar.double().numpy(), 7.5, None if w is None else w.double().numpy(),
-    )  # fmt: skip
+        z.detach().double().numpy(),
+        z_t.double().numpy(),
+        t.numpy(),
+        eps_neg.double().numpy(),
+        eps_pos.double().numpy(),
+        abar.double().numpy(),
+        7.5,
+        None if w is None else w.double().numpy(),
+    )
     assert loss.shape == () and loss.dtype == torch.float32
     assert loss.item() == pytest.approx(ref_loss, rel=1e-5)
     # d loss / d z = 2 * W * grad / numel
@@ -178,6 +184,9 @@ def test_defaults_and_validation():
         csd.ClassifierScoreDistillation(t_min=500, t_max=20)
     with pytest.raises(ValueError):
         csd.ClassifierScoreDistillation(t_max=2000)(
-            torch.zeros(1, 4, 2, 2), LinearTeacher(), torch.zeros(1, 2, 3), torch.zeros(1, 2, 3),
+            torch.zeros(1, 4, 2, 2),
+            LinearTeacher(),
+            torch.zeros(1, 2, 3),
+            torch.zeros(1, 2, 3),
             csd.scaled_linear_alphas_cumprod(),
-        )  # fmt: skip
+        )

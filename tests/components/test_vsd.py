@@ -106,14 +106,18 @@ def test_module_compute_and_fake_score_step_train_only_their_adapters(vsd_backbo
     g = torch.Generator().manual_seed(1)
     z = torch.randn(2, backbone.latent_channels, 8, 8, generator=g, requires_grad=True)
     pos, neg = backbone.encode_prompt(["tag", "tag"]), backbone.encode_prompt(["neg", "neg"])
-    out = vsd.compute(z, backbone.teacher_eps, backbone.fake_eps, pos, neg, acp, generator=torch.Generator().manual_seed(5))
+    out = vsd.compute(
+        z, backbone.teacher_eps, backbone.fake_eps, pos, neg, acp, generator=torch.Generator().manual_seed(5)
+    )
     # The same draws, by hand: t ~ U[20, 980), eps, z_t; the real score with CFG, the fake one on the tags.
     g2 = torch.Generator().manual_seed(5)
     t = torch.randint(20, 980, (2,), generator=g2)
     eps = torch.randn(z.shape, generator=g2)
     z_t = add_noise(z.detach(), eps, t, acp)
     with torch.no_grad():
-        e_neg, e_pos = backbone.teacher_eps(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([neg, pos])).chunk(2)
+        e_neg, e_pos = backbone.teacher_eps(
+            torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([neg, pos])
+        ).chunk(2)
         e_fake = backbone.fake_eps(z_t, t, pos)
     torch.testing.assert_close(out.timesteps, t)
     torch.testing.assert_close(out.loss, V.vsd_loss(z, z_t, t, e_fake, e_neg, e_pos, acp, 7.5))
@@ -122,13 +126,17 @@ def test_module_compute_and_fake_score_step_train_only_their_adapters(vsd_backbo
 
     # The fake score's diffusion loss reaches only its adapter.
     before_gen = {k: v.clone() for k, v in backbone.lora_state_dict().items()}
-    loss_fake = vsd.fake_score_loss(z, backbone.fake_eps, pos, acp, generator=torch.Generator().manual_seed(2))
+    loss_fake = vsd.fake_score_loss(
+        z, backbone.fake_eps, pos, acp, generator=torch.Generator().manual_seed(2)
+    )
     assert loss_fake.requires_grad and z.grad is not None
     z.grad = None
     from fidesr.backbone.lora import FAKE_SCORE_ADAPTER as FAKE
 
     with backbone.adapters_active([FAKE]):
-        loss_fake = vsd.fake_score_loss(z, backbone.fake_eps, pos, acp, generator=torch.Generator().manual_seed(2))
+        loss_fake = vsd.fake_score_loss(
+            z, backbone.fake_eps, pos, acp, generator=torch.Generator().manual_seed(2)
+        )
         loss_fake.backward()
     assert z.grad is None
     assert all(p.grad is not None for p in backbone.fake_score_parameters())

@@ -110,9 +110,14 @@ def test_datamodule_builds_named_sets(tmp_path):
     _write(tmp_path / "lq", ["v.png"], size=(8, 8))
     _write(tmp_path / "gt", ["v.png"], size=(32, 32))
     dm = SRDataModule(
-        train_sources=[{"path": str(hq)}], val_sets={"mine": {"lq": str(tmp_path / "lq"), "gt": str(tmp_path / "gt")}},
-        degradation=BicubicDegradation(), crop_size=32, batch_size=2, num_workers=0, pin_memory=False,
-    )  # fmt: skip
+        train_sources=[{"path": str(hq)}],
+        val_sets={"mine": {"lq": str(tmp_path / "lq"), "gt": str(tmp_path / "gt")}},
+        degradation=BicubicDegradation(),
+        crop_size=32,
+        batch_size=2,
+        num_workers=0,
+        pin_memory=False,
+    )
     dm.setup("fit")
     assert dm.val_set_names == ["mine"]
     batch = next(iter(dm.train_dataloader()))

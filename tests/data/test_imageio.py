@@ -60,7 +60,9 @@ def test_16bit_rgb_keeps_precision(tmp_path):
     arr = rng.integers(0, 65536, (8, 9, 3), dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "c16.png"), arr[..., ::-1])  # OpenCV writes BGR
     x = load_image(tmp_path / "c16.png")
-    torch.testing.assert_close(x.permute(1, 2, 0), torch.from_numpy(arr.astype(np.float32) / 65535), rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        x.permute(1, 2, 0), torch.from_numpy(arr.astype(np.float32) / 65535), rtol=0, atol=1e-7
+    )
 
 
 def test_cmyk_jpeg_converted(tmp_path):

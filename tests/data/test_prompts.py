@@ -146,8 +146,9 @@ def test_ram_prompts_with_fake_package(fake_ram: types.SimpleNamespace, tmp_path
 
 
 @pytest.mark.parametrize("name", ["empty", "fixed", "file", "ram"])
-def test_hydra_configs(name: str, compose, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                       fake_ram: types.SimpleNamespace) -> None:  # fmt: skip
+def test_hydra_configs(
+    name: str, compose, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_ram: types.SimpleNamespace
+) -> None:
     from hydra.utils import instantiate
 
     tags = tmp_path / "tags" / "train_ram.json"
@@ -174,8 +175,9 @@ def _load_script() -> types.ModuleType:
     return module
 
 
-def test_precompute_tags_without_ram(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_precompute_tags_without_ram(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "ram", None)
     code = _load_script().main(
         [str(tmp_path), "--out", str(tmp_path / "t.json"), "--weights", str(tmp_path / "w.pth")]

@@ -10,7 +10,11 @@ from fidesr.metrics import PROTOCOL, canonical_name, get_spec, monitor_mode
 def test_protocol_has_the_nine_metrics() -> None:
     assert list(PROTOCOL) == ["psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa"]
     assert PROTOCOL["maniqa"].pyiqa_name == "maniqa-pipal"  # not pyiqa's default `maniqa`
-    assert dict(PROTOCOL["psnr"].options) == {"test_y_channel": True, "color_space": "ycbcr", "crop_border": 0}
+    assert dict(PROTOCOL["psnr"].options) == {
+        "test_y_channel": True,
+        "color_space": "ycbcr",
+        "crop_border": 0,
+    }
 
 
 @pytest.mark.parametrize("name", list(PROTOCOL))

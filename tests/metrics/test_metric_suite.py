@@ -21,9 +21,11 @@ def _pyiqa(name: str, **opts: object) -> torch.nn.Module:
 
 @pytest.mark.parametrize(
     "opts",
-    [dict(test_y_channel=True, color_space="ycbcr", crop_border=0),
-     dict(test_y_channel=False, color_space="ycbcr", crop_border=0),
-     dict(test_y_channel=True, color_space="yiq", crop_border=4)],
+    [
+        dict(test_y_channel=True, color_space="ycbcr", crop_border=0),
+        dict(test_y_channel=False, color_space="ycbcr", crop_border=0),
+        dict(test_y_channel=True, color_space="yiq", crop_border=4),
+    ],
     ids=["protocol", "rgb", "yiq-crop4"],
 )
 def test_separable_ssim_equals_pyiqa(image_pair: tuple[torch.Tensor, torch.Tensor], opts: dict) -> None:
@@ -38,7 +40,9 @@ def test_protocol_psnr_is_pyiqa_ycbcr_not_default(image_pair: tuple[torch.Tensor
     sr, gt = image_pair
     suite = MetricSuite(["psnr", "ssim"])
     s = suite.score(sr, gt)
-    torch.testing.assert_close(s["psnr"], _pyiqa("psnr", test_y_channel=True, color_space="ycbcr")(sr, gt).double())
+    torch.testing.assert_close(
+        s["psnr"], _pyiqa("psnr", test_y_channel=True, color_space="ycbcr")(sr, gt).double()
+    )
     yiq = _pyiqa("psnr", test_y_channel=True)(sr, gt).double()  # pyiqa's default Y: a different number
     assert (s["psnr"] - yiq).abs().max() > 1e-3
     rgb = MetricSuite(["psnr", "ssim"], test_y_channel=False, crop_border=4).score(sr, gt)
@@ -64,7 +68,9 @@ def test_update_compute_reset_and_batching(make_pair: object) -> None:
     for i, n in enumerate("abcd"):
         single.update(sr[i : i + 1], gt[i : i + 1], [n])
     for r1, r2 in zip(suite.per_image, single.per_image, strict=True):
-        assert r1["psnr"] == pytest.approx(r2["psnr"], abs=1e-4) and r1["ssim"] == pytest.approx(r2["ssim"], abs=1e-12)
+        assert r1["psnr"] == pytest.approx(r2["psnr"], abs=1e-4) and r1["ssim"] == pytest.approx(
+            r2["ssim"], abs=1e-12
+        )
     means = suite.compute()
     assert means["psnr"] == pytest.approx(sum(r["psnr"] for r in rows) / 4)
     suite.update(sr[:1], gt[:1])  # unnamed images get generated names

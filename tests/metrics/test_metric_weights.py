@@ -88,7 +88,9 @@ def _fake_sdist(tmp_path: Path, npz_bytes: bytes) -> Path:
 
 
 @needs_niqe_npz
-def test_install_niqe_from_simple_index(tmp_path: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_install_niqe_from_simple_index(
+    tmp_path: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The sdist path end to end against a local PEP 503 index (file://), no network: a tarball with the
     wrong sha256 is refused; with its hash pinned, the npz inside is converted and verified."""
     tar_path = _fake_sdist(tmp_path, NIQE_NPZ.read_bytes())
@@ -149,8 +151,8 @@ def test_adopt_link_and_refuse_wrong_files(tmp_path: Path, weights_dir: Path) ->
     src = tmp_path / "downloads"
     src.mkdir()
     lpips_src = wheel_path(W.FILES["lpips-alex-v0.1"].providers[0])
-    (src / "alex.pth").write_bytes(lpips_src.read_bytes())           # known alias, right bytes
-    (src / "RN50.pt").write_bytes(b"truncated download")              # right name, wrong bytes
+    (src / "alex.pth").write_bytes(lpips_src.read_bytes())  # known alias, right bytes
+    (src / "RN50.pt").write_bytes(b"truncated download")  # right name, wrong bytes
     logs: list[str] = []
     done = W.adopt([src], weights_dir, mode="link", log=logs.append)
     assert list(done) == ["lpips-alex-v0.1"]
@@ -164,9 +166,11 @@ def test_no_downloads_guard_blocks_every_download_path() -> None:
     import pyiqa.utils.download_util as dl
 
     with W.no_downloads("test"):
-        for call in (lambda: torch.hub.download_url_to_file("https://example.com/x.pth", "/tmp/x"),
-                     lambda: urllib.request.urlopen("https://example.com/x"),
-                     lambda: dl.load_file_from_url("https://example.com/y.pth")):
+        for call in (
+            lambda: torch.hub.download_url_to_file("https://example.com/x.pth", "/tmp/x"),
+            lambda: urllib.request.urlopen("https://example.com/x"),
+            lambda: dl.load_file_from_url("https://example.com/y.pth"),
+        ):
             with pytest.raises(WeightsMissingError, match="tried to download"):
                 call()
     assert torch.hub.download_url_to_file is not None and urllib.request.urlopen.__name__ == "urlopen"
@@ -182,21 +186,29 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("metric", ["lpips", "dists", "niqe", "musiq", "maniqa", "clipiqa", "fid"])
-def test_missing_weights_raise_before_any_network_call(metric: str, weights_dir: Path, no_network: None) -> None:
+def test_missing_weights_raise_before_any_network_call(
+    metric: str, weights_dir: Path, no_network: None
+) -> None:
     # The production builder checks first ...
     with pytest.raises(WeightsMissingError, match=metric):
         build_pyiqa_metric(PROTOCOL[metric], {}, torch.device("cpu"), weights_dir)
     # ... and even pyiqa called directly inside the guard cannot reach the network or fall back to
     # random weights: whatever download it tries raises our error.
     pyiqa = W.import_pyiqa()
-    with W.torch_cache_scope(weights_dir), W.no_downloads(metric), pytest.raises(WeightsMissingError, match="tried to download"):
+    with (
+        W.torch_cache_scope(weights_dir),
+        W.no_downloads(metric),
+        pytest.raises(WeightsMissingError, match="tried to download"),
+    ):
         from fidesr.metrics.suite import _maniqa_vit_without_imagenet_init
 
         with _maniqa_vit_without_imagenet_init():
             pyiqa.create_metric(PROTOCOL[metric].pyiqa_name, device="cpu")
 
 
-def test_building_a_suite_changes_no_process_wide_setting(niqe_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_building_a_suite_changes_no_process_wide_setting(
+    niqe_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The weights dir is read per build (issue 12): torch hub, $TORCH_HOME and pyiqa's cache stay put."""
     import pyiqa.utils.download_util as dl
 

@@ -42,11 +42,19 @@ def test_realsr_folder_mode_reproduces_osediff_log(tmp_path: Path, weights_dir: 
     assert len(log_rows) == 100 and log_mean["niqe"] == 5.6476
 
     with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
-        cfg = compose("eval", overrides=[
-            f"sr_dir={REALSR / 'osediff'}", f"gt_dir={REALSR / 'gt'}", "metrics=[psnr,ssim,niqe]",
-            f"output_dir={tmp_path / 'eval'}", f"weights_dir={weights_dir}", "device=cpu",
-            "num_workers=0", "progress=false",
-        ])
+        cfg = compose(
+            "eval",
+            overrides=[
+                f"sr_dir={REALSR / 'osediff'}",
+                f"gt_dir={REALSR / 'gt'}",
+                "metrics=[psnr,ssim,niqe]",
+                f"output_dir={tmp_path / 'eval'}",
+                f"weights_dir={weights_dir}",
+                "device=cpu",
+                "num_workers=0",
+                "progress=false",
+            ],
+        )
     t0 = time.perf_counter()
     result = run(cfg)
     seconds = time.perf_counter() - t0
@@ -57,9 +65,11 @@ def test_realsr_folder_mode_reproduces_osediff_log(tmp_path: Path, weights_dir: 
     worst = {m: max(d.items(), key=lambda kv: kv[1]) for m, d in diff.items()}
     log_niqe_mean = sum(r["niqe"] for r in log_rows.values()) / 100
     mean_diff = abs(result.summary["niqe"] - log_niqe_mean)
-    print(f"\nRealSR parity, 100 pairs, PSNR+SSIM+NIQE: {seconds:.1f} s "
-          + "; ".join(f"max |d{m}| {v:.2e} ({n})" for m, (n, v) in worst.items())
-          + f"; |d mean NIQE| {mean_diff:.2e}")
+    print(
+        f"\nRealSR parity, 100 pairs, PSNR+SSIM+NIQE: {seconds:.1f} s "
+        + "; ".join(f"max |d{m}| {v:.2e} ({n})" for m, (n, v) in worst.items())
+        + f"; |d mean NIQE| {mean_diff:.2e}"
+    )
 
     assert worst["psnr"][1] < 1e-4
     assert worst["ssim"][1] < 1e-5

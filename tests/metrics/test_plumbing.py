@@ -40,7 +40,9 @@ def _check_rows(suite: MetricSuite, name: str, n: int) -> list[float]:
     return vals
 
 
-def test_plumbing_random_weights_lpips_shape_range(monkeypatch: pytest.MonkeyPatch, make_pair: object) -> None:
+def test_plumbing_random_weights_lpips_shape_range(
+    monkeypatch: pytest.MonkeyPatch, make_pair: object
+) -> None:
     net = _random_pyiqa("lpips", monkeypatch)
     suite = MetricSuite(["psnr", "lpips"], stand_ins={"lpips": net})
     assert suite.names == ["psnr", "lpips-standin"] and monitor_mode("lpips-standin") == "min"
@@ -54,7 +56,9 @@ def test_plumbing_random_weights_lpips_shape_range(monkeypatch: pytest.MonkeyPat
     assert batched[1].item() == pytest.approx(single.item(), rel=1e-5)
 
 
-def test_plumbing_random_weights_dists_shape_range(monkeypatch: pytest.MonkeyPatch, make_pair: object) -> None:
+def test_plumbing_random_weights_dists_shape_range(
+    monkeypatch: pytest.MonkeyPatch, make_pair: object
+) -> None:
     net = _random_pyiqa("dists", monkeypatch)
     suite = MetricSuite(["dists"], stand_ins={"dists": net}, required=())
     sr, gt = make_pair(64, n=2)
@@ -64,7 +68,9 @@ def test_plumbing_random_weights_dists_shape_range(monkeypatch: pytest.MonkeyPat
     assert torch.all(suite.score(gt, gt)["dists-standin"].abs() < 1e-4)
 
 
-def test_plumbing_random_weights_musiq_no_reference(monkeypatch: pytest.MonkeyPatch, make_pair: object) -> None:
+def test_plumbing_random_weights_musiq_no_reference(
+    monkeypatch: pytest.MonkeyPatch, make_pair: object
+) -> None:
     net = _random_pyiqa("musiq", monkeypatch)
     suite = MetricSuite(["musiq"], stand_ins={"musiq": net}, required=())
     sr, _ = make_pair(64, n=2)
@@ -82,8 +88,9 @@ class _MeanStandin(torch.nn.Module):
 
 
 def test_plumbing_standin_maniqa_clipiqa_per_image(make_pair: object) -> None:
-    suite = MetricSuite(["maniqa", "clipiqa", "psnr"],
-                        stand_ins={"maniqa": _MeanStandin(), "clip-iqa": _MeanStandin()})
+    suite = MetricSuite(
+        ["maniqa", "clipiqa", "psnr"], stand_ins={"maniqa": _MeanStandin(), "clip-iqa": _MeanStandin()}
+    )
     assert suite.names == ["maniqa-standin", "clipiqa-standin", "psnr"]
     sr, gt = make_pair(32, n=3)
     suite.update(sr[:2], gt[:2], ["a", "b"])

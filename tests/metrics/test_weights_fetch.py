@@ -32,8 +32,9 @@ def _leftovers(weights_dir: Path) -> list[str]:
     return [p.name for p in weights_dir.rglob("*.part")]
 
 
-def test_fetch_places_the_checked_file_where_the_loader_looks(server: WeightsServer, weights_dir: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fetch_places_the_checked_file_where_the_loader_looks(
+    server: WeightsServer, weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = os.urandom(300_000)
     server.put("alexnet-owt-7be5be79.pth", data)
     f = register(monkeypatch, ALEX, data)
@@ -44,7 +45,9 @@ def test_fetch_places_the_checked_file_where_the_loader_looks(server: WeightsSer
     assert server.gets == ["alexnet-owt-7be5be79.pth"]
 
 
-def test_mirror_may_be_a_local_folder(tmp_path: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mirror_may_be_a_local_folder(
+    tmp_path: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FIDESR_OFFLINE", "1")  # a mirror is the offline path: the flags do not block it
     folder = tmp_path / "usb"
     folder.mkdir()
@@ -57,15 +60,18 @@ def test_mirror_may_be_a_local_folder(tmp_path: Path, weights_dir: Path, monkeyp
         W.fetch_file(register(monkeypatch, "musiq-koniq", b"x"), weights_dir, mirror=folder)
 
 
-def test_http_404_names_the_url(server: WeightsServer, weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_http_404_names_the_url(
+    server: WeightsServer, weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     f = register(monkeypatch, ALEX, b"never served")
     with pytest.raises(FetchError, match=rf"{server.url}alexnet-owt-7be5be79.pth: HTTP 404"):
         W.fetch_file(f, weights_dir)
     assert not W.file_path(f, weights_dir).exists() and not _leftovers(weights_dir)
 
 
-def test_checksum_mismatch_leaves_no_file(server: WeightsServer, weights_dir: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checksum_mismatch_leaves_no_file(
+    server: WeightsServer, weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     f = register(monkeypatch, ALEX, b"the real weights")
     server.put(f.filename, b"a corrupted copy on the mirror")
     with pytest.raises(FetchError, match="checksum mismatch.*not saved"):
@@ -73,8 +79,9 @@ def test_checksum_mismatch_leaves_no_file(server: WeightsServer, weights_dir: Pa
     assert not W.file_path(f, weights_dir).exists() and not _leftovers(weights_dir)
 
 
-def test_connection_dropped_mid_file_leaves_no_file(server: WeightsServer, weights_dir: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connection_dropped_mid_file_leaves_no_file(
+    server: WeightsServer, weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = os.urandom(200_000)
     f = register(monkeypatch, ALEX, data)
     server.put(f.filename, data)
@@ -90,8 +97,9 @@ def _fetch_in_child(key: str, weights_dir: str) -> None:
     W.fetch_file(W.FILES[key], weights_dir, progress=False)
 
 
-def test_killed_download_leaves_no_file_under_the_final_name(server: WeightsServer, weights_dir: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_download_leaves_no_file_under_the_final_name(
+    server: WeightsServer, weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = os.urandom(256 * 40)  # 40 pieces, 0.05 s apart: two seconds of download
     f = register(monkeypatch, ALEX, data)
     server.put(f.filename, data)
@@ -110,8 +118,9 @@ def test_killed_download_leaves_no_file_under_the_final_name(server: WeightsServ
     assert not _leftovers(weights_dir)  # the killed fetch's partial file is cleaned up by the next one
 
 
-def test_two_processes_fetching_the_same_file(server: WeightsServer, weights_dir: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_processes_fetching_the_same_file(
+    server: WeightsServer, weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = os.urandom(500_000)
     f = register(monkeypatch, ALEX, data)
     server.put(f.filename, data)
@@ -127,17 +136,26 @@ def test_two_processes_fetching_the_same_file(server: WeightsServer, weights_dir
     assert server.gets == [f.filename]  # the second found it done once it held the lock
 
 
-def test_offline_lists_every_missing_file_and_the_command(weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_lists_every_missing_file_and_the_command(
+    weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv(W.MIRROR_ENV, raising=False)
     with pytest.raises(W.WeightsMissingError) as err:
-        W.ensure_run_weights({"psnr": None, "niqe": {"required": True}, "musiq": None}, weights_dir,
-                             also=[W.LPIPS_VGG], log=lambda _: None)
+        W.ensure_run_weights(
+            {"psnr": None, "niqe": {"required": True}, "musiq": None},
+            weights_dir,
+            also=[W.LPIPS_VGG],
+            log=lambda _: None,
+        )
     msg = str(err.value)
     for name in ("niqe_modelparameters.mat", "vgg16-397923af.pth"):
         assert f"{name} [missing] -> {weights_dir}" in msg
     assert "musiq" not in msg.split("Fetch them")[0]  # optional: skipped with a warning, not fatal
-    assert f"Fetch them with: fidesr-weights --weights-dir {weights_dir} download --metrics niqe lpips_vgg" in msg
+    assert (
+        f"Fetch them with: fidesr-weights --weights-dir {weights_dir} download --metrics niqe lpips_vgg"
+        in msg
+    )
     assert "offline ($HF_HUB_OFFLINE=1)" in msg
 
 
@@ -155,11 +173,15 @@ def test_no_route_gives_the_same_listing(weights_dir: Path, monkeypatch: pytest.
         W.ensure_weights(["musiq", "maniqa"], weights_dir, log=lambda _: None)
     msg = str(err.value)
     assert "musiq_koniq_ckpt-e95806b9.pth [missing]" in msg and "MANIQA_PIPAL-ae6d356b.pth [missing]" in msg
-    assert f"Fetch them with: fidesr-weights --weights-dir {weights_dir} download --metrics musiq maniqa" in msg
+    assert (
+        f"Fetch them with: fidesr-weights --weights-dir {weights_dir} download --metrics musiq maniqa" in msg
+    )
     assert "no route to the server" in msg
 
 
-def test_fetch_stops_at_the_first_unreachable_server(weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fetch_stops_at_the_first_unreachable_server(
+    weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FIDESR_OFFLINE", "1")
     monkeypatch.delenv(W.MIRROR_ENV, raising=False)
     done, failed = W.fetch(["musiq", "maniqa", "psnr"], weights_dir, log=lambda _: None)

@@ -20,7 +20,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
 
 def test_resolution_order(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    assert (W.resolve_weights_dir(), W.weights_dir_origin()) == (home / ".cache/torch", "torch's default cache")
+    assert (W.resolve_weights_dir(), W.weights_dir_origin()) == (
+        home / ".cache/torch",
+        "torch's default cache",
+    )
     clean_env.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert W.resolve_weights_dir() == tmp_path / "xdg/torch"
     clean_env.setenv("TORCH_HOME", str(tmp_path / "th"))
@@ -28,7 +31,9 @@ def test_resolution_order(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None
     clean_env.setenv("FIDESR_WEIGHTS_DIR", str(tmp_path / "fw"))
     assert (W.resolve_weights_dir(), W.weights_dir_origin()) == (tmp_path / "fw", "$FIDESR_WEIGHTS_DIR")
     assert (W.resolve_weights_dir(tmp_path / "arg"), W.weights_dir_origin(tmp_path / "arg")) == (
-        tmp_path / "arg", "argument")
+        tmp_path / "arg",
+        "argument",
+    )
 
 
 def test_start_up_changes_nothing_for_the_standard_caches(clean_env: pytest.MonkeyPatch) -> None:
@@ -37,7 +42,9 @@ def test_start_up_changes_nothing_for_the_standard_caches(clean_env: pytest.Monk
     assert dict(os.environ) == before
 
 
-def test_start_up_puts_everything_under_fidesr_weights_dir(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_start_up_puts_everything_under_fidesr_weights_dir(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import huggingface_hub  # noqa: F401  (imported already in most processes: the warning case below)
 
     clean_env.setenv("FIDESR_WEIGHTS_DIR", str(tmp_path / "fw"))
@@ -57,7 +64,11 @@ def test_every_command_applies_the_rule_at_start_up(clean_env: pytest.MonkeyPatc
     import sys
 
     clean_env.setenv("FIDESR_WEIGHTS_DIR", str(tmp_path / "fw"))
-    code = ("import fidesr.cli, os, huggingface_hub.constants as c; "
-            "print(os.environ['HF_HOME']); print(c.HF_HUB_CACHE)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    code = (
+        "import fidesr.cli, os, huggingface_hub.constants as c; "
+        "print(os.environ['HF_HOME']); print(c.HF_HUB_CACHE)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == [str(tmp_path / "fw/huggingface"), str(tmp_path / "fw/huggingface/hub")]

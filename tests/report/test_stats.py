@@ -14,8 +14,9 @@ from fidesr.report.stats import PairedDifference, bootstrap_interval, paired_dif
 
 def test_one_seed_interval_is_scipys_percentile_bootstrap() -> None:
     d = np.random.default_rng(5).normal(0.1, 1.0, 16)
-    ref = bootstrap((d,), np.mean, n_resamples=10_000, method="percentile", rng=np.random.default_rng(0),
-                    vectorized=True).confidence_interval  # fmt: skip
+    ref = bootstrap(
+        (d,), np.mean, n_resamples=10_000, method="percentile", rng=np.random.default_rng(0), vectorized=True
+    ).confidence_interval
     low, high = bootstrap_interval(d[None], n_resamples=10_000, seed=0)
     assert (low, high) == pytest.approx((ref.low, ref.high), abs=1e-12)
 
@@ -33,7 +34,11 @@ def test_hand_cases() -> None:
 def test_paired_difference_pairs_by_seed_and_name() -> None:
     base = {0: {"a": 20.0, "b": 30.0, "c": 25.0}, 1: {"a": 21.0, "b": 31.0, "c": 26.0}}
     # +1 on every image of seed 0, +3 on seed 1; image "x" and seed 2 have no partner and are left out.
-    conf = {0: {"a": 21.0, "b": 31.0, "c": 26.0, "x": 0.0}, 1: {"a": 24.0, "b": 34.0, "c": 29.0}, 2: {"a": 0.0}}
+    conf = {
+        0: {"a": 21.0, "b": 31.0, "c": 26.0, "x": 0.0},
+        1: {"a": 24.0, "b": 34.0, "c": 29.0},
+        2: {"a": 0.0},
+    }
     res = paired_difference(conf, base, n_resamples=2000)
     assert res is not None and (res.n_images, res.n_seeds) == (3, 2)
     assert res.delta == pytest.approx(2.0) and res.ci_low <= res.delta <= res.ci_high
@@ -53,7 +58,9 @@ def _res(delta: float, low: float, high: float) -> PairedDifference:
 def test_best_only_where_the_interval_excludes_zero() -> None:
     base = {"base": _res(0, 0, 0)}
     # Straddling zero: the larger mean is not called best.
-    best, text = verdict({**base, "a": _res(0.0008, -0.01, 0.012), "b": _res(-0.002, -0.02, 0.01)}, "base", False)
+    best, text = verdict(
+        {**base, "a": _res(0.0008, -0.01, 0.012), "b": _res(-0.002, -0.02, 0.01)}, "base", False
+    )
     assert best is None and text == "no difference detected at n = 16 images x 2 seeds"
     # Excluding zero on the good side (higher is better): best; on the bad side: named as worse.
     best, text = verdict({**base, "a": _res(0.13, 0.05, 0.21), "b": _res(-0.3, -0.5, -0.1)}, "base", False)

@@ -23,9 +23,21 @@ LORA_SETS = ("pix", "sem")
 FAKE_SCORE_ADAPTER = "fake_score"
 
 LORA_TARGETS = (
-    "to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut",
-    "conv_out", "proj_out", "proj_in", "ff.net.2", "ff.net.0.proj",
-)  # fmt: skip
+    "to_k",
+    "to_q",
+    "to_v",
+    "to_out.0",
+    "conv",
+    "conv1",
+    "conv2",
+    "conv_in",
+    "conv_shortcut",
+    "conv_out",
+    "proj_out",
+    "proj_in",
+    "ff.net.2",
+    "ff.net.0.proj",
+)
 
 
 def split_lora_targets(unet: torch.nn.Module, patterns: Sequence[str] = LORA_TARGETS) -> dict[str, list[str]]:
@@ -53,8 +65,18 @@ def split_lora_targets(unet: torch.nn.Module, patterns: Sequence[str] = LORA_TAR
 
 #: OSEDiff's VAE-encoder LoRA (its ``osediff.py``): every encoder conv, the encoder's mid-block attention
 #: projections, and ``quant_conv`` (not ``post_quant_conv``, which belongs to the frozen decoder side).
-VAE_ENCODER_LORA_TARGETS = ("conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v",
-                            "to_out.0")  # fmt: skip
+VAE_ENCODER_LORA_TARGETS = (
+    "conv1",
+    "conv2",
+    "conv_in",
+    "conv_shortcut",
+    "conv",
+    "conv_out",
+    "to_k",
+    "to_q",
+    "to_v",
+    "to_out.0",
+)
 VAE_ADAPTER = "default_encoder"
 
 

@@ -50,8 +50,10 @@ def check_pretrained_folder(folder: Path, weights: bool = True) -> None:
             missing.append(f"{sub}/{marker}")
         elif sub in ("unet", "vae", "text_encoder") and not (path / "config.json").is_file():
             missing.append(f"{sub}/config.json")
-        elif weights and sub in ("unet", "vae", "text_encoder") and not any(
-            p.suffix in (".safetensors", ".bin") for p in path.iterdir()
+        elif (
+            weights
+            and sub in ("unet", "vae", "text_encoder")
+            and not any(p.suffix in (".safetensors", ".bin") for p in path.iterdir())
         ):
             missing.append(f"{sub}/ weights (*.safetensors or *.bin)")
     if missing:
@@ -128,8 +130,15 @@ class StableDiffusionBackbone(nn.Module):
             from peft import LoraConfig
 
             self.vae_lora_modules = vae_encoder_lora_targets(vae)
-            vae.add_adapter(LoraConfig(r=vae_lora_rank, lora_alpha=lora_alpha, init_lora_weights=lora_init,
-                                       target_modules=self.vae_lora_modules), adapter_name=VAE_ADAPTER)  # fmt: skip
+            vae.add_adapter(
+                LoraConfig(
+                    r=vae_lora_rank,
+                    lora_alpha=lora_alpha,
+                    init_lora_weights=lora_init,
+                    target_modules=self.vae_lora_modules,
+                ),
+                adapter_name=VAE_ADAPTER,
+            )
             for name, param in vae.named_parameters():
                 if "lora_" in name:
                     param.data = param.data.float()
@@ -172,15 +181,21 @@ class StableDiffusionBackbone(nn.Module):
         common = {"revision": revision, "local_files_only": local_files_only or False}
         try:
             if weights:
-                unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", variant=variant, **common)
+                unet = UNet2DConditionModel.from_pretrained(
+                    source, subfolder="unet", variant=variant, **common
+                )
                 vae = AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, **common)
                 text_encoder = CLIPTextModel.from_pretrained(
                     source, subfolder="text_encoder", variant=variant, **common
                 )
             else:
-                unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(source, subfolder="unet", **common))
+                unet = UNet2DConditionModel.from_config(
+                    UNet2DConditionModel.load_config(source, subfolder="unet", **common)
+                )
                 vae = AutoencoderKL.from_config(AutoencoderKL.load_config(source, subfolder="vae", **common))
-                text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(source, subfolder="text_encoder", **common))
+                text_encoder = CLIPTextModel(
+                    CLIPTextConfig.from_pretrained(source, subfolder="text_encoder", **common)
+                )
             tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
             scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common)
         except (OSError, ValueError) as err:
@@ -239,7 +254,9 @@ class StableDiffusionBackbone(nn.Module):
         ones) require grad: PiSA-SR's pixel stage is ``(["pix"], ["pix"])``, its semantic stage
         ``(["pix", "sem"], ["sem"])`` (pix frozen)."""
         self.unet.set_adapters(self.set_adapters_of(active))
-        self._frozen_adapters = set(self.set_adapters_of(active)) - set(self.set_adapters_of(trained or active))
+        self._frozen_adapters = set(self.set_adapters_of(active)) - set(
+            self.set_adapters_of(trained or active)
+        )
         self._apply_frozen()
 
     def _apply_frozen(self) -> None:
@@ -261,8 +278,9 @@ class StableDiffusionBackbone(nn.Module):
             self.unet.set_adapters(previous)
             self._apply_frozen()
 
-    def mixed_residual(self, z_lq: torch.Tensor, prompt_embeds: torch.Tensor, lambda_pix: float,
-                       lambda_sem: float) -> torch.Tensor:  # fmt: skip
+    def mixed_residual(
+        self, z_lq: torch.Tensor, prompt_embeds: torch.Tensor, lambda_pix: float, lambda_sem: float
+    ) -> torch.Tensor:
         """PiSA-SR's inference-time strengths (its ``pisasr.py``, DESIGN section 7):
         ``lambda_pix * eps_pix + lambda_sem * (eps_both - eps_pix)`` with ``eps_pix`` the UNet with only the
         pixel adapters and ``eps_both`` with both sets; ``(1, 1)`` is ``eps_both`` in one UNet call.
@@ -270,7 +288,9 @@ class StableDiffusionBackbone(nn.Module):
         z_lq [B,C,h,w], prompt_embeds [B,L,D] -> the mixed residual [B,C,h,w].
         """
         if self.lora_sets != LORA_SETS:
-            raise ValueError("lambda_pix / lambda_sem need a model with PiSA-SR's two LoRA sets (backbone.lora_sets)")
+            raise ValueError(
+                "lambda_pix / lambda_sem need a model with PiSA-SR's two LoRA sets (backbone.lora_sets)"
+            )
         if lambda_pix == 1 and lambda_sem == 1:
             with self.adapters_active(self.set_adapters_of(LORA_SETS)):
                 return self.residual(z_lq, prompt_embeds)
@@ -298,7 +318,9 @@ class StableDiffusionBackbone(nn.Module):
         if modules == "all":
             targets = sorted({m for mods in self.lora_split.values() for m in mods})
         else:
-            targets = sorted({m for a, mods in self.lora_split.items() if a.startswith("default_others") for m in mods})
+            targets = sorted(
+                {m for a, mods in self.lora_split.items() if a.startswith("default_others") for m in mods}
+            )
         previous = list(self.unet.active_adapters())
         config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets)
         with warnings.catch_warnings():
@@ -354,9 +376,12 @@ class StableDiffusionBackbone(nn.Module):
         if hit is not None:
             return hit
         ids = self.tokenizer(
-            [prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
-        ).input_ids.to(device)  # fmt: skip
+            [prompt],
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
         embeds = self.text_encoder(ids)[0]
         # Only a handful of prompts repeat (empty, negative, fixed); per-image tags would grow without bound.
         if len(self._prompt_cache) < 64:
@@ -402,19 +427,26 @@ class StableDiffusionBackbone(nn.Module):
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """The generator's LoRA tensors of the UNet (names as in ``unet.state_dict()``, adapter names
         included); not the VSD fake-score adapter (:meth:`fake_score_state_dict`)."""
-        return {k: v for k, v in self.unet.state_dict().items()
-                if "lora_" in k and self._adapter_of(k) != FAKE_SCORE_ADAPTER}  # fmt: skip
+        return {
+            k: v
+            for k, v in self.unet.state_dict().items()
+            if "lora_" in k and self._adapter_of(k) != FAKE_SCORE_ADAPTER
+        }
 
     def vae_lora_state_dict(self) -> dict[str, torch.Tensor]:
         """The VAE-encoder LoRA tensors (``vae.state_dict()`` names); empty without one."""
         return {k: v for k, v in self.vae.state_dict().items() if "lora_" in k}
 
-    def load_vae_lora_state_dict(self, state: Mapping[str, torch.Tensor], source: str = "trained weights") -> None:
+    def load_vae_lora_state_dict(
+        self, state: Mapping[str, torch.Tensor], source: str = "trained weights"
+    ) -> None:
         """Load the VAE-encoder LoRA (names as :meth:`vae_lora_state_dict`); all of it, nothing else."""
         own = self.vae_lora_state_dict()
         if set(state) != set(own):
-            raise KeyError(f"{source}: the VAE-encoder LoRA does not fit (backbone.vae_lora_rank?): "
-                           f"{len(set(own) - set(state))} missing, {len(set(state) - set(own))} unknown")  # fmt: skip
+            raise KeyError(
+                f"{source}: the VAE-encoder LoRA does not fit (backbone.vae_lora_rank?): "
+                f"{len(set(own) - set(state))} missing, {len(set(state) - set(own))} unknown"
+            )
         self.vae.load_state_dict(dict(state), strict=False, assign=False)
 
     def fake_score_state_dict(self) -> dict[str, torch.Tensor]:
@@ -430,7 +462,9 @@ class StableDiffusionBackbone(nn.Module):
             raise ValueError("add_named_adapters needs a backbone built without LoRA (lora_rank=0)")
         names = [name for name, targets in split.items() if targets]
         for name in names:
-            config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(split[name]))
+            config = LoraConfig(
+                r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(split[name])
+            )
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
                 self.unet.add_adapter(config, adapter_name=name)
@@ -438,7 +472,9 @@ class StableDiffusionBackbone(nn.Module):
         self.lora_split = {name: list(split[name]) for name in names}
         self.lora_rank, self.lora_alpha = rank, float(alpha)
 
-    def load_lora_state_dict(self, state: Mapping[str, torch.Tensor], source: str = "trained weights") -> None:
+    def load_lora_state_dict(
+        self, state: Mapping[str, torch.Tensor], source: str = "trained weights"
+    ) -> None:
         """Load LoRA tensors named as in :meth:`lora_state_dict` (``unet.state_dict()`` names).
 
         Every LoRA tensor of this UNet must be given; non-LoRA UNet tensors (official files may carry
@@ -446,15 +482,20 @@ class StableDiffusionBackbone(nn.Module):
         keys that do not fit (missing, unknown, wrong shape).
         """
         unet_sd = self.unet.state_dict()
-        missing = sorted(k for k in unet_sd if "lora_" in k and k not in state
-                         and self._adapter_of(k) != FAKE_SCORE_ADAPTER)  # fmt: skip
+        missing = sorted(
+            k
+            for k in unet_sd
+            if "lora_" in k and k not in state and self._adapter_of(k) != FAKE_SCORE_ADAPTER
+        )
         unknown = sorted(k for k in state if k not in unet_sd)
         shapes = sorted(k for k in state if k in unet_sd and tuple(state[k].shape) != tuple(unet_sd[k].shape))
         problems = []
         if missing:
             problems.append(f"{len(missing)} LoRA tensors missing (e.g. {missing[:2]})")
         if unknown:
-            problems.append(f"{len(unknown)} UNet tensors this backbone lacks (e.g. {unknown[:2]}; other LoRA targets?)")
+            problems.append(
+                f"{len(unknown)} UNet tensors this backbone lacks (e.g. {unknown[:2]}; other LoRA targets?)"
+            )
         if shapes:
             problems.append(f"{len(shapes)} tensors of another shape (e.g. {shapes[:2]}; another LoRA rank?)")
         if problems:

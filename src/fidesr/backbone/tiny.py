@@ -30,9 +30,14 @@ log = logging.getLogger(__name__)
 
 # SD 2.1-base noise schedule (scheduler_config.json of stabilityai/stable-diffusion-2-1-base).
 SD21_SCHEDULE = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    prediction_type="epsilon", clip_sample=False, steps_offset=1,
-)  # fmt: skip
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    clip_sample=False,
+    steps_offset=1,
+)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -62,8 +67,15 @@ def build_tiny_tokenizer(folder: Path):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
 
 
-def _warm_up_vae(vae, images: Sequence[torch.Tensor], steps: int, crop: int, batch: int, lr: float,
-                 generator: torch.Generator) -> float:  # fmt: skip
+def _warm_up_vae(
+    vae,
+    images: Sequence[torch.Tensor],
+    steps: int,
+    crop: int,
+    batch: int,
+    lr: float,
+    generator: torch.Generator,
+) -> float:
     """Train the tiny VAE as an autoencoder on random crops; returns the final reconstruction PSNR (dB)."""
     vae.train()
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
@@ -116,20 +128,31 @@ def write_tiny_sd(
         tokenizer = build_tiny_tokenizer(folder / "_vocab")
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
-                vocab_size=len(tokenizer), hidden_size=text_dim, intermediate_size=2 * text_dim,
-                num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=1,
+                vocab_size=len(tokenizer),
+                hidden_size=text_dim,
+                intermediate_size=2 * text_dim,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=1,
             )
-        )  # fmt: skip
+        )
         n = len(unet_channels)
         unet = UNet2DConditionModel(
-            sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
             block_out_channels=tuple(unet_channels),
             down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-            cross_attention_dim=text_dim, attention_head_dim=tuple(max(1, c // 16) for c in unet_channels),
-            use_linear_projection=True, norm_num_groups=8,
-        )  # fmt: skip
+            cross_attention_dim=text_dim,
+            attention_head_dim=tuple(max(1, c // 16) for c in unet_channels),
+            use_linear_projection=True,
+            norm_num_groups=8,
+        )
         if unet_zero_out:
             # A random UNet predicts a random residual that the short demo first has to unlearn (and a
             # random CSD teacher pushes noise). With conv_out at zero the untrained generator returns
@@ -141,10 +164,16 @@ def write_tiny_sd(
                 unet.conv_out.bias.zero_()
         m = len(vae_channels)
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-            down_block_types=("DownEncoderBlock2D",) * m, up_block_types=("UpDecoderBlock2D",) * m,
-            block_out_channels=tuple(vae_channels), sample_size=ae_crop,
-        )  # fmt: skip
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=8,
+            down_block_types=("DownEncoderBlock2D",) * m,
+            up_block_types=("UpDecoderBlock2D",) * m,
+            block_out_channels=tuple(vae_channels),
+            sample_size=ae_crop,
+        )
         # Start the posterior nearly deterministic (std ~ 0.002): a random VAE's unit posterior noise
         # drowns the latent and makes the short warm-up crawl (SD's trained VAE has a tiny std too).
         with torch.no_grad():
@@ -205,8 +234,14 @@ def build_tiny_backbone(
 ) -> StableDiffusionBackbone:
     """The tiny preset: build (once) and load through :meth:`StableDiffusionBackbone.from_pretrained`."""
     folder = tiny_sd_folder(
-        cache_dir, unet_channels=list(unet_channels), vae_channels=list(vae_channels), text_dim=text_dim,
-        ae_warmup_steps=ae_warmup_steps, ae_crop=ae_crop, ae_batch=ae_batch, seed=seed,
+        cache_dir,
+        unet_channels=list(unet_channels),
+        vae_channels=list(vae_channels),
+        text_dim=text_dim,
+        ae_warmup_steps=ae_warmup_steps,
+        ae_crop=ae_crop,
+        ae_batch=ae_batch,
+        seed=seed,
         unet_zero_out=unet_zero_out,
-    )  # fmt: skip
+    )
     return StableDiffusionBackbone.from_pretrained(folder, local_files_only=True, **backbone_kwargs)

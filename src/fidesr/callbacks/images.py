@@ -54,7 +54,9 @@ def render_grid(cols: list[torch.Tensor], labels: list[str], n_maps: int) -> tor
         y0 = head + grid.shape[-2] + 2
         bar = _colormap(torch.linspace(0, 1, x1 - x0).expand(1, 1, font.size, -1).contiguous())[0]
         canvas.paste(Image.fromarray((bar.permute(1, 2, 0) * 255).round().byte().numpy()), (x0, y0))
-        top = "max of each image" if draw.textlength("0 max of each image", font=font) < x1 - x0 - 8 else "max"
+        top = (
+            "max of each image" if draw.textlength("0 max of each image", font=font) < x1 - x0 - 8 else "max"
+        )
         draw.text((x0, y0 + font.size + 2), "0", fill="black", font=font)
         draw.text((x1 - 2, y0 + font.size + 2), top, fill="black", font=font, anchor="ra")
     return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
@@ -78,12 +80,17 @@ class ValidationImages(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rows = {}
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if not outputs or trainer.sanity_checking:
             return
         rows = self._rows.setdefault(outputs["set"], [])
         for i in range(outputs["sr"].shape[0]):
-            rows.append({k: outputs[k][i].detach().float().cpu() for k in ("lq", "sr", "gt")} | {"name": outputs["name"][i]})
+            rows.append(
+                {k: outputs[k][i].detach().float().cpu() for k in ("lq", "sr", "gt")}
+                | {"name": outputs["name"][i]}
+            )
 
     def _columns(self, pl_module, rows: list[dict]) -> list[torch.Tensor]:
         lq, sr, gt = (torch.stack([r[k] for r in rows]) for k in ("lq", "sr", "gt"))

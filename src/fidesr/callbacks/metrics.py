@@ -95,16 +95,22 @@ class ValidationMetrics(pl.Callback):
             names = [n for n in names if n != "fid"]
         self.metric_names = names
         self.required = sorted({*(canonical_name(str(r)) for r in required), *cfg_required})
-        self.suite_kwargs = dict(crop_border=crop_border, test_y_channel=test_y_channel,
-                                 color_space=color_space, weights_dir=weights_dir, ssim_impl=ssim_impl,
-                                 fid_batch_size=fid_batch_size, fid_num_workers=fid_num_workers)
+        self.suite_kwargs = dict(
+            crop_border=crop_border,
+            test_y_channel=test_y_channel,
+            color_space=color_space,
+            weights_dir=weights_dir,
+            ssim_impl=ssim_impl,
+            fid_batch_size=fid_batch_size,
+            fid_num_workers=fid_num_workers,
+        )
         self.save_images, self.wandb_table = save_images, wandb_table
         self.wandb_max_images, self.thumbnail_size, self.quantize = wandb_max_images, thumbnail_size, quantize
         self.stand_ins = {canonical_name(k): v for k, v in (stand_ins or {}).items()}
         self.tables_name = tables_name
         self.suite: MetricSuite | None = None
         self.run_dir: Path | None = None
-        self.history: list[dict[str, Any]] = []           # one row per (step, set), all validations
+        self.history: list[dict[str, Any]] = []  # one row per (step, set), all validations
         self.per_image: dict[str, list[dict[str, Any]]] = {}  # latest validation, per set
         self._rows: dict[str, list[dict[str, Any]]] = {}
         self._thumbs: dict[str, list[list[Any]]] = {}
@@ -136,9 +142,14 @@ class ValidationMetrics(pl.Callback):
     def _build_suite(self, trainer: pl.Trainer) -> MetricSuite:
         # Built at the first validation, when the module is on its device; then reused (models built once).
         if self.suite is None:
-            self.suite = MetricSuite(self.metric_names, required=self.required, options=self._options,
-                                     device=trainer.strategy.root_device, stand_ins=self.stand_ins,
-                                     **self.suite_kwargs)
+            self.suite = MetricSuite(
+                self.metric_names,
+                required=self.required,
+                options=self._options,
+                device=trainer.strategy.root_device,
+                stand_ins=self.stand_ins,
+                **self.suite_kwargs,
+            )
         return self.suite
 
     # ---- validation loop ----------------------------------------------------------------------------
@@ -185,7 +196,9 @@ class ValidationMetrics(pl.Callback):
             lq = batch.get("lq") if isinstance(batch, Mapping) and self.save_images else None
             for kind, images in (("gt", gt), ("lq", lq)):
                 for i, n in enumerate(names if images is not None else []):
-                    save_image(images[i].float(), self._run_dir() / "val" / kind / set_name / f"{safe_stem(n)}.png")
+                    save_image(
+                        images[i].float(), self._run_dir() / "val" / kind / set_name / f"{safe_stem(n)}.png"
+                    )
         if self._wandb is not None and self.wandb_table:
             thumbs = self._thumbs.setdefault(set_name, [])
             lq = outputs.get("lq")
@@ -193,7 +206,9 @@ class ValidationMetrics(pl.Callback):
                 if len(thumbs) >= self.wandb_max_images:
                     break
                 imgs = [sr[i], gt[i] if gt is not None else None, lq[i] if lq is not None else None]
-                thumbs.append([n, *[thumbnail(x, self.thumbnail_size) if x is not None else None for x in imgs]])
+                thumbs.append(
+                    [n, *[thumbnail(x, self.thumbnail_size) if x is not None else None for x in imgs]]
+                )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active:
@@ -214,17 +229,32 @@ class ValidationMetrics(pl.Callback):
             for metric, value in values.items():
                 # Every rank holds the same value (gathered rows, broadcast FID), so the sync is a no-op
                 # numerically; it keeps Lightning's epoch-level logging contract in DDP.
-                pl_module.log(f"val/{set_name}/{metric}", float(value), on_step=False, on_epoch=True,
-                              sync_dist=True, add_dataloader_idx=False)
+                pl_module.log(
+                    f"val/{set_name}/{metric}",
+                    float(value),
+                    on_step=False,
+                    on_epoch=True,
+                    sync_dist=True,
+                    add_dataloader_idx=False,
+                )
             values.update(suite.skipped)
-            new_rows.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "set": set_name,
-                             "images": n_images, **values})
+            new_rows.append(
+                {
+                    "step": trainer.global_step,
+                    "epoch": trainer.current_epoch,
+                    "set": set_name,
+                    "images": n_images,
+                    **values,
+                }
+            )
             self.per_image[set_name] = _unique(rows)
             self._gt_written.add(set_name)
         self.history = [h for h in self.history if h["step"] != trainer.global_step] + new_rows
         if trainer.is_global_zero:
             for set_name in sets:
-                write_csv(step_dir / set_name / "per_image.csv", self.per_image[set_name], ["name", *suite.active])
+                write_csv(
+                    step_dir / set_name / "per_image.csv", self.per_image[set_name], ["name", *suite.active]
+                )
             self.write_tables()
             self._log_wandb_tables(trainer, sets)
         if not self.save_images and suite.has_fid:
@@ -257,8 +287,12 @@ class ValidationMetrics(pl.Callback):
             for r in self.per_image.get(set_name, []):
                 imgs = [_wandb_image(x) for x in thumbs.get(r["name"], [None, None, None])]
                 data.append([r["name"], *[r.get(m) for m in metrics], *imgs])
-            logger.log_table(f"val/{set_name}/per_image", columns=["name", *metrics, "sr", "gt", "lq"],
-                             data=data, step=trainer.global_step)
+            logger.log_table(
+                f"val/{set_name}/per_image",
+                columns=["name", *metrics, "sr", "gt", "lq"],
+                data=data,
+                step=trainer.global_step,
+            )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self.history:
@@ -336,4 +370,3 @@ def _wandb_image(img: Any) -> Any:
     import wandb
 
     return wandb.Image(img)
-

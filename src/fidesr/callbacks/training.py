@@ -28,11 +28,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     rename is atomic on POSIX file systems).
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options=None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options=None
+    ) -> None:
         with atomic_write(path, fsync=True) as fh:
             torch.save(checkpoint, fh)
 
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict:
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict:
         """Resuming reads the file as data (``weights_only=True``, whatever the caller or the environment
         asks): a checkpoint fidesr wrote holds nothing else, and a planted one runs no code."""
         from fidesr.trust import load_torch_file
@@ -54,7 +58,9 @@ class DataHealth(L.Callback):
     def _report(self, pl_module: L.LightningModule) -> None:
         pl_module.log("data/skipped_images", float(self.skipped), sync_dist=True, reduce_fx="sum")
         if self.skipped:
-            log.warning("%d unreadable training images skipped so far (see the warnings naming them)", self.skipped)
+            log.warning(
+                "%d unreadable training images skipped so far (see the warnings naming them)", self.skipped
+            )
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.training or trainer.state.fn == "fit":
@@ -76,7 +82,11 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, signal_name: str, step: int, checkpoint: Path | None) -> None:
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-        where = f"checkpoint saved: {checkpoint}" if checkpoint else "no checkpoint (stopped before the first step)"
+        where = (
+            f"checkpoint saved: {checkpoint}"
+            if checkpoint
+            else "no checkpoint (stopped before the first step)"
+        )
         super().__init__(f"{signal_name} at step {step}: {where}")
 
     @property
@@ -108,8 +118,12 @@ class SaveOnInterrupt(L.Callback):
             self._restore()
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
-        print(f"\nfidesr-train: {self.received} received: finishing this step and saving a checkpoint "
-              "(Ctrl-C again aborts without saving)", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"\nfidesr-train: {self.received} received: finishing this step and saving a checkpoint "
+            "(Ctrl-C again aborts without saving)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -124,7 +138,9 @@ class SaveOnInterrupt(L.Callback):
             sig = getattr(signal, name)
             self._previous[sig] = signal.signal(sig, self._handle)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
+    ) -> None:
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
         self.received = self.received or "SIGTERM"  # another rank got the signal
@@ -140,11 +156,17 @@ class SaveOnInterrupt(L.Callback):
     def checkpoint_path(trainer: L.Trainer) -> Path:
         """``last.ckpt`` in the checkpoint callback's folder (what ``ckpt_path=last`` reads)."""
         cb = trainer.checkpoint_callback
-        folder = Path(cb.dirpath) if cb is not None and cb.dirpath else Path(trainer.default_root_dir) / "checkpoints"
+        folder = (
+            Path(cb.dirpath)
+            if cb is not None and cb.dirpath
+            else Path(trainer.default_root_dir) / "checkpoints"
+        )
         return folder / "last.ckpt"
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         self._restore()

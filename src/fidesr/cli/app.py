@@ -22,17 +22,24 @@ from fidesr.cli.options import add_model_options, add_tiling_options, check_mode
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fidesr-app", description="Interactive FiDeSR explorer in the browser "
-                                "(LFIM strengths, colour fix, before/after against bicubic).")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="fidesr-app",
+        description="Interactive FiDeSR explorer in the browser "
+        "(LFIM strengths, colour fix, before/after against bicubic).",
+    )
     add_model_options(p, "model (one of; as fidesr-upscale)")
     s = p.add_argument_group("server")
     s.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
     s.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    s.add_argument("--max-pixels", type=int, default=1024 * 1024,
-                   help="refuse larger uploads, width x height read from the header before decoding "
-                        "(default 1048576: 1024 x 1024 -> 4096 x 4096 px)")  # fmt: skip
+    s.add_argument(
+        "--max-pixels",
+        type=int,
+        default=1024 * 1024,
+        help="refuse larger uploads, width x height read from the header before decoding "
+        "(default 1048576: 1024 x 1024 -> 4096 x 4096 px)",
+    )
     s.add_argument("--no-examples", action="store_true", help="no example images in the page")
     m = p.add_argument_group("inference (as fidesr-upscale)")
     add_tiling_options(m)

@@ -50,8 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="cpu", help="torch device for the degradation (default: cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace LQ files already in OUTPUT_DIR")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help=f"skip larger images (decompression bombs; default {DEFAULT_MAX_PIXELS:,})")  # fmt: skip
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"skip larger images (decompression bombs; default {DEFAULT_MAX_PIXELS:,})",
+    )
     return parser
 
 
@@ -68,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not files:
-        print(f"error: no images in {args.input_dir} (extensions: png, jpg, jpeg, bmp, tif, tiff, webp)", file=sys.stderr)
+        print(
+            f"error: no images in {args.input_dir} (extensions: png, jpg, jpeg, bmp, tif, tiff, webp)",
+            file=sys.stderr,
+        )
         return 2
     if args.output_dir.resolve() == args.input_dir.resolve():
         # <stem>.png in the same folder would overwrite PNG inputs.
@@ -79,9 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     existing = sorted(p.name for p in files if (args.output_dir / f"{p.stem}.png").exists())
     if existing and not args.overwrite:
-        shown = ", ".join(f"{Path(n).stem}.png" for n in existing[:10]) + (" ..." if len(existing) > 10 else "")
-        print(f"error: {len(existing)} output(s) already in {args.output_dir} ({shown}); nothing written "
-              "(--overwrite replaces them)", file=sys.stderr)  # fmt: skip
+        shown = ", ".join(f"{Path(n).stem}.png" for n in existing[:10]) + (
+            " ..." if len(existing) > 10 else ""
+        )
+        print(
+            f"error: {len(existing)} output(s) already in {args.output_dir} ({shown}); nothing written "
+            "(--overwrite replaces them)",
+            file=sys.stderr,
+        )
         return 2
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)

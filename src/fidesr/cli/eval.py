@@ -35,14 +35,13 @@ from fidesr.metrics.tables import markdown_table, write_csv
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class EvalResult:
     """What ``evaluate_folders`` computed and where it wrote it."""
 
-    summary: dict[str, Any]                     # metric -> mean (FID: set value), skipped -> reason
+    summary: dict[str, Any]  # metric -> mean (FID: set value), skipped -> reason
     per_image: list[dict[str, Any]]
-    metrics: list[str]                          # reported names, table order
+    metrics: list[str]  # reported names, table order
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -137,11 +136,20 @@ def evaluate_folders(
     )
     problems = check_images([p for pair in pairs for p in pair if p is not None], max_pixels)
     if problems:
-        raise ImageCheckError(f"{len(problems)} unreadable image(s); nothing was computed:\n  " + "\n  ".join(problems))
+        raise ImageCheckError(
+            f"{len(problems)} unreadable image(s); nothing was computed:\n  " + "\n  ".join(problems)
+        )
     suite = MetricSuite(
-        selection, crop_border=crop_border, test_y_channel=test_y_channel, color_space=color_space,
-        weights_dir=weights_dir, required=(), device=device, ssim_impl=ssim_impl,
-        stand_ins=stand_ins, fid_num_workers=num_workers,
+        selection,
+        crop_border=crop_border,
+        test_y_channel=test_y_channel,
+        color_space=color_space,
+        weights_dir=weights_dir,
+        required=(),
+        device=device,
+        ssim_impl=ssim_impl,
+        stand_ins=stand_ins,
+        fid_num_workers=num_workers,
     )
     with tqdm(total=len(pairs), desc=f"eval {sr_dir.name}", unit="img", disable=not progress) as bar:
         for batch_names, sr, gt in _batches(pairs, max(1, batch_size), num_workers):
@@ -153,9 +161,14 @@ def evaluate_folders(
         log.info("FID: %s vs %s", sr_dir, gt_dir)
         summary[suite.fid_name] = suite.fid(sr_dir, gt_dir)
     result = EvalResult(summary, suite.per_image, suite.names)
-    result.files = write_reports(result, out, label=label or sr_dir.name, n_images=len(pairs),
-                                 paper_rows=paper_rows, context=_context(sr_dir, gt_dir, suite, crop_border,
-                                                                         test_y_channel, color_space))
+    result.files = write_reports(
+        result,
+        out,
+        label=label or sr_dir.name,
+        n_images=len(pairs),
+        paper_rows=paper_rows,
+        context=_context(sr_dir, gt_dir, suite, crop_border, test_y_channel, color_space),
+    )
     return result
 
 
@@ -188,9 +201,18 @@ def write_reports(
         for p in published_rows(paper_rows):
             rows.append({"label": p.label, "source": p.source, **p.values})
             published.append(True)
-    files["summary_csv"] = write_csv(out / "summary.csv", rows, ["label", "source", "images", *result.metrics])
-    md = [f"# fidesr-eval: {label}", "", *(f"- {c}" for c in context), f"- images: {n_images}", "",
-          markdown_table(rows, ["label"], result.metrics, published=published), ""]
+    files["summary_csv"] = write_csv(
+        out / "summary.csv", rows, ["label", "source", "images", *result.metrics]
+    )
+    md = [
+        f"# fidesr-eval: {label}",
+        "",
+        *(f"- {c}" for c in context),
+        f"- images: {n_images}",
+        "",
+        markdown_table(rows, ["label"], result.metrics, published=published),
+        "",
+    ]
     if paper_rows:
         md += ["Published rows: " + "; ".join(f"{r['label']}: {r['source']}" for r in rows[1:]), ""]
     files["summary_md"] = out / "summary.md"
@@ -214,12 +236,19 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path) -> Path:
     lqs = list_images(cfg.lq_dir)
     problems = check_images(lqs, cfg.max_pixels)
     if problems:
-        raise ImageCheckError(f"{len(problems)} unreadable LQ image(s); nothing was computed:\n  " + "\n  ".join(problems))
+        raise ImageCheckError(
+            f"{len(problems)} unreadable LQ image(s); nothing was computed:\n  " + "\n  ".join(problems)
+        )
     pipe = FiDeSRPipeline.from_pretrained(
-        cfg.checkpoint, pretrained=cfg.pretrained, device=resolve_device(cfg.device), dtype=cfg.precision,
-        unsafe_pickle=cfg.unsafe_pickle, tile_size=cfg.tile_size or None, tile_overlap=cfg.tile_overlap,
+        cfg.checkpoint,
+        pretrained=cfg.pretrained,
+        device=resolve_device(cfg.device),
+        dtype=cfg.precision,
+        unsafe_pickle=cfg.unsafe_pickle,
+        tile_size=cfg.tile_size or None,
+        tile_overlap=cfg.tile_overlap,
         vae_tiling=cfg.vae_tiling,
-    )  # fmt: skip
+    )
     lfim = cfg.get("lfim") or {}
     # LFIM strengths per call (None: the checkpoint's own), and a seeded VAE sample per image, so that the
     # jobs of an LFIM sweep differ only in the strengths.
@@ -246,15 +275,28 @@ def run(cfg: DictConfig) -> EvalResult:
     if cfg.checkpoint is not None:
         sr_dir = sr_from_checkpoint(cfg, out / "sr")
     elif cfg.sr_dir is None:
-        raise MissingInputError("give sr_dir=DIR (folder mode) or checkpoint=CKPT lq_dir=DIR (checkpoint mode)")
+        raise MissingInputError(
+            "give sr_dir=DIR (folder mode) or checkpoint=CKPT lq_dir=DIR (checkpoint mode)"
+        )
     else:
         sr_dir = Path(cfg.sr_dir)
     result = evaluate_folders(
-        sr_dir, cfg.gt_dir, out, OmegaConf.to_container(cfg.metrics, resolve=True),
-        label=cfg.label, paper_rows=cfg.paper_rows, crop_border=cfg.crop_border,
-        test_y_channel=cfg.test_y_channel, color_space=cfg.color_space, ssim_impl=cfg.ssim_impl,
-        weights_dir=cfg.weights_dir, device=cfg.device, batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers, progress=cfg.progress, max_pixels=cfg.max_pixels,
+        sr_dir,
+        cfg.gt_dir,
+        out,
+        OmegaConf.to_container(cfg.metrics, resolve=True),
+        label=cfg.label,
+        paper_rows=cfg.paper_rows,
+        crop_border=cfg.crop_border,
+        test_y_channel=cfg.test_y_channel,
+        color_space=cfg.color_space,
+        ssim_impl=cfg.ssim_impl,
+        weights_dir=cfg.weights_dir,
+        device=cfg.device,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        progress=cfg.progress,
+        max_pixels=cfg.max_pixels,
     )
     print(result.files["summary_md"].read_text())
     log.info("wrote %s", ", ".join(str(p) for p in result.files.values()))

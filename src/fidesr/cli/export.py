@@ -21,14 +21,22 @@ from fidesr.errors import MissingInputError, report_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fidesr-export", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("source", help="training checkpoint (.ckpt), official FiDeSR .pkl, exported folder or Hub repo id")
+    p = argparse.ArgumentParser(
+        prog="fidesr-export",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "source", help="training checkpoint (.ckpt), official FiDeSR .pkl, exported folder or Hub repo id"
+    )
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an export already in DIR")
-    p.add_argument("--unsafe-pickle", action="store_true",
-                   help="fully unpickle a .ckpt/.pkl that weights_only loading refuses; this runs any code the "
-                        "file names: only for files whose origin you trust")  # fmt: skip
+    p.add_argument(
+        "--unsafe-pickle",
+        action="store_true",
+        help="fully unpickle a .ckpt/.pkl that weights_only loading refuses; this runs any code the "
+        "file names: only for files whose origin you trust",
+    )
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
@@ -66,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = last_validation_metrics(src) if src.is_file() else {}
         out = weights.save_pretrained(args.output, overwrite=args.overwrite, metrics=metrics)
         size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-        print(f"fidesr-export: wrote {out} ({size / 1e6:.2f} MB: {', '.join(sorted(p.name for p in out.iterdir()))})")
+        print(
+            f"fidesr-export: wrote {out} ({size / 1e6:.2f} MB: {', '.join(sorted(p.name for p in out.iterdir()))})"
+        )
         return 0
 
     return report_errors("fidesr-export", run, debug=args.debug)

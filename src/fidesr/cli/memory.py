@@ -45,7 +45,9 @@ def estimate_config(overrides: list[str]):
     with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
         # Nothing is written; a fixed output dir only spares resolving the run-time timestamp.
         own_dir = any(o.startswith("paths.output_dir=") for o in overrides)
-        cfg = compose("train", overrides=[*overrides, *([] if own_dir else ["paths.output_dir=/tmp/fidesr-memory"])])
+        cfg = compose(
+            "train", overrides=[*overrides, *([] if own_dir else ["paths.output_dir=/tmp/fidesr-memory"])]
+        )
     if cfg.backbone._target_ != FROM_PRETRAINED:
         raise ValueError(
             f"fidesr-memory builds SD backbones from their config files (backbone=sd21, any hub id or folder); "
@@ -62,7 +64,9 @@ def estimate_config(overrides: list[str]):
 
     diffusers_logging.set_verbosity_error()  # "modules that should be kept in float32: []" on frozen_dtype casts
     with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "copying ... to a meta parameter is a no-op": shapes are all we need
+        warnings.simplefilter(
+            "ignore"
+        )  # "copying ... to a meta parameter is a no-op": shapes are all we need
         model = instantiate(cfg.model)
     batch = functools.partial(training_batch, int(cfg.data.batch_size), int(cfg.data.crop_size))
     return cfg, estimate_training_step(model, batch, PRECISIONS[precision])
@@ -80,24 +84,40 @@ def main(argv: list[str] | None = None) -> int:
         room = args.gpu_gib - est.peak_gib
         verdict = "fits" if room >= 2 else ("tight" if room >= 0 else "does not fit")
     row = {
-        "batch_size": int(cfg.data.batch_size), "crop_size": int(cfg.data.crop_size),
-        "precision": str(cfg.trainer.precision), "frozen_dtype": cfg.backbone.get("frozen_dtype"),
+        "batch_size": int(cfg.data.batch_size),
+        "crop_size": int(cfg.data.crop_size),
+        "precision": str(cfg.trainer.precision),
+        "frozen_dtype": cfg.backbone.get("frozen_dtype"),
         "gradient_checkpointing": bool(cfg.backbone.get("gradient_checkpointing")),
-        "loss_chunk": cfg.model.get("loss_chunk"), "estimated_peak_gib": round(est.peak_gib, 3),
-        "peak_during": est.peak_during, "live_at_peak_gib": est.breakdown_gib(), "gpu_gib": args.gpu_gib, "verdict": verdict,
-    }  # fmt: skip
+        "loss_chunk": cfg.model.get("loss_chunk"),
+        "estimated_peak_gib": round(est.peak_gib, 3),
+        "peak_during": est.peak_during,
+        "live_at_peak_gib": est.breakdown_gib(),
+        "gpu_gib": args.gpu_gib,
+        "verdict": verdict,
+    }
     if args.json:
         print(json.dumps(row))
         return 0
-    print(f"training step, batch {row['batch_size']} x {row['crop_size']} px, precision {row['precision']}, "
-          f"frozen weights {row['frozen_dtype'] or 'float32'}, UNet checkpointing {row['gradient_checkpointing']}, "
-          f"loss_chunk {row['loss_chunk']}")  # fmt: skip
-    print(f"estimated peak GPU memory: {est.peak_gib:.2f} GiB (torch.cuda.max_memory_allocated; add cuDNN "
-          "workspaces and fragmentation, typically 1-2 GiB)")  # fmt: skip
+    print(
+        f"training step, batch {row['batch_size']} x {row['crop_size']} px, precision {row['precision']}, "
+        f"frozen weights {row['frozen_dtype'] or 'float32'}, UNet checkpointing {row['gradient_checkpointing']}, "
+        f"loss_chunk {row['loss_chunk']}"
+    )
+    print(
+        f"estimated peak GPU memory: {est.peak_gib:.2f} GiB (torch.cuda.max_memory_allocated; add cuDNN "
+        "workspaces and fragmentation, typically 1-2 GiB)"
+    )
     print("alive at the peak: " + ", ".join(f"{k} {v:.2f}" for k, v in est.breakdown_gib(2).items()))
     if verdict is not None:
-        print(f"{args.gpu_gib:g} GiB card: {verdict} ({args.gpu_gib - est.peak_gib:+.1f} GiB)"
-              + ("" if verdict == "fits" else "; try memory=24gib or memory=16gib, or a smaller data.batch_size"))  # fmt: skip
+        print(
+            f"{args.gpu_gib:g} GiB card: {verdict} ({args.gpu_gib - est.peak_gib:+.1f} GiB)"
+            + (
+                ""
+                if verdict == "fits"
+                else "; try memory=24gib or memory=16gib, or a smaller data.batch_size"
+            )
+        )
     return 0
 
 

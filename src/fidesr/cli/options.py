@@ -11,27 +11,52 @@ from typing import Any
 def add_model_options(parser: argparse.ArgumentParser, title: str = "model (one of)") -> None:
     """``--checkpoint`` / ``--official`` / ``--pretrained`` / ``--revision`` / ``--unsafe-pickle``."""
     src = parser.add_argument_group(title)
-    src.add_argument("--checkpoint", metavar="MODEL",
-                     help="training checkpoint (.ckpt), exported folder (fidesr-export), official .pkl or Hub repo "
-                          "id USER/NAME")  # fmt: skip
+    src.add_argument(
+        "--checkpoint",
+        metavar="MODEL",
+        help="training checkpoint (.ckpt), exported folder (fidesr-export), official .pkl or Hub repo "
+        "id USER/NAME",
+    )
     src.add_argument("--official", type=Path, metavar="PKL", help="official FiDeSR checkpoint (fidesr.pkl)")
-    src.add_argument("--pretrained", help="base SD 2.1-base: hub id or local diffusers folder (default for --official: "
-                     "stabilityai/stable-diffusion-2-1-base; overrides the one a checkpoint names)")  # fmt: skip
-    src.add_argument("--revision", help="Hub revision (branch, tag, commit) of a repo id given to --checkpoint")
-    src.add_argument("--unsafe-pickle", action="store_true",
-                     help="fully unpickle a .ckpt/.pkl that weights-only loading refuses. This runs any code the "
-                          "file names: only for files whose origin you trust")  # fmt: skip
+    src.add_argument(
+        "--pretrained",
+        help="base SD 2.1-base: hub id or local diffusers folder (default for --official: "
+        "stabilityai/stable-diffusion-2-1-base; overrides the one a checkpoint names)",
+    )
+    src.add_argument(
+        "--revision", help="Hub revision (branch, tag, commit) of a repo id given to --checkpoint"
+    )
+    src.add_argument(
+        "--unsafe-pickle",
+        action="store_true",
+        help="fully unpickle a .ckpt/.pkl that weights-only loading refuses. This runs any code the "
+        "file names: only for files whose origin you trust",
+    )
 
 
 def add_tiling_options(group: argparse._ArgumentGroup) -> None:
     """``--scale``, latent and VAE tiling, ``--precision``, ``--device``."""
-    group.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4, what FiDeSR is trained for)")
-    group.add_argument("--tile", type=int, default=96, help="latent tile size in latent px (x8 image px); 0 = no tiling")
-    group.add_argument("--tile-overlap", type=int, default=32, help="latent tile overlap in latent px (default 32)")
-    group.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True,
-                       help="tiled VAE encode (1024 px tiles) / decode (224 latent px tiles) of large images")  # fmt: skip
-    group.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                       help="auto = fp16 on CUDA, fp32 on CPU")  # fmt: skip
+    group.add_argument(
+        "--scale", type=int, default=4, help="upscaling factor (default 4, what FiDeSR is trained for)"
+    )
+    group.add_argument(
+        "--tile", type=int, default=96, help="latent tile size in latent px (x8 image px); 0 = no tiling"
+    )
+    group.add_argument(
+        "--tile-overlap", type=int, default=32, help="latent tile overlap in latent px (default 32)"
+    )
+    group.add_argument(
+        "--vae-tiling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="tiled VAE encode (1024 px tiles) / decode (224 latent px tiles) of large images",
+    )
+    group.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        default="auto",
+        help="auto = fp16 on CUDA, fp32 on CPU",
+    )
     group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
 
@@ -43,9 +68,14 @@ def check_model_choice(parser: argparse.ArgumentParser, args: argparse.Namespace
 def loader_kwargs(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """The keyword arguments of :func:`fidesr.pipeline.load_pipeline` from the options above (+ ``extra``)."""
     kwargs: dict[str, Any] = dict(
-        device=args.device, dtype=args.precision, tile_size=args.tile or None, tile_overlap=args.tile_overlap,
-        vae_tiling=args.vae_tiling, scale=args.scale, unsafe_pickle=args.unsafe_pickle,
-    )  # fmt: skip
+        device=args.device,
+        dtype=args.precision,
+        tile_size=args.tile or None,
+        tile_overlap=args.tile_overlap,
+        vae_tiling=args.vae_tiling,
+        scale=args.scale,
+        unsafe_pickle=args.unsafe_pickle,
+    )
     if args.revision:
         kwargs["revision"] = args.revision
     return {**kwargs, **extra}

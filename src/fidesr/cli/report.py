@@ -36,22 +36,47 @@ from fidesr.report.stats import N_RESAMPLES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fidesr-report", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="fidesr-report",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("sweep_dir", type=Path, help="a multirun folder (…/multirun_<time>) holding job folders")
-    p.add_argument("--lfim", action="store_true", help="an fidesr-eval sweep over lfim.lf_scale / lfim.hf_scale")
-    p.add_argument("--baseline", metavar="LABEL",
-                   help="the configuration others are compared with, e.g. 'daw=off,lrrb=off' "
-                        "(default: every swept component off, else the first)")  # fmt: skip
-    p.add_argument("--paper-rows", action="store_true", help="add the paper's DIV2K ablation rows (DESIGN sec. 3)")
-    p.add_argument("--crop", action="append", default=[], metavar="NAME:X,Y,SIZE",
-                   help="a crop box for comparisons.png in GT pixels (repeatable; default: chosen where the "
-                        "configurations differ most)")  # fmt: skip
-    p.add_argument("--comparisons", type=int, default=3, metavar="N", help="images in comparisons.png (default 3)")
-    p.add_argument("--crop-size", type=int, default=32, metavar="PX", help="side of the automatic crops, GT pixels")
-    p.add_argument("--resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples (default %(default)s)")
-    p.add_argument("--wandb", choices=["auto", "on", "off"], default="auto",
-                   help="upload the table and plots to W&B (auto: when the jobs logged to W&B)")  # fmt: skip
+    p.add_argument(
+        "--lfim", action="store_true", help="an fidesr-eval sweep over lfim.lf_scale / lfim.hf_scale"
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="LABEL",
+        help="the configuration others are compared with, e.g. 'daw=off,lrrb=off' "
+        "(default: every swept component off, else the first)",
+    )
+    p.add_argument(
+        "--paper-rows", action="store_true", help="add the paper's DIV2K ablation rows (DESIGN sec. 3)"
+    )
+    p.add_argument(
+        "--crop",
+        action="append",
+        default=[],
+        metavar="NAME:X,Y,SIZE",
+        help="a crop box for comparisons.png in GT pixels (repeatable; default: chosen where the "
+        "configurations differ most)",
+    )
+    p.add_argument(
+        "--comparisons", type=int, default=3, metavar="N", help="images in comparisons.png (default 3)"
+    )
+    p.add_argument(
+        "--crop-size", type=int, default=32, metavar="PX", help="side of the automatic crops, GT pixels"
+    )
+    p.add_argument(
+        "--resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples (default %(default)s)"
+    )
+    p.add_argument(
+        "--wandb",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="upload the table and plots to W&B (auto: when the jobs logged to W&B)",
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 on provenance warnings or failed jobs")
     return p
 
@@ -68,10 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.lfim:
             code = lfim_report(sweep_dir, wandb=args.wandb, strict=args.strict)
         else:
-            opts = AblationOptions(paper_rows=args.paper_rows, wandb=args.wandb, strict=args.strict,
-                                   baseline=args.baseline, boxes=[Box.parse(b) for b in args.crop],
-                                   n_comparisons=args.comparisons, crop_size=args.crop_size,
-                                   n_resamples=args.resamples)  # fmt: skip
+            opts = AblationOptions(
+                paper_rows=args.paper_rows,
+                wandb=args.wandb,
+                strict=args.strict,
+                baseline=args.baseline,
+                boxes=[Box.parse(b) for b in args.crop],
+                n_comparisons=args.comparisons,
+                crop_size=args.crop_size,
+                n_resamples=args.resamples,
+            )
             code = ablation_report(sweep_dir, opts)
     except ValueError as err:  # bad --crop / --baseline: say which, no traceback
         print(f"fidesr-report: {err}", file=sys.stderr)

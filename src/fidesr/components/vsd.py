@@ -43,8 +43,15 @@ from fidesr.components.csd import (
 __all__ = ["VSDOutput", "VariationalScoreDistillation", "vsd_gradient", "vsd_loss"]
 
 
-def _x0_pair(noisy_latents: Tensor, timesteps: Tensor, eps_fake: Tensor, eps_neg: Tensor, eps_pos: Tensor,
-             alphas_cumprod: Tensor, cfg_scale: float) -> tuple[Tensor, Tensor]:  # fmt: skip
+def _x0_pair(
+    noisy_latents: Tensor,
+    timesteps: Tensor,
+    eps_fake: Tensor,
+    eps_neg: Tensor,
+    eps_pos: Tensor,
+    alphas_cumprod: Tensor,
+    cfg_scale: float,
+) -> tuple[Tensor, Tensor]:
     """(real, fake) x0 estimates in float32, no gradient."""
     with torch.no_grad():
         z_t = noisy_latents.detach().float()
@@ -151,16 +158,22 @@ class VariationalScoreDistillation(nn.Module):
         self.cfg_scale, self.t_min, self.t_max = float(cfg_scale), int(t_min), int(t_max)
         self.fake_t_min, self.fake_t_max = int(fake_t_min), int(fake_t_max)
         self.fake_rank, self.fake_alpha, self.fake_modules = fake_rank, fake_alpha, fake_modules
-        self.optimizer_factory = optimizer or (lambda params: torch.optim.AdamW(params, lr=5e-5, weight_decay=1e-2))
+        self.optimizer_factory = optimizer or (
+            lambda params: torch.optim.AdamW(params, lr=5e-5, weight_decay=1e-2)
+        )
         self.grad_clip = grad_clip
         self.negative_prompt = negative_prompt
 
     def extra_repr(self) -> str:
-        return (f"cfg_scale={self.cfg_scale}, t=[{self.t_min}, {self.t_max}), "
-                f"fake_t=[{self.fake_t_min}, {self.fake_t_max}), fake_modules={self.fake_modules}")  # fmt: skip
+        return (
+            f"cfg_scale={self.cfg_scale}, t=[{self.t_min}, {self.t_max}), "
+            f"fake_t=[{self.fake_t_min}, {self.fake_t_max}), fake_modules={self.fake_modules}"
+        )
 
     @staticmethod
-    def _sample(latents: Tensor, lo: int, hi: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    def _sample(
+        latents: Tensor, lo: int, hi: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
         b = latents.shape[0]
         dev = generator.device if generator is not None else latents.device
         t = torch.randint(lo, hi, (b,), generator=generator, device=dev)
@@ -195,7 +208,9 @@ class VariationalScoreDistillation(nn.Module):
         t, eps = self._sample(latents, self.t_min, self.t_max, generator)
         with torch.no_grad():
             z_t = add_noise(latents.detach().float(), eps, t, alphas_cumprod)
-            eps_neg, eps_pos = teacher(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([neg, pos])).float().chunk(2)
+            eps_neg, eps_pos = (
+                teacher(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([neg, pos])).float().chunk(2)
+            )
             eps_fake = fake_score(z_t, t, pos).float()
         loss = vsd_loss(latents, z_t, t, eps_fake, eps_neg, eps_pos, alphas_cumprod, self.cfg_scale)
         return VSDOutput(loss=loss, timesteps=t, noisy_latents=z_t)

@@ -53,7 +53,11 @@ class SRDataModule(L.LightningDataModule):
         self.test_sets = {k: dict(v) for k, v in (test_sets or {}).items()}
         self.predict_dir, self.degradation, self.prompts = predict_dir, degradation, prompts
         self.crop_size, self.batch_size, self.val_batch_size = crop_size, batch_size, val_batch_size
-        self.num_workers, self.pin_memory, self.persistent_workers = num_workers, pin_memory, persistent_workers
+        self.num_workers, self.pin_memory, self.persistent_workers = (
+            num_workers,
+            pin_memory,
+            persistent_workers,
+        )
         self.seed = seed
         self.train_set: HQImageDataset | None = None
         self.val_datasets: dict[str, PairedImageDataset] = {}
@@ -66,9 +70,12 @@ class SRDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_sources and self.train_set is None:
             self.train_set = HQImageDataset(
-                [HQSource(**s) for s in self.train_sources], crop_size=self.crop_size,
-                degradation=self.degradation, prompts=self.prompts, seed=self.seed,
-            )  # fmt: skip
+                [HQSource(**s) for s in self.train_sources],
+                crop_size=self.crop_size,
+                degradation=self.degradation,
+                prompts=self.prompts,
+                seed=self.seed,
+            )
             self.train_set.check_readable()
         if stage in (None, "fit", "validate") and not self.val_datasets:
             self.val_datasets = {n: PairedImageDataset(name=n, **cfg) for n, cfg in self.val_sets.items()}
@@ -77,10 +84,15 @@ class SRDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=self.persistent_workers and self.num_workers > 0,
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
             drop_last=sampler is not None,
-        )  # fmt: skip
+        )
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:

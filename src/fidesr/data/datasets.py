@@ -44,7 +44,11 @@ def read_file_list(source: str | os.PathLike) -> list[Path]:
         return list_images(source, recursive=True)
     if source.is_file() and not is_image_file(source):
         lines = [ln.strip() for ln in source.read_text().splitlines()]
-        return [Path(ln) if Path(ln).is_absolute() else source.parent / ln for ln in lines if ln and not ln.startswith("#")]
+        return [
+            Path(ln) if Path(ln).is_absolute() else source.parent / ln
+            for ln in lines
+            if ln and not ln.startswith("#")
+        ]
     raise DataSourceError(f"data source does not exist or is not a folder/list: {source}")
 
 
@@ -97,7 +101,10 @@ class HQImageDataset(Dataset):
         hflip: bool = True,
         max_retries: int = 20,
     ) -> None:
-        self.sources = [s if isinstance(s, HQSource) else HQSource(**s) if isinstance(s, Mapping) else HQSource(str(s)) for s in sources]
+        self.sources = [
+            s if isinstance(s, HQSource) else HQSource(**s) if isinstance(s, Mapping) else HQSource(str(s))
+            for s in sources
+        ]
         if not self.sources:
             raise DataSourceError("no training sources configured (data.train_sources is empty)")
         self.files: list[list[Path]] = []
@@ -127,15 +134,22 @@ class HQImageDataset(Dataset):
                 except ImageLoadError as err:
                     self.bad.report(path, err)
             else:
-                raise DataSourceError(f"training source has no readable image (tried {min(probes, len(files))}): {src.path}")
+                raise DataSourceError(
+                    f"training source has no readable image (tried {min(probes, len(files))}): {src.path}"
+                )
 
     def _crop(self, img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         c = self.crop_size
         h, w = img.shape[-2:]
         if min(h, w) < c:
             f = c / min(h, w)
-            img = F.interpolate(img[None], size=(max(c, round(h * f)), max(c, round(w * f))), mode="bicubic",
-                                align_corners=False, antialias=False)[0].clamp(0, 1)  # fmt: skip
+            img = F.interpolate(
+                img[None],
+                size=(max(c, round(h * f)), max(c, round(w * f))),
+                mode="bicubic",
+                align_corners=False,
+                antialias=False,
+            )[0].clamp(0, 1)
             h, w = img.shape[-2:]
         y = int(torch.randint(h - c + 1, (1,), generator=g))
         x = int(torch.randint(w - c + 1, (1,), generator=g))
@@ -163,7 +177,9 @@ class HQImageDataset(Dataset):
             if self.degradation is not None:
                 item["deg"] = self.degradation.sample(g)
             return item
-        raise DataSourceError(f"sample {index}: {self.max_retries + 1} unreadable images in a row; see warnings")
+        raise DataSourceError(
+            f"sample {index}: {self.max_retries + 1} unreadable images in a row; see warnings"
+        )
 
 
 def match_pairs(lq_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:

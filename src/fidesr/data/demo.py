@@ -15,8 +15,17 @@ import torch.nn.functional as F
 from fidesr.data.imageio import list_images, load_image, save_image
 
 # Colour photographs inside skimage/data (no pooch download needed), for training.
-TRAIN_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-                "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "color.png")  # fmt: skip
+TRAIN_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "retina.jpg",
+    "color.png",
+)
 #: Validation crops: (photograph, ((fy, fx), ...)) with (fy, fx) the crop's top-left corner as a fraction
 #: of the free range (0: top/left edge, 1: bottom/right edge). 16 crops, so that a paired comparison of
 #: configurations has an interval over images: the first four are the original demo's (kept, so its numbers

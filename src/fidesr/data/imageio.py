@@ -131,7 +131,9 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     except Image.DecompressionBombError as err:  # over twice PIL's threshold: PIL refuses in open()
         found = re.search(r"\((\d+) pixels\)", str(err))
         size = f"{int(found[1]):,} pixels" if found else "the image"
-        raise ImageLoadError(_too_large(path, size, max_pixels if max_pixels is not None else 2 * DEFAULT_MAX_PIXELS)) from err
+        raise ImageLoadError(
+            _too_large(path, size, max_pixels if max_pixels is not None else 2 * DEFAULT_MAX_PIXELS)
+        ) from err
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise ImageLoadError(f"cannot read image {path}: {err}") from err
     with img:
@@ -142,8 +144,10 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
 
 
 def _too_large(path: Path, size: str, limit: int) -> str:
-    return (f"cannot read image {path}: {size} is over the limit of {limit:,} (a decompression bomb, or a very "
-            "large image: raise the limit with --max-pixels, or max_pixels= in fidesr-eval)")  # fmt: skip
+    return (
+        f"cannot read image {path}: {size} is over the limit of {limit:,} (a decompression bomb, or a very "
+        "large image: raise the limit with --max-pixels, or max_pixels= in fidesr-eval)"
+    )
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:

@@ -28,8 +28,15 @@ from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EmptyPrompt", "FilePrompts", "FixedPrompt", "PromptsError", "RAMPrompts", "RAMUnavailableError",
-           "normalize_tags"]  # fmt: skip
+__all__ = [
+    "EmptyPrompt",
+    "FilePrompts",
+    "FixedPrompt",
+    "PromptsError",
+    "RAMPrompts",
+    "RAMUnavailableError",
+    "normalize_tags",
+]
 
 RAM_INSTALL = (
     "install the Recognize Anything package (`pip install git+https://github.com/xinyu1205/recognize-anything.git`) "

@@ -21,11 +21,23 @@ from fidesr.data import imageio
 from fidesr.data.imageio import IMAGE_EXTENSIONS, list_images
 from fidesr.errors import ConfigValueError
 
-__all__ = ["IMAGE_EXTENSIONS", "check_images", "list_images", "match_pairs", "quantize", "read_for_metrics", "safe_stem",
-           "save_image", "thumbnail", "to_uint8"]  # fmt: skip
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "check_images",
+    "list_images",
+    "match_pairs",
+    "quantize",
+    "read_for_metrics",
+    "safe_stem",
+    "save_image",
+    "thumbnail",
+    "to_uint8",
+]
 
 
-def read_for_metrics(path: str | os.PathLike, max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS) -> torch.Tensor:
+def read_for_metrics(
+    path: str | os.PathLike, max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
     """Read an image file as ``[1,3,H,W]`` float32 in ``[0,1]`` (8-bit values / 255, 16-bit / 65535).
 
     Raises:
@@ -41,7 +53,9 @@ def read_for_metrics(path: str | os.PathLike, max_pixels: int | None = imageio.D
     return imageio.load_image(path, max_pixels)[None]
 
 
-def check_images(paths: Sequence[str | os.PathLike], max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS) -> list[str]:
+def check_images(
+    paths: Sequence[str | os.PathLike], max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS
+) -> list[str]:
     """Decode every file once (without keeping it); the problems, one line per file naming it."""
     problems = []
     for path in paths:
@@ -90,17 +104,21 @@ def match_pairs(sr: Sequence[Path], gt: Sequence[Path]) -> list[tuple[Path, Path
         ValueError: listing the names present on one side only (or duplicated stems), so a wrong folder
             or a renamed output is caught before any metric runs.
     """
+
     def by_stem(files: Sequence[Path], side: str) -> dict[str, Path]:
         out: dict[str, Path] = {}
         for f in files:
             if f.stem in out:
-                raise ConfigValueError(f"{side}: two files with the stem {f.stem!r}: {out[f.stem].name}, {f.name}")
+                raise ConfigValueError(
+                    f"{side}: two files with the stem {f.stem!r}: {out[f.stem].name}, {f.name}"
+                )
             out[f.stem] = f
         return out
 
     s, g = by_stem(sr, "sr_dir"), by_stem(gt, "gt_dir")
     only_sr, only_gt = sorted(set(s) - set(g)), sorted(set(g) - set(s))
     if only_sr or only_gt:
+
         def show(names: list[str]) -> str:
             return ", ".join(names[:20]) + (f" ... (+{len(names) - 20})" if len(names) > 20 else "") or "-"
 

@@ -25,28 +25,68 @@ _ABL = "FiDeSR paper, ablation on DIV2K-Val"
 
 PUBLISHED: dict[str, tuple[PublishedRow, ...]] = {
     "realsr": (
-        PublishedRow("FiDeSR (paper)", _FIDESR, {"psnr": 26.02, "ssim": 0.7457, "lpips": 0.2626,
-                                                 "fid": 109.68, "musiq": 69.82, "maniqa": 0.6681}),
-        PublishedRow("OSEDiff (released outputs, its log)", "osediff_metrics.log (pyiqa 0.1.10)",
-                     {"psnr": 25.1511, "ssim": 0.7341, "lpips": 0.2921, "dists": 0.2128, "fid": 123.493817,
-                      "niqe": 5.6476, "musiq": 69.0896, "maniqa": 0.6331, "clipiqa": 0.6693}),
+        PublishedRow(
+            "FiDeSR (paper)",
+            _FIDESR,
+            {"psnr": 26.02, "ssim": 0.7457, "lpips": 0.2626, "fid": 109.68, "musiq": 69.82, "maniqa": 0.6681},
+        ),
+        PublishedRow(
+            "OSEDiff (released outputs, its log)",
+            "osediff_metrics.log (pyiqa 0.1.10)",
+            {
+                "psnr": 25.1511,
+                "ssim": 0.7341,
+                "lpips": 0.2921,
+                "dists": 0.2128,
+                "fid": 123.493817,
+                "niqe": 5.6476,
+                "musiq": 69.0896,
+                "maniqa": 0.6331,
+                "clipiqa": 0.6693,
+            },
+        ),
     ),
     "drealsr": (
-        PublishedRow("FiDeSR (paper)", _FIDESR, {"psnr": 28.90, "ssim": 0.7907, "lpips": 0.2836,
-                                                 "fid": 127.97, "musiq": 65.78, "maniqa": 0.6239}),
+        PublishedRow(
+            "FiDeSR (paper)",
+            _FIDESR,
+            {"psnr": 28.90, "ssim": 0.7907, "lpips": 0.2836, "fid": 127.97, "musiq": 65.78, "maniqa": 0.6239},
+        ),
     ),
     "div2k_val": (
-        PublishedRow("FiDeSR (paper)", _FIDESR, {"psnr": 24.33, "ssim": 0.6250, "lpips": 0.2678,
-                                                 "dists": 0.1845, "fid": 23.30, "musiq": 68.87,
-                                                 "maniqa": 0.6384}),
-        PublishedRow("FiDeSR ablation: base", _ABL,
-                     {"clipiqa": 0.6611, "niqe": 4.7381, "musiq": 67.60, "maniqa": 0.6237}),
-        PublishedRow("FiDeSR ablation: +DAW", _ABL,
-                     {"clipiqa": 0.6641, "niqe": 4.7129, "musiq": 67.63, "maniqa": 0.6236}),
-        PublishedRow("FiDeSR ablation: +LRRB", _ABL,
-                     {"clipiqa": 0.6626, "niqe": 4.7340, "musiq": 67.95, "maniqa": 0.6278}),
-        PublishedRow("FiDeSR ablation: +DAW +LRRB", _ABL,
-                     {"clipiqa": 0.6699, "niqe": 4.6300, "musiq": 68.29, "maniqa": 0.6285}),
+        PublishedRow(
+            "FiDeSR (paper)",
+            _FIDESR,
+            {
+                "psnr": 24.33,
+                "ssim": 0.6250,
+                "lpips": 0.2678,
+                "dists": 0.1845,
+                "fid": 23.30,
+                "musiq": 68.87,
+                "maniqa": 0.6384,
+            },
+        ),
+        PublishedRow(
+            "FiDeSR ablation: base",
+            _ABL,
+            {"clipiqa": 0.6611, "niqe": 4.7381, "musiq": 67.60, "maniqa": 0.6237},
+        ),
+        PublishedRow(
+            "FiDeSR ablation: +DAW",
+            _ABL,
+            {"clipiqa": 0.6641, "niqe": 4.7129, "musiq": 67.63, "maniqa": 0.6236},
+        ),
+        PublishedRow(
+            "FiDeSR ablation: +LRRB",
+            _ABL,
+            {"clipiqa": 0.6626, "niqe": 4.7340, "musiq": 67.95, "maniqa": 0.6278},
+        ),
+        PublishedRow(
+            "FiDeSR ablation: +DAW +LRRB",
+            _ABL,
+            {"clipiqa": 0.6699, "niqe": 4.6300, "musiq": 68.29, "maniqa": 0.6285},
+        ),
     ),
 }
 

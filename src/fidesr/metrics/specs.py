@@ -60,24 +60,59 @@ _PIXEL_PROTOCOL = MappingProxyType({"test_y_channel": True, "color_space": "ycbc
 PROTOCOL: dict[str, MetricSpec] = {
     s.name: s
     for s in (
-        MetricSpec("psnr", "psnr", "full-reference", False, (), _PIXEL_PROTOCOL,
-                   "PSNR (dB), Y of YCbCr"),
-        MetricSpec("ssim", "ssim", "full-reference", False, (), _PIXEL_PROTOCOL,
-                   "SSIM, Y of YCbCr"),
-        MetricSpec("lpips", "lpips", "full-reference", True, ("alexnet-imagenet", "lpips-alex-v0.1"),
-                   description="LPIPS v0.1, AlexNet"),
-        MetricSpec("dists", "dists", "full-reference", True, ("vgg16-imagenet", "dists-alpha-beta"),
-                   description="DISTS, VGG16"),
-        MetricSpec("fid", "fid", "distribution", True, ("fid-inception",),
-                   description="FID, clean mode, SR folder vs GT folder"),
-        MetricSpec("niqe", "niqe", "no-reference", True, ("niqe-params",),
-                   description="NIQE (pyiqa default: Y of YIQ)"),
-        MetricSpec("musiq", "musiq", "no-reference", False, ("musiq-koniq",),
-                   description="MUSIQ trained on KonIQ-10k"),
-        MetricSpec("maniqa", "maniqa-pipal", "no-reference", False, ("maniqa-pipal",),
-                   description="MANIQA trained on PIPAL"),
-        MetricSpec("clipiqa", "clipiqa", "no-reference", False, ("clip-rn50",),
-                   description="CLIP-IQA, CLIP RN50"),
+        MetricSpec("psnr", "psnr", "full-reference", False, (), _PIXEL_PROTOCOL, "PSNR (dB), Y of YCbCr"),
+        MetricSpec("ssim", "ssim", "full-reference", False, (), _PIXEL_PROTOCOL, "SSIM, Y of YCbCr"),
+        MetricSpec(
+            "lpips",
+            "lpips",
+            "full-reference",
+            True,
+            ("alexnet-imagenet", "lpips-alex-v0.1"),
+            description="LPIPS v0.1, AlexNet",
+        ),
+        MetricSpec(
+            "dists",
+            "dists",
+            "full-reference",
+            True,
+            ("vgg16-imagenet", "dists-alpha-beta"),
+            description="DISTS, VGG16",
+        ),
+        MetricSpec(
+            "fid",
+            "fid",
+            "distribution",
+            True,
+            ("fid-inception",),
+            description="FID, clean mode, SR folder vs GT folder",
+        ),
+        MetricSpec(
+            "niqe",
+            "niqe",
+            "no-reference",
+            True,
+            ("niqe-params",),
+            description="NIQE (pyiqa default: Y of YIQ)",
+        ),
+        MetricSpec(
+            "musiq",
+            "musiq",
+            "no-reference",
+            False,
+            ("musiq-koniq",),
+            description="MUSIQ trained on KonIQ-10k",
+        ),
+        MetricSpec(
+            "maniqa",
+            "maniqa-pipal",
+            "no-reference",
+            False,
+            ("maniqa-pipal",),
+            description="MANIQA trained on PIPAL",
+        ),
+        MetricSpec(
+            "clipiqa", "clipiqa", "no-reference", False, ("clip-rn50",), description="CLIP-IQA, CLIP RN50"
+        ),
     )
 }
 
@@ -102,7 +137,9 @@ def canonical_name(name: str) -> str:
     base, standin = _split_standin(name.strip().lower())
     base = ALIASES.get(base, base)
     if base not in PROTOCOL:
-        raise KeyError(f"unknown metric {name!r}; known: {', '.join(PROTOCOL)} (aliases: {', '.join(ALIASES)})")
+        raise KeyError(
+            f"unknown metric {name!r}; known: {', '.join(PROTOCOL)} (aliases: {', '.join(ALIASES)})"
+        )
     return base + standin
 
 

@@ -159,8 +159,13 @@ def fid_features(
     from pyiqa.archs.fid_arch import get_folder_features
 
     return get_folder_features(
-        str(folder), extractor, num_workers=num_workers, batch_size=batch_size, device=device,
-        mode="clean", verbose=False,
+        str(folder),
+        extractor,
+        num_workers=num_workers,
+        batch_size=batch_size,
+        device=device,
+        mode="clean",
+        verbose=False,
     )
 
 
@@ -253,7 +258,11 @@ class MetricSuite:
             raise ValueError(f"stand-ins for metrics not selected: {sorted(set(stand_ins) - set(names))}")
         required_set = {canonical_name(r) for r in (*required, *cfg_required)}
 
-        suite_wide = {"crop_border": crop_border, "test_y_channel": test_y_channel, "color_space": color_space}
+        suite_wide = {
+            "crop_border": crop_border,
+            "test_y_channel": test_y_channel,
+            "color_space": color_space,
+        }
         self.specs: dict[str, MetricSpec] = {}  # reported name -> spec, in the given order
         self.skipped: dict[str, str] = {}  # reported name -> reason shown in tables
         self._scorers: dict[str, Scorer] = {}
@@ -276,8 +285,12 @@ class MetricSuite:
                 self.skipped[reported] = NA_WEIGHTS
                 continue
             else:
-                opts = {**spec.options, **{k: suite_wide[k] for k in SUITE_WIDE_OPTIONS.get(name, ())},
-                        **cfg_options.get(name, {}), **dict((options or {}).get(name, {}))}
+                opts = {
+                    **spec.options,
+                    **{k: suite_wide[k] for k in SUITE_WIDE_OPTIONS.get(name, ())},
+                    **cfg_options.get(name, {}),
+                    **dict((options or {}).get(name, {})),
+                }
                 scorer = self._build(spec, opts, ssim_impl)
             if spec.kind == "distribution":
                 self._fid_extractor = scorer
@@ -403,10 +416,20 @@ class MetricSuite:
         """FID between two folders with the suite's (already built) feature extractor."""
         if self._fid_extractor is None:
             raise RuntimeError("FID is not available in this suite (not selected, or weights missing)")
-        fa = fid_features(sr_dir, self._fid_extractor, device=self.device, batch_size=self.fid_batch_size,
-                          num_workers=self.fid_num_workers)
-        fb = fid_features(gt_dir, self._fid_extractor, device=self.device, batch_size=self.fid_batch_size,
-                          num_workers=self.fid_num_workers)
+        fa = fid_features(
+            sr_dir,
+            self._fid_extractor,
+            device=self.device,
+            batch_size=self.fid_batch_size,
+            num_workers=self.fid_num_workers,
+        )
+        fb = fid_features(
+            gt_dir,
+            self._fid_extractor,
+            device=self.device,
+            batch_size=self.fid_batch_size,
+            num_workers=self.fid_num_workers,
+        )
         return frechet_distance(fa, fb)
 
     # ---- tables -------------------------------------------------------------------------------------

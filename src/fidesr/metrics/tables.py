@@ -52,6 +52,7 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], column
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a CSV written by ``write_csv``; numeric cells come back as int or float."""
+
     def parse(v: str) -> Any:
         for kind in (int, float):
             try:

@@ -80,8 +80,15 @@ def _download(url: str, out: IO[bytes], name: str, timeout: float, progress: boo
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             got = 0
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=False,
-                      disable=None if progress is None else not progress) as bar:
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=name,
+                leave=False,
+                disable=None if progress is None else not progress,
+            ) as bar:
                 while block := resp.read(_CHUNK):
                     out.write(block)
                     got += len(block)
@@ -131,7 +138,9 @@ def fetch_file(
                 _download(url, out, f.filename, timeout, progress)
             found = digest(f, tmp)
             if not matches(f, found):
-                raise FetchError(f"{url}: checksum mismatch (expected {f.hash_label}, found {found}); not saved")
+                raise FetchError(
+                    f"{url}: checksum mismatch (expected {f.hash_label}, found {found}); not saved"
+                )
             os.replace(tmp, dest)
         finally:
             Path(tmp).unlink(missing_ok=True)

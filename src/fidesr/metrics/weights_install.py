@@ -149,8 +149,10 @@ def install(
             log(f"ok       {f.filename}")
             continue
         if not f.providers:
-            log(f"manual   {f.filename}: no package registry provides it; `fidesr-weights download` fetches "
-                f"it from {f.url}")
+            log(
+                f"manual   {f.filename}: no package registry provides it; `fidesr-weights download` fetches "
+                f"it from {f.url}"
+            )
             continue
         errors = []
         for p in f.providers:
@@ -216,7 +218,10 @@ def adopt(
             except ValueError:
                 continue
             matched = True
-            log(f"adopted  {src} -> {done[f.key]}" + (" (symlink)" if mode == "link" and f.check == "bytes" else ""))
+            log(
+                f"adopted  {src} -> {done[f.key]}"
+                + (" (symlink)" if mode == "link" and f.check == "bytes" else "")
+            )
             break
         if not matched:
             log(f"ignored  {src}: checksum matches no registered file")

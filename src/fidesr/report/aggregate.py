@@ -76,8 +76,10 @@ def choose_baseline(confs: Sequence[Configuration], wanted: str | None = None) -
     if wanted is not None:
         found = next((c for c in confs if c.label == wanted), None)
         if found is None:
-            raise ValueError(f"--baseline {wanted!r} is not a configuration of this sweep; "
-                             f"configurations: {', '.join(c.label for c in confs)}")  # fmt: skip
+            raise ValueError(
+                f"--baseline {wanted!r} is not a configuration of this sweep; "
+                f"configurations: {', '.join(c.label for c in confs)}"
+            )
         return found
     off = [c for c in confs if c.keys and all(v.lower() in OFF_VALUES for v in c.keys.values())]
     return off[0] if off else confs[0]
@@ -92,13 +94,19 @@ def summarize(confs: Sequence[Configuration], set_name: str) -> tuple[list[dict[
         if not jobs:
             continue
         n_images = {len(j.per_image(set_name)) or None for j in jobs} - {None}
-        row: dict[str, Any] = {"set": set_name, "configuration": c.label, **c.keys, "n_seeds": len(jobs),
-                               "n_images": min(n_images) if n_images else None,
-                               "seeds": " ".join(str(j.seed) for j in jobs),
-                               "step": " ".join(sorted({str(j.step) for j in jobs})),
-                               "git_commit": " ".join(sorted({j.commit[:12] for j in jobs})),
-                               "config_hash": " ".join(sorted({j.config_hash[:12] for j in jobs})),
-                               "source": "this sweep", "best": []}  # fmt: skip
+        row: dict[str, Any] = {
+            "set": set_name,
+            "configuration": c.label,
+            **c.keys,
+            "n_seeds": len(jobs),
+            "n_images": min(n_images) if n_images else None,
+            "seeds": " ".join(str(j.seed) for j in jobs),
+            "step": " ".join(sorted({str(j.step) for j in jobs})),
+            "git_commit": " ".join(sorted({j.commit[:12] for j in jobs})),
+            "config_hash": " ".join(sorted({j.config_hash[:12] for j in jobs})),
+            "source": "this sweep",
+            "best": [],
+        }
         for m in metrics:
             values = [j.final[set_name][m] for j in jobs if m in j.final[set_name]]
             if values:
@@ -110,8 +118,14 @@ def summarize(confs: Sequence[Configuration], set_name: str) -> tuple[list[dict[
     return rows, metrics
 
 
-def add_paired(rows: list[dict[str, Any]], confs: Sequence[Configuration], baseline: Configuration,
-               set_name: str, metrics: Sequence[str], n_resamples: int = N_RESAMPLES) -> dict[str, str]:  # fmt: skip
+def add_paired(
+    rows: list[dict[str, Any]],
+    confs: Sequence[Configuration],
+    baseline: Configuration,
+    set_name: str,
+    metrics: Sequence[str],
+    n_resamples: int = N_RESAMPLES,
+) -> dict[str, str]:
     """Add ``<m>_delta``, ``<m>_ci_low``, ``<m>_ci_high``, ``<m>_p`` (vs ``baseline``) to each row and
     mark ``row["best"]`` by the interval rule; returns metric -> verdict sentence (see ``verdict``)."""
     by_label = {c.label: c for c in confs}
@@ -126,8 +140,16 @@ def add_paired(rows: list[dict[str, Any]], confs: Sequence[Configuration], basel
             if res is None:
                 continue
             results[r["configuration"]] = res
-            r.update({f"{m}_delta": res.delta, f"{m}_ci_low": res.ci_low, f"{m}_ci_high": res.ci_high,
-                      f"{m}_p": res.p_value, "n_images": res.n_images, "n_seeds": res.n_seeds})  # fmt: skip
+            r.update(
+                {
+                    f"{m}_delta": res.delta,
+                    f"{m}_ci_low": res.ci_low,
+                    f"{m}_ci_high": res.ci_high,
+                    f"{m}_p": res.p_value,
+                    "n_images": res.n_images,
+                    "n_seeds": res.n_seeds,
+                }
+            )
         if results:
             best, verdicts[m] = verdict(results, baseline.label, bool(lower_better(m)))
             for r in rows:
@@ -150,7 +172,11 @@ def verdict(results: dict[str, PairedDifference], baseline: str, lower: bool) ->
     better = {k: v for k, v in others.items() if v.detected and sign * v.delta > 0}
     if better:
         best = max(better, key=lambda k: sign * better[k].delta)
-        note = "" if len(better) == 1 else f" (also better than the baseline: {', '.join(f'`{k}`' for k in better if k != best)})"
+        note = (
+            ""
+            if len(better) == 1
+            else f" (also better than the baseline: {', '.join(f'`{k}`' for k in better if k != best)})"
+        )
         return best, f"best: `{best}`, {_interval(better[best])} vs the baseline{note}"
     if others and all(v.detected for v in others.values()):
         return baseline, f"best: the baseline `{baseline}` (every other configuration is worse, {size})"

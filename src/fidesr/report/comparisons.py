@@ -70,33 +70,54 @@ def most_different_crop(srs: Sequence[torch.Tensor], size: int) -> tuple[int, in
     return x, y, float(windows.max())
 
 
-def collect(confs: Sequence[Configuration], set_name: str, n_images: int = 3, crop: int = 32,
-            boxes: Sequence[Box] = ()) -> tuple[list[Comparison], str]:  # fmt: skip
+def collect(
+    confs: Sequence[Configuration],
+    set_name: str,
+    n_images: int = 3,
+    crop: int = 32,
+    boxes: Sequence[Box] = (),
+) -> tuple[list[Comparison], str]:
     """Crops for ``boxes`` (or the ``n_images`` most different images) and a sentence saying how they were
     chosen; ([], reason) when the jobs lack the images."""
     jobs = [min(c.jobs, key=lambda j: str(j.seed)) for c in confs]
     ref = next((j for j in jobs if j.image_dir(set_name, "gt").is_dir()), None)
     if ref is None:
-        return [], f"no val/gt/{set_name} in the job folders (written by the metrics callback with save_images)"
+        return (
+            [],
+            f"no val/gt/{set_name} in the job folders (written by the metrics callback with save_images)",
+        )
     names = sorted(p.stem for p in ref.image_dir(set_name, "gt").glob("*.png"))
-    names = [n for n in names if all(j.image(set_name, n).is_file() for j in jobs) and ref.image(set_name, n, "lq").is_file()]
+    names = [
+        n
+        for n in names
+        if all(j.image(set_name, n).is_file() for j in jobs) and ref.image(set_name, n, "lq").is_file()
+    ]
     if not names:
         return [], f"no SR images of the last validation of {set_name!r} in every configuration"
     srs = {n: [read_for_metrics(j.image(set_name, n))[0] for j in jobs] for n in names}
     if boxes:
         missing = [b.name for b in boxes if b.name not in srs]
         if missing:
-            raise ValueError(f"crop box image(s) {missing} not in set {set_name!r}; images: {', '.join(names)}")
+            raise ValueError(
+                f"crop box image(s) {missing} not in set {set_name!r}; images: {', '.join(names)}"
+            )
         how = "boxes given on the command line"
     else:
         crop = min(crop, *srs[names[0]][0].shape[-2:])  # images smaller than the crop: the whole image
-        picks = sorted(((n, *most_different_crop(srs[n], crop)) for n in names), key=lambda t: -t[3])[:n_images]
+        picks = sorted(((n, *most_different_crop(srs[n], crop)) for n in names), key=lambda t: -t[3])[
+            :n_images
+        ]
         boxes = [Box(n, x, y, crop) for n, x, y, _ in picks]
-        how = (f"the {crop} px window (GT pixels) where the configurations' SR images differ most (largest mean "
-               f"per-pixel std across configurations), in the {len(boxes)} images where that spread is largest")  # fmt: skip
+        how = (
+            f"the {crop} px window (GT pixels) where the configurations' SR images differ most (largest mean "
+            f"per-pixel std across configurations), in the {len(boxes)} images where that spread is largest"
+        )
     out = []
     for b in boxes:
-        gt, lq = read_for_metrics(ref.image(set_name, b.name, "gt"))[0], read_for_metrics(ref.image(set_name, b.name, "lq"))
+        gt, lq = (
+            read_for_metrics(ref.image(set_name, b.name, "gt"))[0],
+            read_for_metrics(ref.image(set_name, b.name, "lq")),
+        )
         scale = gt.shape[-1] // lq.shape[-1]
         bicubic = F.interpolate(lq, size=gt.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)[0]
         nearest = F.interpolate(lq, size=gt.shape[-2:], mode="nearest")[0]
@@ -116,8 +137,12 @@ def plot_comparisons(comparisons: Sequence[Comparison], path: Path, seed_note: s
     """The grid: one row per image, one column per source, each crop labelled with its PSNR against GT."""
     plt = pyplot()
     labels = list(comparisons[0].crops)
-    fig, axes = plt.subplots(len(comparisons), len(labels), figsize=(1.75 * len(labels), 1.95 * len(comparisons) + 0.5),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(comparisons),
+        len(labels),
+        figsize=(1.75 * len(labels), 1.95 * len(comparisons) + 0.5),
+        squeeze=False,
+    )
     for row, comp in zip(axes, comparisons, strict=True):
         for ax, label in zip(row, labels, strict=True):
             ax.imshow(np.asarray(comp.crops[label].permute(1, 2, 0)), interpolation="nearest")
@@ -129,4 +154,6 @@ def plot_comparisons(comparisons: Sequence[Comparison], path: Path, seed_note: s
                 ax.set_title(label.replace(",", ",\n"), fontsize=7)
         b = comp.box
         row[0].set_ylabel(f"{b.name}\nx={b.x} y={b.y} {b.size}px", fontsize=6)
-    return save_figure(fig, path, f"Same crops, every configuration ({seed_note}; under each crop: its PSNR vs GT)")
+    return save_figure(
+        fig, path, f"Same crops, every configuration ({seed_note}; under each crop: its PSNR vs GT)"
+    )

@@ -42,8 +42,13 @@ def plot_lfim(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], out: Pa
 
     def lines(ax: Any, x: str | None, y: str) -> None:
         for hf in hfs:
-            pts = sorted((r["lf_scale"], r.get(x) if x else r["lf_scale"], r.get(y)) for r in rows
-                         if r["hf_scale"] == hf and isinstance(r.get(y), float) and (x is None or isinstance(r.get(x), float)))  # fmt: skip
+            pts = sorted(
+                (r["lf_scale"], r.get(x) if x else r["lf_scale"], r.get(y))
+                for r in rows
+                if r["hf_scale"] == hf
+                and isinstance(r.get(y), float)
+                and (x is None or isinstance(r.get(x), float))
+            )
             if not pts:
                 continue
             ax.plot(
@@ -67,7 +72,11 @@ def plot_lfim(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], out: Pa
             ax.set_xlabel(header(p))
             ax.set_ylabel(header(f))
         axes.flat[0].legend(fontsize=7)
-        files.append(save_figure(fig, out / "lfim_tradeoff.png", "LFIM trade-off: fidelity vs perception as the strengths rise"))
+        files.append(
+            save_figure(
+                fig, out / "lfim_tradeoff.png", "LFIM trade-off: fidelity vs perception as the strengths rise"
+            )
+        )
     ncol = min(3, len(metrics))
     nrow = math.ceil(len(metrics) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.4 * nrow), squeeze=False)
@@ -87,16 +96,26 @@ def lfim_report(sweep_dir: Path, wandb: str = "auto", strict: bool = False) -> i
     jobs = discover_jobs(sweep_dir, evaluation=True)
     done = [j for j in jobs if j.final]
     if not done:
-        print(f"fidesr-report --lfim: no fidesr-eval results (summary.csv) in the job folders of {sweep_dir}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"fidesr-report --lfim: no fidesr-eval results (summary.csv) in the job folders of {sweep_dir}",
+            file=sys.stderr,
+        )
         return 1
     rows = []
     for j in done:
         values = next(iter(j.final.values()))
         lf, hf = _strength(j, "lf_scale"), _strength(j, "hf_scale")
-        rows.append({"configuration": f"lf={lf if lf is not None else 'default'},hf={hf if hf is not None else 'default'}",
-                     "lf_scale": lf, "hf_scale": hf, "job": j.name, "git_commit": j.commit[:12],
-                     "source": "this evaluation", **values})  # fmt: skip
+        rows.append(
+            {
+                "configuration": f"lf={lf if lf is not None else 'default'},hf={hf if hf is not None else 'default'}",
+                "lf_scale": lf,
+                "hf_scale": hf,
+                "job": j.name,
+                "git_commit": j.commit[:12],
+                "source": "this evaluation",
+                **values,
+            }
+        )
     rows.sort(
         key=lambda r: (
             r["lf_scale"] if r["lf_scale"] is not None else -1,
@@ -106,16 +125,26 @@ def lfim_report(sweep_dir: Path, wandb: str = "auto", strict: bool = False) -> i
     metrics = metric_order(m for r in rows for m in r if m in PROTOCOL or m.endswith("-standin"))
     mark_best(rows, metrics)
     # fidesr-eval writes no run_info.json; the checkpoint (below) is what ties these jobs together.
-    warnings = [w for w in provenance_warnings(done, [])
-                if not w.startswith(("configurations differ", f"{len(done)} job(s) have no run_info"))]  # fmt: skip
+    warnings = [
+        w
+        for w in provenance_warnings(done, [])
+        if not w.startswith(("configurations differ", f"{len(done)} job(s) have no run_info"))
+    ]
     ckpts = {str(j.select("checkpoint")) for j in done if j.select("checkpoint") is not None}
     if len(ckpts) > 1:
         warnings.append(f"jobs evaluated different checkpoints: {', '.join(sorted(ckpts))}")
-    files = plot_lfim([r for r in rows if r["lf_scale"] is not None], metrics, sweep_dir) if any(
-        r["lf_scale"] is not None for r in rows) else []  # fmt: skip
-    md = [f"# LFIM strengths: `{sweep_dir.name}`", "",
-          f"- checkpoint: {', '.join(sorted(ckpts)) or 'unknown'}; {len(done)} of {len(jobs)} jobs with results",
-          "- **bold**: best per column; the trade-off is the point: no row is best everywhere", ""]  # fmt: skip
+    files = (
+        plot_lfim([r for r in rows if r["lf_scale"] is not None], metrics, sweep_dir)
+        if any(r["lf_scale"] is not None for r in rows)
+        else []
+    )
+    md = [
+        f"# LFIM strengths: `{sweep_dir.name}`",
+        "",
+        f"- checkpoint: {', '.join(sorted(ckpts)) or 'unknown'}; {len(done)} of {len(jobs)} jobs with results",
+        "- **bold**: best per column; the trade-off is the point: no row is best everywhere",
+        "",
+    ]
     if warnings:
         md += ["## Warnings", "", *(f"- ⚠ {w}" for w in warnings), ""]
     md += [markdown_rows(rows, ["lf_scale", "hf_scale"], metrics, bold_best=True), ""]
@@ -125,13 +154,12 @@ def lfim_report(sweep_dir: Path, wandb: str = "auto", strict: bool = False) -> i
     cols = ["lf_scale", "hf_scale", *metrics, "best", "job", "git_commit"]
     csv_rows = [{**r, "best": ";".join(r["best"])} for r in rows]
     write_csv(sweep_dir / "lfim.csv", csv_rows, cols)
-    note = tracker.maybe_upload(wandb, sweep_dir, jobs, {"lfim": tracker.table(csv_rows, cols)}, files,
-                                f"lfim-{sweep_dir.name}")
+    note = tracker.maybe_upload(
+        wandb, sweep_dir, jobs, {"lfim": tracker.table(csv_rows, cols)}, files, f"lfim-{sweep_dir.name}"
+    )
     md += [f"- {note}"] if note else []
     (sweep_dir / "lfim.md").write_text("\n".join(md).rstrip() + "\n")
     print("\n".join(md))
     for w in warnings:
         print(f"fidesr-report: WARNING: {w}", file=sys.stderr)
     return 1 if strict and warnings else 0
-
-

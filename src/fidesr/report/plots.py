@@ -59,7 +59,9 @@ def smoothing_weight(n_points: int) -> float:
     return 1 - 2 / (span + 1)
 
 
-def _mean_curve(curves: Sequence[Mapping[int, float]]) -> tuple[list[int], list[float], list[float], list[float]]:
+def _mean_curve(
+    curves: Sequence[Mapping[int, float]],
+) -> tuple[list[int], list[float], list[float], list[float]]:
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     mean = [statistics.fmean(c[s] for c in curves) for s in steps]
     return steps, mean, [min(c[s] for c in curves) for s in steps], [max(c[s] for c in curves) for s in steps]
@@ -71,8 +73,15 @@ def _informative(series: Series, key: str) -> bool:
     return len(values) > 1
 
 
-def curves_figure(confs: Sequence[Configuration], series: Series, keys: Sequence[str], path: Path, title: str,
-                  ylabel: Callable[[str], str] | None = None, smooth: bool = False) -> tuple[Path | None, list[str]]:  # fmt: skip
+def curves_figure(
+    confs: Sequence[Configuration],
+    series: Series,
+    keys: Sequence[str],
+    path: Path,
+    title: str,
+    ylabel: Callable[[str], str] | None = None,
+    smooth: bool = False,
+) -> tuple[Path | None, list[str]]:
     """One panel per informative key, one line per configuration (mean over seeds, min-max band).
 
     ``smooth``: the mean as an EMA line (``smoothing_weight``) over its raw points drawn faint. Returns the
@@ -95,8 +104,16 @@ def curves_figure(confs: Sequence[Configuration], series: Series, keys: Sequence
             if smooth:
                 ax.plot(steps, mean, color=color, lw=0.6, alpha=0.25)
                 mean = ema(mean, smoothing_weight(len(mean)))
-            ax.plot(steps, mean, color=color, label=c.label, lw=1.6, ls=STYLES[i % len(STYLES)],
-                    marker=MARKERS[i % len(MARKERS)] if len(steps) < 8 else None, ms=4)  # fmt: skip
+            ax.plot(
+                steps,
+                mean,
+                color=color,
+                label=c.label,
+                lw=1.6,
+                ls=STYLES[i % len(STYLES)],
+                marker=MARKERS[i % len(MARKERS)] if len(steps) < 8 else None,
+                ms=4,
+            )
             if len(curves) > 1:
                 ax.fill_between(steps, lo, hi, color=color, alpha=0.12, lw=0)
         ax.set_title(ylabel(key) if ylabel else key, fontsize=10)
@@ -105,12 +122,17 @@ def curves_figure(confs: Sequence[Configuration], series: Series, keys: Sequence
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8, frameon=False)
+    fig.legend(
+        handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8, frameon=False
+    )
     return save_figure(fig, path, title, rect=(0, 0.08 if nrow == 1 else 0.05, 1, 0.95)), dropped
 
 
-def _collect(confs: Sequence[Configuration], rows_of: Callable[[Any], list[dict[str, Any]]],
-             wanted: Callable[[str], bool]) -> tuple[dict[str, dict[str, list[dict[int, float]]]], list[str]]:  # fmt: skip
+def _collect(
+    confs: Sequence[Configuration],
+    rows_of: Callable[[Any], list[dict[str, Any]]],
+    wanted: Callable[[str], bool],
+) -> tuple[dict[str, dict[str, list[dict[int, float]]]], list[str]]:
     series: dict[str, dict[str, list[dict[int, float]]]] = {}
     keys: list[str] = []
     for c in confs:
@@ -129,18 +151,28 @@ def plot_training_curves(confs: Sequence[Configuration], path: Path) -> tuple[Pa
     series, keys = _collect(confs, lambda j: j.train_log(), lambda k: k.startswith("train/loss/"))
     keys = sorted(keys, key=lambda k: (k.endswith("/total"), k))  # the total last
     informative = [k for k in keys if _informative(series, k)][:6]
-    figure, dropped = curves_figure(confs, series, informative, path,
-                                    "Training losses (mean over seeds; from 20 logged points on, an EMA over the faint raw points)",
-                                    ylabel=lambda k: k.removeprefix("train/"), smooth=True)  # fmt: skip
+    figure, dropped = curves_figure(
+        confs,
+        series,
+        informative,
+        path,
+        "Training losses (mean over seeds; from 20 logged points on, an EMA over the faint raw points)",
+        ylabel=lambda k: k.removeprefix("train/"),
+        smooth=True,
+    )
     return figure, [k for k in keys if not _informative(series, k)] + dropped
 
 
-def plot_val_curves(confs: Sequence[Configuration], set_name: str, path: Path) -> tuple[Path | None, list[str]]:
+def plot_val_curves(
+    confs: Sequence[Configuration], set_name: str, path: Path
+) -> tuple[Path | None, list[str]]:
     """Validation metrics over steps per configuration (from the jobs' validation tables)."""
-    series, keys = _collect(confs, lambda j: j.val_history(set_name),
-                            lambda k: k not in FIXED and lower_better(k) is not None)  # fmt: skip
-    return curves_figure(confs, series, metric_order(keys), path, f"Validation metrics on {set_name!r}",
-                         ylabel=header)  # fmt: skip
+    series, keys = _collect(
+        confs, lambda j: j.val_history(set_name), lambda k: k not in FIXED and lower_better(k) is not None
+    )
+    return curves_figure(
+        confs, series, metric_order(keys), path, f"Validation metrics on {set_name!r}", ylabel=header
+    )
 
 
 def plot_perception_distortion(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
@@ -158,8 +190,18 @@ def plot_perception_distortion(rows: Sequence[Mapping[str, Any]], path: Path) ->
         for i, r in enumerate(rows):
             if isinstance(r.get("psnr"), float) and isinstance(r.get(m), float):
                 # Shrinking markers: a configuration on top of another (same values) leaves it visible.
-                ax.errorbar(r["psnr"], r[m], xerr=r.get("psnr_std"), yerr=r.get(f"{m}_std"), fmt=MARKERS[i % len(MARKERS)],
-                            color=cols[i], ms=max(4, 11 - 2 * i), capsize=3, label=r["configuration"], alpha=0.9)  # fmt: skip
+                ax.errorbar(
+                    r["psnr"],
+                    r[m],
+                    xerr=r.get("psnr_std"),
+                    yerr=r.get(f"{m}_std"),
+                    fmt=MARKERS[i % len(MARKERS)],
+                    color=cols[i],
+                    ms=max(4, 11 - 2 * i),
+                    capsize=3,
+                    label=r["configuration"],
+                    alpha=0.9,
+                )
         ax.set_xlabel(header("psnr") + "  (distortion: right is better)")
         ax.set_ylabel(header(m) + ("  (lower is better)" if lower_better(m) else "  (higher is better)"))
         ax.grid(alpha=0.3)
@@ -169,10 +211,14 @@ def plot_perception_distortion(rows: Sequence[Mapping[str, Any]], path: Path) ->
     seeds = max((r.get("n_seeds") or 1) for r in rows)
     note = "error bars: std over seeds" if seeds > 1 else "one seed: no error bars"
     rows_of_legend = math.ceil(len(labels) / ncol)
-    return save_figure(fig, path, f"Perception-distortion ({note})", rect=(0, 0.06 * rows_of_legend + 0.02, 1, 0.95))
+    return save_figure(
+        fig, path, f"Perception-distortion ({note})", rect=(0, 0.06 * rows_of_legend + 0.02, 1, 0.95)
+    )
 
 
-def plot_deltas(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], baseline: str, path: Path) -> Path | None:
+def plot_deltas(
+    rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], baseline: str, path: Path
+) -> Path | None:
     """Dot-and-whisker plot of each configuration's paired difference from ``baseline`` with its 95%
     bootstrap interval, one panel per metric, zero marked; filled dots where the interval excludes zero."""
     metrics = [m for m in metrics if any(isinstance(r.get(f"{m}_delta"), float) for r in rows)]
@@ -182,7 +228,9 @@ def plot_deltas(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], basel
     plt = pyplot()
     ncol = min(3, len(metrics))
     nrow = math.ceil(len(metrics) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 0.5 * len(others) * nrow + 1.6 * nrow), squeeze=False)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(4.6 * ncol, 0.5 * len(others) * nrow + 1.6 * nrow), squeeze=False
+    )
     cols = colors(len(rows))
     for ax, m in zip(axes.flat, metrics, strict=False):
         for y, r in enumerate(others):
@@ -203,5 +251,8 @@ def plot_deltas(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], basel
         ax.axis("off")
     n = next(r for r in others if isinstance(r.get("n_images"), int))
     size = f"{n['n_images']} images" + (f" x {n['n_seeds']} seeds" if (n.get("n_seeds") or 1) > 1 else "")
-    return save_figure(fig, path, f"Paired differences from {baseline} (95% bootstrap interval, {size}; "
-                                  "filled: interval excludes 0)")  # fmt: skip
+    return save_figure(
+        fig,
+        path,
+        f"Paired differences from {baseline} (95% bootstrap interval, {size}; filled: interval excludes 0)",
+    )

@@ -52,10 +52,15 @@ def provenance_warnings(jobs: Sequence[Job], confs: Sequence[Configuration]) -> 
     warnings: list[str] = []
     missing = [j.name for j in jobs if j.info is None]
     if missing:
-        warnings.append(f"{len(missing)} job(s) have no run_info.json (git commit and code version unknown): "
-                        + ", ".join(missing[:5]))  # fmt: skip
-    for field_name, what in (("git_commit", "git commits"), ("code_hash", "source code (uncommitted edits)"),
-                             ("package_version", "package versions")):  # fmt: skip
+        warnings.append(
+            f"{len(missing)} job(s) have no run_info.json (git commit and code version unknown): "
+            + ", ".join(missing[:5])
+        )
+    for field_name, what in (
+        ("git_commit", "git commits"),
+        ("code_hash", "source code (uncommitted edits)"),
+        ("package_version", "package versions"),
+    ):
         values = {str(j.info.get(field_name)) for j in jobs if j.info and j.info.get(field_name)}
         if len(values) > 1:
             detail = _changed_files(jobs) if field_name == "code_hash" else ""
@@ -65,16 +70,22 @@ def provenance_warnings(jobs: Sequence[Job], confs: Sequence[Configuration]) -> 
     for c in confs:
         hashes = {j.config_hash for j in c.jobs}
         if len(hashes) > 1:
-            warnings.append(f"seeds of {c.label} ran different configs (config hashes "
-                            + ", ".join(sorted(h[:12] for h in hashes)) + ")")  # fmt: skip
+            warnings.append(
+                f"seeds of {c.label} ran different configs (config hashes "
+                + ", ".join(sorted(h[:12] for h in hashes))
+                + ")"
+            )
     # Across configurations, only the swept keys may differ.
     swept = [*HASH_EXCLUDE, *varying_keys(jobs)]
     base = {j.name: comparable_config(j.config, swept) for j in jobs if j.config is not None}
     if len({config_hash(b, ()) for b in base.values()}) > 1:
         flat = [_flatten(b) for b in base.values()]
         keys = sorted({k for f in flat for k in f if len({repr(g.get(k)) for g in flat}) > 1})
-        warnings.append("configurations differ in more than the swept keys: " + ", ".join(keys[:10])
-                        + (" ..." if len(keys) > 10 else ""))  # fmt: skip
+        warnings.append(
+            "configurations differ in more than the swept keys: "
+            + ", ".join(keys[:10])
+            + (" ..." if len(keys) > 10 else "")
+        )
     return warnings
 
 
@@ -83,6 +94,8 @@ def provenance_notes(jobs: Sequence[Job]) -> list[str]:
     notes = []
     dirty = [j for j in jobs if j.info and j.info.get("git_dirty")]
     if dirty:
-        notes.append(f"{len(dirty)} of {len(jobs)} job(s) ran with uncommitted changes in src/ or conf/ "
-                     "(the source hash tells whether they ran the same code)")  # fmt: skip
+        notes.append(
+            f"{len(dirty)} of {len(jobs)} job(s) ran with uncommitted changes in src/ or conf/ "
+            "(the source hash tells whether they ran the same code)"
+        )
     return notes

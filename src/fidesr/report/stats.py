@@ -89,11 +89,18 @@ def paired_difference(
     nothing pairs.
     """
     seeds = [s for s in config if s in baseline]
-    names: Sequence[str] = sorted(set.intersection(*(set(config[s]) & set(baseline[s]) for s in seeds))) if seeds else []
+    names: Sequence[str] = (
+        sorted(set.intersection(*(set(config[s]) & set(baseline[s]) for s in seeds))) if seeds else []
+    )
     if not names:
         return None
     diffs = np.array([[config[s][n] - baseline[s][n] for n in names] for s in seeds])
     low, high = bootstrap_interval(diffs, n_resamples, seed)
-    return PairedDifference(delta=float(diffs.mean()), ci_low=low, ci_high=high,
-                            p_value=signed_rank_p(diffs.mean(axis=0)), n_images=len(names),
-                            n_seeds=len(seeds))  # fmt: skip
+    return PairedDifference(
+        delta=float(diffs.mean()),
+        ci_low=low,
+        ci_high=high,
+        p_value=signed_rank_p(diffs.mean(axis=0)),
+        n_images=len(names),
+        n_seeds=len(seeds),
+    )

@@ -34,8 +34,13 @@ def value_cell(row: Mapping[str, Any], m: str, *, published: bool = False, bold_
     return f"**{text}**" if bold_best and m in row.get("best", ()) else text
 
 
-def markdown_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], metrics: Sequence[str], *,
-                  bold_best: bool = False) -> str:  # fmt: skip
+def markdown_rows(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    metrics: Sequence[str],
+    *,
+    bold_best: bool = False,
+) -> str:
     """A table with ``columns`` then one ``mean ± std`` cell per metric (published rows printed as given)."""
     body = []
     for r in rows:
@@ -58,9 +63,17 @@ def delta_cell(row: Mapping[str, Any], m: str) -> str:
 
 def delta_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], baseline: str) -> str:
     """One row per configuration other than ``baseline``: Δ [95% CI] and the p-value per metric."""
-    body = [[f"`{r['configuration']}`", *(f"{delta_cell(r, m)} (p = {r[f'{m}_p']:.2g})"
-                                          if isinstance(r.get(f"{m}_p"), float) else "-" for m in metrics)]
-            for r in rows if r["configuration"] != baseline]  # fmt: skip
+    body = [
+        [
+            f"`{r['configuration']}`",
+            *(
+                f"{delta_cell(r, m)} (p = {r[f'{m}_p']:.2g})" if isinstance(r.get(f"{m}_p"), float) else "-"
+                for m in metrics
+            ),
+        ]
+        for r in rows
+        if r["configuration"] != baseline
+    ]
     return grid(["configuration", *(f"Δ {header(m)}" for m in metrics)], body)
 
 
@@ -71,8 +84,13 @@ def paper_rows(confs: Sequence[Configuration]) -> list[dict[str, Any]]:
     base = ABLATION_DAW_LRRB[(False, False)].values
     out = []
     for key, p in ABLATION_DAW_LRRB.items():
-        row: dict[str, Any] = {"set": "div2k_val", "configuration": f"paper: {p.label.split(': ', 1)[-1]}",
-                               "ours": ours.get(key), "source": p.source, **p.values}  # fmt: skip
+        row: dict[str, Any] = {
+            "set": "div2k_val",
+            "configuration": f"paper: {p.label.split(': ', 1)[-1]}",
+            "ours": ours.get(key),
+            "source": p.source,
+            **p.values,
+        }
         row.update({f"{m}_delta": v - base[m] for m, v in p.values.items() if m in base})
         out.append(row)
     return out

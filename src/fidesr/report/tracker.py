@@ -30,13 +30,20 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> tuple[li
 def comparison_table(comparisons: Sequence[Comparison]) -> tuple[list[str], list[list[Any]]]:
     """One row per image: its crop box, then one image per column of comparisons.png (zoomed x4, nearest)."""
     labels = list(comparisons[0].crops) if comparisons else []
-    rows = [[c.box.name, f"x={c.box.x} y={c.box.y} size={c.box.size}",
-             *(torch.repeat_interleave(torch.repeat_interleave(c.crops[k], 4, -1), 4, -2) for k in labels)]
-            for c in comparisons]  # fmt: skip
+    rows = [
+        [
+            c.box.name,
+            f"x={c.box.x} y={c.box.y} size={c.box.size}",
+            *(torch.repeat_interleave(torch.repeat_interleave(c.crops[k], 4, -1), 4, -2) for k in labels),
+        ]
+        for c in comparisons
+    ]
     return ["image", "box", *labels], rows
 
 
-def upload_wandb(sweep_dir: Path, jobs: Sequence[Job], tables: Tables, images: Sequence[Path], name: str) -> str | None:
+def upload_wandb(
+    sweep_dir: Path, jobs: Sequence[Job], tables: Tables, images: Sequence[Path], name: str
+) -> str | None:
     """A ``report`` run in the sweep's W&B group with the tables and plots; returns its directory."""
     import wandb
 
@@ -46,8 +53,16 @@ def upload_wandb(sweep_dir: Path, jobs: Sequence[Job], tables: Tables, images: S
     project = (job.select("logger.wandb.project") if job else None) or "fidesr"
     group = next((str(j.info["sweep_id"]) for j in jobs if j.info and j.info.get("sweep_id")), sweep_dir.name)
     mode = "online" if wandb_online_possible() else "offline"
-    run = wandb.init(project=project, entity=job.select("logger.wandb.entity") if job else None, group=group,
-                     job_type="report", name=name, dir=str(sweep_dir), mode=mode, reinit="finish_previous")  # fmt: skip
+    run = wandb.init(
+        project=project,
+        entity=job.select("logger.wandb.entity") if job else None,
+        group=group,
+        job_type="report",
+        name=name,
+        dir=str(sweep_dir),
+        mode=mode,
+        reinit="finish_previous",
+    )
 
     def cell(v: Any) -> Any:
         return wandb.Image(v.permute(1, 2, 0).numpy()) if isinstance(v, torch.Tensor) else v
@@ -63,8 +78,9 @@ def upload_wandb(sweep_dir: Path, jobs: Sequence[Job], tables: Tables, images: S
         wandb.finish()
 
 
-def maybe_upload(mode: str, sweep_dir: Path, jobs: Sequence[Job], tables: Tables, images: Sequence[Path],
-                 name: str) -> str | None:  # fmt: skip
+def maybe_upload(
+    mode: str, sweep_dir: Path, jobs: Sequence[Job], tables: Tables, images: Sequence[Path], name: str
+) -> str | None:
     """Upload when ``mode`` is ``on``, or ``auto`` and the jobs logged to W&B; returns a note for the report
     (None when nothing was attempted). A tracker failure never fails the report."""
     if mode == "off" or (mode == "auto" and not jobs_used_wandb(jobs)):
