@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         if cfg.get("validate_before_fit") and ckpt_path is None:
             trainer.validate(model, datamodule=datamodule)  # the step-0 row of metrics.csv
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        with warnings.catch_warnings():
+            # Lightning cannot see that StepSampler resumes by global step (bit-exact mid-epoch, tested in
+            # tests/cli/test_train.py): its "dataloader is not resumable" warning would mislead.
+            warnings.filterwarnings(
+                "ignore", message="You're resuming from a checkpoint that ended before the epoch"
+            )
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if cfg.get("test") and getattr(datamodule, "test_sets", None):
             trainer.test(model, datamodule=datamodule, ckpt_path=None)
         exit_code = 0 if not trainer.interrupted else 1
