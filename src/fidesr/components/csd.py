@@ -157,6 +157,22 @@ class CSDOutput:
     noisy_latents: Tensor  # [B, C, h, w] float32 z_t (detached)
 
 
+def sample_timesteps_and_noise(
+    latents: Tensor, t_min: int, t_max: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(t [B] int64 in [t_min, t_max), eps [B, C, h, w] float32)`` on ``latents``' device (CSD, VSD and
+    VSD's fake-score update draw their timesteps and noise here).
+
+    With a generator, sampling happens on the generator's device (so a CPU generator works for CUDA
+    latents) and is reproducible; without one, the global RNG of ``latents``' device is used.
+    """
+    b = latents.shape[0]
+    dev = generator.device if generator is not None else latents.device
+    t = torch.randint(t_min, t_max, (b,), generator=generator, device=dev)
+    eps = torch.randn(latents.shape, generator=generator, device=dev, dtype=torch.float32)
+    return t.to(latents.device), eps.to(latents.device)
+
+
 class ClassifierScoreDistillation(nn.Module):
     """Samples ``t`` and ``eps``, runs the teacher once on ``[neg; pos]`` and returns :func:`csd_loss`.
 
@@ -194,11 +210,7 @@ class ClassifierScoreDistillation(nn.Module):
         With a generator, sampling happens on the generator's device (so a CPU generator works for CUDA
         latents) and is reproducible; without one, the global RNG of ``latents``' device is used.
         """
-        b = latents.shape[0]
-        dev = generator.device if generator is not None else latents.device
-        t = torch.randint(self.t_min, self.t_max, (b,), generator=generator, device=dev)
-        eps = torch.randn(latents.shape, generator=generator, device=dev, dtype=torch.float32)
-        return t.to(latents.device), eps.to(latents.device)
+        return sample_timesteps_and_noise(latents, self.t_min, self.t_max, generator)
 
     def compute(
         self,

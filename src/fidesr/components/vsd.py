@@ -36,6 +36,7 @@ from fidesr.components.csd import (
     Teacher,
     add_noise,
     predict_x0,
+    sample_timesteps_and_noise,
     score_distillation_gradient,
     score_distillation_loss,
 )
@@ -170,16 +171,6 @@ class VariationalScoreDistillation(nn.Module):
             f"fake_t=[{self.fake_t_min}, {self.fake_t_max}), fake_modules={self.fake_modules}"
         )
 
-    @staticmethod
-    def _sample(
-        latents: Tensor, lo: int, hi: int, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
-        b = latents.shape[0]
-        dev = generator.device if generator is not None else latents.device
-        t = torch.randint(lo, hi, (b,), generator=generator, device=dev)
-        eps = torch.randn(latents.shape, generator=generator, device=dev, dtype=torch.float32)
-        return t.to(latents.device), eps.to(latents.device)
-
     def compute(
         self,
         latents: Tensor,
@@ -205,7 +196,7 @@ class VariationalScoreDistillation(nn.Module):
         b = latents.shape[0]
         pos = pos_embeds.expand(b, -1, -1) if pos_embeds.shape[0] == 1 else pos_embeds
         neg = neg_embeds.expand(b, -1, -1) if neg_embeds.shape[0] == 1 else neg_embeds
-        t, eps = self._sample(latents, self.t_min, self.t_max, generator)
+        t, eps = sample_timesteps_and_noise(latents, self.t_min, self.t_max, generator)
         with torch.no_grad():
             z_t = add_noise(latents.detach().float(), eps, t, alphas_cumprod)
             eps_neg, eps_pos = (
@@ -229,7 +220,7 @@ class VariationalScoreDistillation(nn.Module):
         z = latents.detach().float()
         b = z.shape[0]
         pos = pos_embeds.expand(b, -1, -1) if pos_embeds.shape[0] == 1 else pos_embeds
-        t, eps = self._sample(z, self.fake_t_min, self.fake_t_max, generator)
+        t, eps = sample_timesteps_and_noise(z, self.fake_t_min, self.fake_t_max, generator)
         z_t = add_noise(z, eps, t, alphas_cumprod)
         return F.mse_loss(fake_score(z_t, t, pos).float(), eps)
 
