@@ -117,10 +117,22 @@ def add_lora_adapters(
     for adapter, targets in split.items():
         if not targets:
             raise ValueError(f"LoRA adapter {adapter!r} matches no UNet module for patterns {list(patterns)}")
-        config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=init, target_modules=targets)
-        with warnings.catch_warnings():
-            # Several adapters on one model is the point here, not an accident peft should warn about.
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            unet.add_adapter(config, adapter_name=adapter)
+        add_adapter(unet, adapter, targets, rank, alpha, init)
     unet.set_adapters(list(split))
     return split
+
+
+def add_adapter(
+    unet: torch.nn.Module,
+    name: str,
+    targets: Sequence[str],
+    rank: int,
+    alpha: float,
+    init: str | bool = "gaussian",
+) -> None:
+    """One peft LoRA adapter ``name`` on the modules ``targets`` of a diffusers UNet (not activated)."""
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=init, target_modules=list(targets))
+    with warnings.catch_warnings():
+        # Several adapters on one model is the point here, not an accident peft should warn about.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        unet.add_adapter(config, adapter_name=name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from fidesr.backbone.lora import (
     LORA_SETS,
     LORA_TARGETS,
     VAE_ADAPTER,
+    add_adapter,
     add_lora_adapters,
     vae_encoder_lora_targets,
 )
@@ -58,6 +58,13 @@ def check_pretrained_folder(folder: Path, weights: bool = True) -> None:
             missing.append(f"{sub}/ weights (*.safetensors or *.bin)")
     if missing:
         raise BackboneLoadError(f"backbone.pretrained={folder} is incomplete: missing {', '.join(missing)}")
+
+
+def _lora_to_float(module: nn.Module) -> None:
+    """Trained (LoRA) weights stay float32, the optimiser's precision, whatever the frozen dtype."""
+    for name, param in module.named_parameters():
+        if "lora_" in name:
+            param.data = param.data.float()
 
 
 class StableDiffusionBackbone(nn.Module):
@@ -121,27 +128,12 @@ class StableDiffusionBackbone(nn.Module):
             self.lora_split = add_lora_adapters(
                 unet, lora_rank, lora_alpha, lora_init, tuple(lora_targets), sets=lora_sets or None
             )
-            # Trained weights stay float32 (optimizer precision) whatever the frozen dtype.
-            for name, param in unet.named_parameters():
-                if "lora_" in name:
-                    param.data = param.data.float()
+            _lora_to_float(unet)
         self.vae_lora_modules: list[str] = []
         if vae_lora_rank > 0:
-            from peft import LoraConfig
-
             self.vae_lora_modules = vae_encoder_lora_targets(vae)
-            vae.add_adapter(
-                LoraConfig(
-                    r=vae_lora_rank,
-                    lora_alpha=lora_alpha,
-                    init_lora_weights=lora_init,
-                    target_modules=self.vae_lora_modules,
-                ),
-                adapter_name=VAE_ADAPTER,
-            )
-            for name, param in vae.named_parameters():
-                if "lora_" in name:
-                    param.data = param.data.float()
+            add_adapter(vae, VAE_ADAPTER, self.vae_lora_modules, vae_lora_rank, lora_alpha, lora_init)
+            _lora_to_float(vae)
         if gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         self.vae.eval()
@@ -307,8 +299,6 @@ class StableDiffusionBackbone(nn.Module):
         no second UNet is held. ``modules``: ``"mid"`` (the modules of ``default_others``: the official
         code's effective set-up, where only that adapter of its fake-score UNet is ever active) or ``"all"``
         (every generator LoRA module, what the official code intends). Inactive (no grad) until used."""
-        from peft import LoraConfig
-
         if modules not in ("mid", "all"):
             raise ValueError(f"fake-score adapter modules must be 'mid' or 'all', got {modules!r}")
         if not self.lora_split:
@@ -322,10 +312,7 @@ class StableDiffusionBackbone(nn.Module):
                 {m for a, mods in self.lora_split.items() if a.startswith("default_others") for m in mods}
             )
         previous = list(self.unet.active_adapters())
-        config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            self.unet.add_adapter(config, adapter_name=FAKE_SCORE_ADAPTER)
+        add_adapter(self.unet, FAKE_SCORE_ADAPTER, targets, rank, alpha)
         for name, param in self.unet.named_parameters():
             if self._adapter_of(name) == FAKE_SCORE_ADAPTER:
                 param.data = param.data.float()
@@ -456,18 +443,11 @@ class StableDiffusionBackbone(nn.Module):
     def add_named_adapters(self, split: Mapping[str, Sequence[str]], rank: int, alpha: float) -> None:
         """Add LoRA adapters with *given* module lists (an official ``unet_lora_*_modules`` or an exported
         folder's) to a backbone built with ``lora_rank=0``; the weights are loaded right after."""
-        from peft import LoraConfig
-
         if self.lora_split:
             raise ValueError("add_named_adapters needs a backbone built without LoRA (lora_rank=0)")
         names = [name for name, targets in split.items() if targets]
         for name in names:
-            config = LoraConfig(
-                r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(split[name])
-            )
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                self.unet.add_adapter(config, adapter_name=name)
+            add_adapter(self.unet, name, split[name], rank, alpha)
         self.unet.set_adapters(names)
         self.lora_split = {name: list(split[name]) for name in names}
         self.lora_rank, self.lora_alpha = rank, float(alpha)
