@@ -95,6 +95,13 @@ def fast_train_overrides(cache_dir: Path, tiny_backbone_folder: Path) -> list[st
 
 
 @pytest.fixture(scope="session")
+def session_train_setup(cache_dir: Path, tiny_backbone_folder: Path):
+    """(compose, fast training overrides, tiny-backbone overrides) for module- or session-scoped fixtures
+    that train a model (a test module cannot import these from ``conftest``: tests/metrics has its own)."""
+    return _compose, list(FAST_TRAIN_OVERRIDES), list(TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
 def realsr() -> Path:
     if not REALSR.is_dir():
         pytest.skip(f"{REALSR} not present (../shared is provided in CI)")

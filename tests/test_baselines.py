@@ -95,10 +95,10 @@ def test_csd_and_vsd_together_are_refused(compose, tiny_backbone_folder):
 
 # ---------------------------------------------------------------------------------------------- PiSA-SR
 @pytest.fixture(scope="module")
-def pisa_run(tmp_path_factory, cache_dir, tiny_backbone_folder) -> Path:
+def pisa_run(tmp_path_factory, session_train_setup) -> Path:
     """A 4-step PiSA-SR-like run: the pixel stage for steps 0-1, the semantic stage for steps 2-3, with a
     checkpoint after each stage."""
-    from conftest import FAST_TRAIN_OVERRIDES, _compose
+    _compose, FAST_TRAIN_OVERRIDES, _ = session_train_setup
 
     run = tmp_path_factory.mktemp("pisa")
     over = [*_fast(FAST_TRAIN_OVERRIDES, "[demo,pisasr_like]"), "model.pix_steps=2"]
@@ -109,8 +109,8 @@ def pisa_run(tmp_path_factory, cache_dir, tiny_backbone_folder) -> Path:
 
 
 @pytest.mark.slow
-def test_pisasr_like_checkpoint_has_both_sets_trained_in_their_stages(pisa_run):
-    init = _tiny_two_set_backbone_state()
+def test_pisasr_like_checkpoint_has_both_sets_trained_in_their_stages(pisa_run, session_train_setup):
+    init = _tiny_two_set_backbone_state(session_train_setup)
     s1 = torch.load(pisa_run / "stage1.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     s2 = _ckpt(pisa_run)["state_dict"]
     pix = [k for k in s2 if "lora_" in k and k.split(".lora_")[1].split(".")[1].endswith("_pix")]
@@ -127,12 +127,12 @@ def test_pisasr_like_checkpoint_has_both_sets_trained_in_their_stages(pisa_run):
     assert "train/loss/csd" in logged and "train/loss/standin_random_vgg" in logged  # semantic stage only
 
 
-def _tiny_two_set_backbone_state() -> dict[str, torch.Tensor]:
+def _tiny_two_set_backbone_state(session_train_setup) -> dict[str, torch.Tensor]:
     """The initial LoRA of the pisa_run (same seed, same construction)."""
     import lightning as L
     from hydra.utils import instantiate
 
-    from conftest import TINY_OVERRIDES, _compose
+    _compose, _, TINY_OVERRIDES = session_train_setup
 
     cfg = _compose(
         ["experiment=[demo,pisasr_like]", *TINY_OVERRIDES, "paths.output_dir=/tmp/x", "model.pix_steps=2"]

@@ -127,20 +127,28 @@ def test_interrupted_checkpoint_write_keeps_the_last_checkpoint(tmp_path, monkey
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
+SIGNAL_STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def signal_run_setup(session_train_setup, cache_dir, tmp_path_factory) -> tuple[list[str], Path]:
+    """The overrides of the interrupted runs and the last.ckpt of the same run left uninterrupted."""
+    _, fast, _ = session_train_setup
+    common = [*fast, "callbacks.validation_images=null", "trainer.val_check_interval=1000",
+              f"trainer.max_steps={SIGNAL_STEPS}"]  # fmt: skip
+    ref = tmp_path_factory.mktemp("uninterrupted")
+    proc = _run([*common, f"paths.output_dir={ref}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return common, ref / "checkpoints" / "last.ckpt"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_a_checkpoint_and_resume_is_exact(sig, fast_train_overrides, cache_dir, tmp_path):
+def test_signal_saves_a_checkpoint_and_resume_is_exact(sig, signal_run_setup, cache_dir, tmp_path):
     """A real run gets SIGINT (Ctrl-C) or SIGTERM (a scheduler) mid-way: it saves last.ckpt at the step it
     was on, says so and exits 128 + signal; ckpt_path=last then ends with the weights of an uninterrupted run."""
-    steps = 12
-    common = [
-        *fast_train_overrides,
-        "callbacks.validation_images=null",
-        "trainer.val_check_interval=1000",
-        f"trainer.max_steps={steps}",
-    ]
-    ref = _run([*common, f"paths.output_dir={tmp_path / 'ref'}"], cache_dir)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    steps = SIGNAL_STEPS
+    common, ref_ckpt = signal_run_setup
 
     out, marker = tmp_path / "run", tmp_path / "step3"
     environ = {
@@ -172,7 +180,7 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(sig, fast_train_overrides
 
     resumed = _run([*common, f"paths.output_dir={out}", "ckpt_path=last"], cache_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = torch.load(tmp_path / "ref" / "checkpoints" / "last.ckpt", weights_only=True)
+    a = torch.load(ref_ckpt, weights_only=True)
     b = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == steps
     assert a["state_dict"].keys() == b["state_dict"].keys()
