@@ -17,7 +17,7 @@ install: $(BIN)/python  ## create .venv and install fidesr (editable) with the d
 	$(BIN)/pip install --upgrade "pip>=23" "setuptools>=64,<82" wheel
 	$(BIN)/pip install -e ".[dev,app]"
 
-test:  ## run the test suite (about 6 minutes on 2 cores)
+test:  ## run the test suite (about 15 minutes on 2 cores)
 	OMP_NUM_THREADS=$(THREADS) WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
 test-fast:  ## the suite without the end-to-end runs
