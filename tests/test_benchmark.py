@@ -137,7 +137,20 @@ def test_tables_put_published_rows_in_their_own_block_and_draw_the_plane(tmp_pat
     files = write_tables(rows, ["psnr", "lpips"], tmp_path, [realsr])
     md = files["table_md"].read_text()
     ours, published = md.split("## Published: RealSR")
-    assert "| fidesr | realsr | 100 | 26.0000 | 0.2600 |" in ours and "paper" not in ours
+    assert "| fidesr | realsr | 100 | 26.0000 | 0.2600 | 0.1000 | cuda |" in ours and "paper" not in ours
     assert "| FiDeSR (paper) | 26.02 | 0.2626 |" in published and "osediff_metrics.log" in published
     with Image.open(files["plot"]) as im:
         assert im.size[0] > 200
+
+
+def test_models_resolve_to_what_the_loader_reads(trained_model: dict, exported: Path) -> None:
+    """Local files and folders pass through; PiSA-SR's file, on Google Drive only, is named with its page."""
+    from fidesr.errors import FidesrError
+    from fidesr.released import locate_model
+
+    assert locate_model(str(trained_model["ckpt"])) == str(trained_model["ckpt"])
+    assert locate_model(str(exported)) == str(exported)
+    with pytest.raises(FidesrError, match="Google Drive"):
+        locate_model("pisasr")
+    with pytest.raises(FidesrError, match="no-such-model"):
+        locate_model("./no-such-model.ckpt")

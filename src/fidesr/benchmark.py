@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -351,12 +350,8 @@ def write_tables(
     cols = ["model", "set", "n_images", *metrics, "seconds_per_image", "device"]
     files = {"table_csv": write_csv(out / "table.csv", rows, cols)}
     md = ["# fidesr-benchmark", "", "## This run", ""]
-    md.append(markdown_table(rows, ["model", "set", "n_images"], [*metrics], published=None))
-    md += ["", "Seconds per image (SR only, model load excluded) and device:", ""]
-    md += [
-        f"- {r['model']} / {r['set']}: {_seconds(r['seconds_per_image'])} on {r['device'] or '-'}"
-        for r in rows
-    ]
+    md.append(markdown_table(rows, ["model", "set", "n_images"], [*metrics, "seconds_per_image", "device"]))
+    md += ["", "seconds_per_image: the SR step only (model loading excluded), on `device`."]
     published_points = []
     for s in sets:
         key = B.canonical_set(s.name)
@@ -376,14 +371,16 @@ def write_tables(
                 {"configuration": f"{p.label} / {key}", **{m: v for m, v in p.values.items() if m in metrics}}
                 for p in pub
             ]
-    files["table_md"] = out / "table.md"
-    files["table_md"].write_text("\n".join(md) + "\n")
     points = [{"configuration": f"{r['model']} / {r['set']}", **r} for r in rows]
     plot = plot_perception_distortion(points + published_points, out / "perception_distortion.png")
     if plot is not None:
         files["plot"] = plot
+        md += ["", f"![perception-distortion]({plot.name})"]
+    else:
+        md += [
+            "",
+            "No perception-distortion plot: it needs PSNR and a perceptual metric (lpips, dists, musiq, ...).",
+        ]
+    files["table_md"] = out / "table.md"
+    files["table_md"].write_text("\n".join(md) + "\n")
     return files
-
-
-def _seconds(v: float | None) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f} s"

@@ -211,3 +211,27 @@ def _hub(data: bytes) -> Iterator[tuple[str, list[str]]]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_fidesr_eval_takes_a_set_by_name(
+    mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``test_set=realsr`` gives the GT folder and the published rows of that set."""
+    from hydra import compose, initialize_config_module
+
+    from fidesr.cli.eval import run
+
+    root = tmp_path / "data"
+    B.download(["realsr"], mirror=mirror, root=root, expected_pairs=COUNTS, log=lambda s: None)
+    monkeypatch.setenv(B.DATA_ENV, str(root))
+    monkeypatch.setenv("FIDESR_WEIGHTS_DIR", str(tmp_path / "weights"))
+    sr = tmp_path / "sr"
+    sr.mkdir()
+    for i in range(COUNTS["realsr"]):
+        (sr / f"{i:04d}.png").write_bytes(_png(32, 7 + i))
+    overrides = ["progress=false", "num_workers=0", "device=cpu", "metrics=[psnr]", "test_set=realsr"]
+    with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
+        cfg = compose("eval", overrides=[*overrides, f"sr_dir={sr}", f"output_dir={tmp_path / 'out'}"])
+    result = run(cfg)
+    assert len(result.per_image) == COUNTS["realsr"] and 0 < result.summary["psnr"] < 20
+    assert "FiDeSR (paper)" in result.files["summary_md"].read_text()
