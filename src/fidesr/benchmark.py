@@ -19,6 +19,7 @@ listed in one :class:`BenchmarkPreflightError` with the command that fetches eac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -134,9 +135,7 @@ def preflight(
             to_fetch.append(B.canonical_set(spec) or spec)
         except FidesrError as err:
             missing.append(str(err))
-    if to_fetch and (
-        missing or weights_missing
-    ):  # something else is missing already: no 3 GB download for a run that stops
+    if to_fetch and (missing or weights_missing):  # the run stops anyway: no 3 GB download first
         missing.append(_sets_line(to_fetch, "not unpacked here"))
     elif to_fetch:
         try:
@@ -144,6 +143,11 @@ def preflight(
             resolved = [B.resolve_set(s, opts.data_dir) for s in sets]
         except FidesrError as err:
             missing.append(_sets_line(to_fetch, str(err)))
+    # Two sets with one name (two folders called "val") get their own output folders.
+    resolved = [
+        dataclasses.replace(r, name=n)
+        for r, n in zip(resolved, _unique([r.name for r in resolved]), strict=True)
+    ]
     missing += weights_missing
     if missing:
         items = ("  - " + m.replace("\n", "\n      ") for m in missing)

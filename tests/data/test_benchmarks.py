@@ -85,6 +85,18 @@ def test_download_from_a_mirror_folder_unpacks_each_set_by_name(
     assert "realsr     present, 3 pairs" in out and "fetch them: fidesr-data download drealsr" in out
 
 
+def test_download_from_a_mirror_url(tmp_path: Path) -> None:
+    """--mirror URL: the archive by its file name under that base URL (an HTTP server on 127.0.0.1)."""
+    from _weights_server import serve
+
+    with serve(tmp_path / "srv") as srv:
+        srv.put(B.HUB_FILE, stablesr_zip())
+        got = B.download(["div2k_val"], mirror=srv.url, root=tmp_path / "data", expected_pairs=COUNTS)
+        assert srv.gets == [B.HUB_FILE]
+    assert len(list(got["div2k_val"].lq.iterdir())) == COUNTS["div2k_val"]
+    assert not list((tmp_path / "data" / "benchmarks" / ".downloads").glob("*.part"))
+
+
 def test_download_from_a_hub_on_localhost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """huggingface_hub fetches the dataset file from $HF_ENDPOINT into the HF cache, then it is unpacked."""
     import huggingface_hub.constants as C
