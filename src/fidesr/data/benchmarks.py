@@ -38,10 +38,9 @@ HUB_REPO_TYPE = "dataset"
 DATA_ENV = "FIDESR_DATA_DIR"
 MARKER = ".fidesr-set.json"  # written last into an unpacked set: its presence means "complete"
 LICENCE = (
-    "StableSR's test sets (Iceclear/StableSR-TestSets on the Hugging Face Hub) are distributed under the "
-    "S-Lab License 1.0: research and non-commercial use only, no redistribution for commercial purposes. "
-    "The images come from RealSR, DRealSR and DIV2K, each under its own terms. "
-    "See https://huggingface.co/datasets/Iceclear/StableSR-TestSets"
+    "StableSR's test sets (Hub dataset Iceclear/StableSR-TestSets) come under StableSR's S-Lab License 1.0: "
+    "non-commercial use only; the images stem from RealSR, DRealSR and DIV2K, each with its own terms. "
+    "Read them at https://huggingface.co/datasets/Iceclear/StableSR-TestSets before use."
 )
 LQ_NAMES = ("lq", "test_lr", "lr", "lq_128")
 GT_NAMES = ("gt", "test_hr", "hr", "gt_512")
