@@ -272,6 +272,14 @@ def run(cfg: DictConfig) -> EvalResult:
     # metrics must then be complete; optional ones without files are reported as skipped).
     W.ensure_run_weights(OmegaConf.to_container(cfg.metrics, resolve=True), cfg.weights_dir, log=log.info)
     out = Path(cfg.output_dir)
+    if cfg.get("test_set"):  # a set name (fidesr-data download) or a folder with lq/ + gt/
+        from fidesr.data.benchmarks import canonical_set, resolve_set
+        from fidesr.metrics.published import PUBLISHED
+
+        found = resolve_set(cfg.test_set)
+        cfg.lq_dir, cfg.gt_dir = cfg.lq_dir or str(found.lq), cfg.gt_dir or str(found.gt)
+        if cfg.paper_rows is None and canonical_set(cfg.test_set) in PUBLISHED:
+            cfg.paper_rows = canonical_set(cfg.test_set)
     if cfg.checkpoint is not None:
         sr_dir = sr_from_checkpoint(cfg, out / "sr")
     elif cfg.sr_dir is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
+from fidesr.data.benchmarks import named_sets, set_folders
 from fidesr.data.datasets import HQImageDataset, HQSource, LQImageDataset, PairedImageDataset, StepSampler
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,9 @@ class SRDataModule(L.LightningDataModule):
 
     Args:
         train_sources: HQ folders / file lists with weights (``[{path, weight, name}]``); empty for eval only.
-        val_sets / test_sets: ``{name: {lq: DIR, gt: DIR, limit: N?}}``, any number of named paired sets.
+        val_sets / test_sets: ``{name: {lq: DIR, gt: DIR, limit: N?}}``, any number of named paired sets; a
+            value may also be a set name or a folder with ``lq/`` + ``gt/`` (``{realsr: realsr}``), and the
+            whole entry a list of those (``[realsr, drealsr]``), see :func:`fidesr.data.benchmarks.resolve_set`.
         predict_dir: a folder (or list file) of LQ images for ``trainer.predict``.
         degradation: parameters are sampled per sample in the dataset (CPU); the model applies them on the
             device (``FiDeSRModule.on_after_batch_transfer``).
@@ -34,8 +37,8 @@ class SRDataModule(L.LightningDataModule):
     def __init__(
         self,
         train_sources: Sequence[Mapping | str] = (),
-        val_sets: Mapping[str, Mapping] | None = None,
-        test_sets: Mapping[str, Mapping] | None = None,
+        val_sets: Mapping[str, Mapping | str] | Sequence[str] | None = None,
+        test_sets: Mapping[str, Mapping | str] | Sequence[str] | None = None,
         predict_dir: str | None = None,
         degradation=None,
         prompts: Callable[[Path], str] | None = None,
@@ -49,8 +52,8 @@ class SRDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.train_sources = [dict(s) if isinstance(s, Mapping) else {"path": str(s)} for s in train_sources]
-        self.val_sets = {k: dict(v) for k, v in (val_sets or {}).items()}
-        self.test_sets = {k: dict(v) for k, v in (test_sets or {}).items()}
+        self.val_sets = named_sets(val_sets)
+        self.test_sets = named_sets(test_sets)
         self.predict_dir, self.degradation, self.prompts = predict_dir, degradation, prompts
         self.crop_size, self.batch_size, self.val_batch_size = crop_size, batch_size, val_batch_size
         self.num_workers, self.pin_memory, self.persistent_workers = (
@@ -78,9 +81,13 @@ class SRDataModule(L.LightningDataModule):
             )
             self.train_set.check_readable()
         if stage in (None, "fit", "validate") and not self.val_datasets:
-            self.val_datasets = {n: PairedImageDataset(name=n, **cfg) for n, cfg in self.val_sets.items()}
+            self.val_datasets = {
+                n: PairedImageDataset(name=n, **set_folders(c)) for n, c in self.val_sets.items()
+            }
         if stage in (None, "test") and not self.test_datasets:
-            self.test_datasets = {n: PairedImageDataset(name=n, **cfg) for n, cfg in self.test_sets.items()}
+            self.test_datasets = {
+                n: PairedImageDataset(name=n, **set_folders(c)) for n, c in self.test_sets.items()
+            }
 
     def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
         return DataLoader(
