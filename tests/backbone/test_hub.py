@@ -80,15 +80,14 @@ def test_removed_id_says_so_and_which_id_to_use(tmp_path, monkeypatch):
     assert "November 2025" in msg and f"--pretrained {FIRST}" in msg and SECOND in msg and "\n" not in msg
 
 
-def test_removed_id_already_in_the_cache_is_used(tmp_path, monkeypatch):
-    files = tmp_path / "files"
-    for rel, content in _configs(BASE).items():
-        (files / rel).parent.mkdir(parents=True, exist_ok=True)
-        (files / rel).write_text(json.dumps(content))
+def test_removed_id_already_in_the_cache_is_used(sd21_shaped_folder: Path, tmp_path, monkeypatch):
+    """Whoever fetched the original before its removal keeps using it, from the cache, without asking the Hub."""
     with hub_endpoint(tmp_path, monkeypatch) as hub:
-        cache_repo(tmp_path / "cache", REMOVED, files)
+        cache_repo(tmp_path / "cache", REMOVED, sd21_shaped_folder)
         where = resolve_pretrained(REMOVED)
-        assert (where.source, where.local_files_only) == (REMOVED, True) and hub.requests == []
+        assert (where.source, where.local_files_only) == (REMOVED, True)
+        bb = StableDiffusionBackbone.from_pretrained(REMOVED, lora_rank=0)
+        assert hub.requests == [] and bb.text_encoder.config.hidden_size == 1024
 
 
 @pytest.mark.parametrize(
@@ -150,8 +149,8 @@ def test_offline_and_not_cached_lists_the_ids_without_asking_the_hub(tmp_path, m
 
 @pytest.fixture(scope="module")
 def sd21_shaped_folder(tiny_backbone_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with SD 2.1-base's checked fields: UNet sample_size 64, 1024-d text states (one
-    narrow layer, so the folder stays small), epsilon schedule."""
+    """The tiny model with SD 2.1-base's checked fields: UNet sample_size 64, 1024-d text states (embeddings
+    and the final norm only, no transformer layer, so the folder stays small), epsilon schedule."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -163,17 +162,25 @@ def sd21_shaped_folder(tiny_backbone_folder: Path, tmp_path_factory: pytest.Temp
         {**unet_cfg, "sample_size": 64, "cross_attention_dim": 1024}
     ).save_pretrained(folder / "unet")
     text_cfg = CLIPTextConfig.from_pretrained(tiny_backbone_folder / "text_encoder").to_dict()
-    text_cfg.update(hidden_size=1024, num_attention_heads=4, num_hidden_layers=1, intermediate_size=64)
+    text_cfg.update(hidden_size=1024, num_attention_heads=4, num_hidden_layers=0, intermediate_size=64)
     CLIPTextModel(CLIPTextConfig(**text_cfg)).save_pretrained(folder / "text_encoder")
     return folder
 
 
 def test_offline_the_copy_in_the_cache_is_loaded(sd21_shaped_folder: Path, tmp_path, monkeypatch, caplog):
-    """Offline with only the second copy cached: its weights load through diffusers from the cache."""
-    cache_repo(tmp_path / "cache", SECOND, sd21_shaped_folder)
+    """Offline, the first copy cached with its config files only (what fidesr-memory leaves), the second
+    whole: the second's weights load through diffusers from the cache; with neither whole, one line."""
+    configs_only = tmp_path / "configs_only"
+    shutil.copytree(sd21_shaped_folder, configs_only, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    cache_repo(tmp_path / "cache", FIRST, configs_only)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        BackboneLoadError, match=f"looked for {FIRST}, {SECOND} \\({FIRST} \\(in the cache without"
+    ):
+        StableDiffusionBackbone.from_pretrained(DEFAULT_PRETRAINED, lora_rank=0)
+    cache_repo(tmp_path / "cache", SECOND, sd21_shaped_folder)
     with caplog.at_level(logging.WARNING, logger="fidesr.backbone.hub"):
         bb = StableDiffusionBackbone.from_pretrained(DEFAULT_PRETRAINED, lora_rank=0)
-    assert f"using the copy {SECOND}" in caplog.text
+    assert f"{FIRST} (in the cache without all its files) unreachable; using the copy {SECOND}" in caplog.text
     assert bb.encode_prompt([""]).shape == (1, 77, 1024) and bb.unet.config.sample_size == 64

@@ -52,6 +52,7 @@ EXPECTED: dict[str, tuple[tuple[str, str, Any, str], ...]] = {
     )
 }
 _DEFAULTS = {"prediction_type": "epsilon"}
+_PARTIAL = " (in the cache without all its files)"
 
 
 class BackboneLoadError(FidesrError, RuntimeError):
@@ -126,15 +127,16 @@ def _expectation(source: str, expect: str | None) -> str | None:
     return expect
 
 
-def _hub_json(repo: str, revision: str | None, cache_only: bool) -> Callable[[str], dict]:
-    """``rel_path -> parsed JSON`` of one repo's file, fetched into (or read from) the HF cache."""
+def _hub_configs(repo: str, revision: str | None, cache_only: bool) -> tuple[dict[str, dict], Path]:
+    """The parsed :data:`CONFIG_FILES` of one repo, fetched into (or read from) the HF cache, and the
+    snapshot folder holding them."""
     from huggingface_hub import hf_hub_download
 
-    def read(rel: str) -> dict:
-        path = hf_hub_download(repo, rel, revision=revision, local_files_only=cache_only)
-        return json.loads(Path(path).read_text())
-
-    return read
+    paths = {
+        rel: Path(hf_hub_download(repo, rel, revision=revision, local_files_only=cache_only))
+        for rel in CONFIG_FILES
+    }
+    return {rel: json.loads(p.read_text()) for rel, p in paths.items()}, paths[CONFIG_FILES[0]].parents[1]
 
 
 def resolve_pretrained(
@@ -169,9 +171,13 @@ def resolve_pretrained(
     failures = []
     cache_only = bool(offline) or source in REMOVED
     for repo in candidates:
-        read = _hub_json(repo, revision, cache_only)
         try:  # a few kB that diffusers reads first anyway
-            configs = {rel: read(rel) for rel in CONFIG_FILES}
+            configs, snapshot = _hub_configs(repo, revision, cache_only)
+            if cache_only:  # the whole model must be cached (fidesr-memory leaves the config files only)
+                check_pretrained_folder(snapshot, weights=weights)
+        except BackboneLoadError:
+            failures.append(f"{repo}{_PARTIAL}")
+            continue
         except (OSError, ValueError) as err:  # not found, gated, no route, not cached; bad JSON
             failures.append(f"{repo} ({type(err).__name__})")
             continue
@@ -184,18 +190,24 @@ def resolve_pretrained(
 
 
 def _unreachable(source: str, candidates: list[str], failures: list[str], offline: str | None) -> str:
-    """The one line for a Hub id (and its fallbacks) that could not be found."""
-    folder = "or set backbone.pretrained / --pretrained to a local diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)"
+    """The one line for a Hub id (and its fallbacks) that could not be found; ``failures``: ``"id (why)"``."""
+    folder = (
+        "or set backbone.pretrained / --pretrained to a local diffusers folder "
+        "(unet/ vae/ text_encoder/ tokenizer/ scheduler/)"
+    )
     if source in REMOVED:
         return (
             f"backbone.pretrained={source}: removed from the Hugging Face Hub by Stability AI in "
             f"{REMOVED[source]} (and not in the local cache); use {DEFAULT_PRETRAINED} (or "
-            f"{', '.join(KNOWN_COPIES[1:])}): backbone.pretrained={DEFAULT_PRETRAINED} / --pretrained {DEFAULT_PRETRAINED}"
+            f"{', '.join(KNOWN_COPIES[1:])}): backbone.pretrained={DEFAULT_PRETRAINED} / "
+            f"--pretrained {DEFAULT_PRETRAINED}"
         )
     if offline:
+        partial = [f for f in failures if f.endswith(_PARTIAL)]
         return (
-            f"base model not in the Hugging Face cache and offline ({offline}): looked for {', '.join(candidates)}; "
-            f"on a machine with network run `hf download {candidates[0]}` and copy the cache (HF_HOME), {folder}"
+            f"base model not in the Hugging Face cache and offline ({offline}): looked for "
+            f"{', '.join(candidates)}{' (' + '; '.join(partial) + ')' if partial else ''}; on a machine with "
+            f"network run `hf download {candidates[0]}` and copy the cache (HF_HOME), {folder}"
         )
     return (
         f"cannot fetch the base model from the Hugging Face Hub: tried {'; '.join(failures)}; check the network "
