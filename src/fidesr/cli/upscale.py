@@ -28,7 +28,7 @@ import torch
 
 from fidesr.cli.options import add_model_options, add_tiling_options, check_model_choice, loader_kwargs
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image, save_image
-from fidesr.errors import ConfigValueError, report_errors
+from fidesr.errors import ConfigValueError, NonFiniteOutputError, report_errors
 
 log = logging.getLogger("fidesr.upscale")
 
@@ -234,16 +234,26 @@ def _upscale(args: argparse.Namespace) -> int:
                 for group in groups.values():
                     try:
                         generator.manual_seed(args.seed)
-                        out = pipe(
-                            torch.stack([img for _, _, img in group]),
-                            lf_scale=args.lf_scale,
-                            hf_scale=args.hf_scale,
-                            generator=generator,
-                            lambda_pix=args.lambda_pix,
-                            lambda_sem=args.lambda_sem,
-                        ).sr.cpu()
-                        for (_, dst, _), sr in zip(group, out, strict=True):
-                            written.append(save_image(sr, dst))
+                        bad: list[int] = []
+                        try:
+                            out = pipe(
+                                torch.stack([img for _, _, img in group]),
+                                lf_scale=args.lf_scale,
+                                hf_scale=args.hf_scale,
+                                generator=generator,
+                                lambda_pix=args.lambda_pix,
+                                lambda_sem=args.lambda_sem,
+                            ).sr.cpu()
+                        except (
+                            NonFiniteOutputError
+                        ) as err:  # those images fail; the rest of the batch is fine
+                            out, bad = err.output.sr.cpu(), err.indices
+                            for i in bad:
+                                plan.failed.append((str(group[i][0]), str(err)))
+                                tqdm.write(f"error {group[i][0]}: {err}", file=sys.stderr)
+                        for i, ((_, dst, _), sr) in enumerate(zip(group, out, strict=True)):
+                            if i not in bad:
+                                written.append(save_image(sr, dst))
                     except (RuntimeError, ValueError, OSError) as err:  # e.g. CUDA out of memory: next input
                         for src, _, _ in group:
                             plan.failed.append((str(src), f"{type(err).__name__}: {err}"))
