@@ -260,15 +260,12 @@ class TrainedWeights:
         lora = as_mapping(meta.get("lora"), meta_path, "lora")
         adapters = as_mapping(lora.get("adapters"), meta_path, "lora.adapters")
         split = {str(a): module_names(mods, meta_path, f"lora.adapters.{a}") for a, mods in adapters.items()}
-        weights = lora.get("weights")
-        files = (
-            as_mapping(weights, meta_path, "lora.weights")
-            if not isinstance(weights, str)
-            else {"": LORA_FILE}
-        )
+        weights = lora.get("weights") or LORA_FILE  # a file name, or one per LoRA set
+        files = {"": weights} if isinstance(weights, str) else as_mapping(weights, meta_path, "lora.weights")
         state: dict[str, torch.Tensor] = {}
         for lora_set, name in files.items():  # one file, or one per LoRA set ("pix", "sem")
-            path = file_in_folder(folder, name, f"{meta_path}: lora.weights.{lora_set}", inside)
+            where = f"{meta_path}: lora.weights" + (f".{lora_set}" if lora_set else "")
+            path = file_in_folder(folder, name, where, inside)
             owner = {
                 m: a for a, mods in split.items() if not lora_set or a.endswith(f"_{lora_set}") for m in mods
             }
