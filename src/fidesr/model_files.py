@@ -234,8 +234,11 @@ class TrainedWeights:
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, root: str | os.PathLike | None = None) -> TrainedWeights:
         """A folder written by :meth:`save_pretrained` (or downloaded from the Hub). Every file it names
-        must be inside it, symlinks followed (inside ``root``: a Hub snapshot's repository folder)."""
+        must be inside it, symlinks followed, or inside ``root`` (default: for a Hub cache snapshot,
+        ``models--user--name/snapshots/<rev>``, the repository folder, whose ``blobs/`` it links to)."""
         folder = Path(folder)
+        if root is None and folder.resolve().parent.name == "snapshots":
+            root = folder.resolve().parents[1]
         inside = Path(root) if root is not None else None
         meta_path = folder / CONFIG_FILE
         if not meta_path.is_file():
@@ -302,8 +305,7 @@ class TrainedWeights:
             ) from err
         except (HfHubHTTPError, OSError, ValueError) as err:
             raise ModelFileError(f"cannot fetch Hub model {repo_id!r}: {err}") from err
-        snapshot = Path(folder)  # <cache>/models--user--name/snapshots/<rev>/: files link into ../../blobs
-        return cls.from_folder(snapshot, snapshot.parents[1] if snapshot.parent.name == "snapshots" else None)
+        return cls.from_folder(folder)
 
     @classmethod
     def from_adapter_file(cls, path: str | os.PathLike) -> TrainedWeights:
