@@ -530,3 +530,31 @@ def test_non_finite_lora_or_lrrb_tensors_are_refused_at_load(trained_model: dict
     save_file(state, str(tmp_path / "a.safetensors"), metadata={"fidesr": json.dumps(header)})
     with pytest.raises(ModelFileError, match=r"a.safetensors: tensor 'lrrb.in_conv.weight' holds non-finite"):
         TrainedWeights.load(tmp_path / "a.safetensors")
+
+
+def test_malformed_official_fields_are_one_line(tmp_path: Path) -> None:
+    """The official .pkl's rank, module lists and tensors: type, bound and finiteness, naming the key."""
+    good = {
+        "unet_lora_encoder_modules": ["conv_in"],
+        "unet_lora_decoder_modules": [],
+        "unet_lora_others_modules": [],
+        "lora_rank_unet": 4,
+        "state_dict_unet": {"conv_in.lora_A.default_encoder.weight": torch.zeros(4, 4, 3, 3)},
+    }
+    nan = {"conv_in.lora_A.default_encoder.weight": torch.full((4, 4, 3, 3), float("nan"))}
+    for edit, match in (
+        (
+            {"lora_rank_unet": "abc"},
+            r"fidesr.pkl \(lora_rank_unet\): .*backbone.lora_rank = 'abc' is not an integer",
+        ),
+        ({"lora_rank_unet": 100_000}, r"backbone.lora_rank = 100000 is out of bounds"),
+        ({"unet_lora_encoder_modules": "conv_in"}, r"unet_lora_encoder_modules = 'conv_in' is not a list"),
+        ({"state_dict_unet": [1]}, r"state_dict_unet is a list"),
+        (
+            {"state_dict_unet": nan},
+            r"fidesr.pkl: tensor 'conv_in.lora_A.default_encoder.weight' holds non-finite",
+        ),
+    ):
+        torch.save({**good, **edit}, tmp_path / "fidesr.pkl")
+        with pytest.raises(ModelFileError, match=match):
+            TrainedWeights.load(tmp_path / "fidesr.pkl")
