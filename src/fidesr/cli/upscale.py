@@ -6,8 +6,9 @@
 Inputs are image files or folders (``--recursive`` descends). Each result is ``OUTPUT_DIR/<input stem>.png``,
 written atomically (a temporary file renamed into place: Ctrl-C never leaves a partial PNG). Existing
 outputs are skipped unless ``--overwrite``. An input that cannot be read or processed is reported by name
-and skipped (so is an image over ``--max-pixels``, e.g. a decompression bomb); the others are still
-processed, and the exit status is 1 if any input failed (130 on Ctrl-C). Grayscale, RGBA (composited over
+and skipped (so is an image over ``--max-pixels``, e.g. a decompression bomb, and one whose result is not
+finite: no black PNG is written); the others are still processed, and the exit status is 1 if any input
+failed (130 on Ctrl-C). Grayscale, RGBA (composited over
 white), palette, 16-bit and EXIF-rotated inputs are read by ``fidesr.data.imageio.load_image`` and give an
 RGB result. The output folder is checked before the model is loaded. Errors are one line (``--debug``
 shows the traceback). ``fidesr-upscale export`` is ``fidesr-export`` (kept for old scripts).
@@ -244,9 +245,8 @@ def _upscale(args: argparse.Namespace) -> int:
                                 lambda_pix=args.lambda_pix,
                                 lambda_sem=args.lambda_sem,
                             ).sr.cpu()
-                        except (
-                            NonFiniteOutputError
-                        ) as err:  # those images fail; the rest of the batch is fine
+                        except NonFiniteOutputError as err:
+                            # Those images fail (no black PNG); the rest of the batch is fine.
                             out, bad = err.output.sr.cpu(), err.indices
                             for i in bad:
                                 plan.failed.append((str(group[i][0]), str(err)))
