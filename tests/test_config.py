@@ -11,6 +11,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from fidesr.trust import check_stored_config
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 # What a CPU-only machine without SD or VGG16 weights can build: the tiny backbone, the CPU trainer and
@@ -29,7 +31,12 @@ LOCAL = [
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_instantiates(experiment, compose, cache_dir, tiny_backbone_folder):
     cfg = compose([f"experiment={experiment}"])
-    OmegaConf.resolve(compose([f"experiment={experiment}", "paths.output_dir=/tmp/x"]))
+    run = OmegaConf.to_container(
+        compose([f"experiment={experiment}", "paths.output_dir=/tmp/x"]), resolve=True
+    )
+    # What fidesr-train stores of it fits fidesr.trust's bounds: a model trained with it loads again.
+    stored = {k: run.get(k) for k in ("backbone", "lrrb", "lfim")}
+    check_stored_config({**stored, "model": {k: run["model"][k] for k in ("color_fix", "min_lq_size")}}, "x")
     assert cfg.task_name
     cfg = compose([f"experiment={experiment}", *LOCAL])
     for group in ("lrrb", "daw", "csd", "lfim", "perceptual", "degradation"):

@@ -266,3 +266,18 @@ def test_eval_checkpoint_mode_takes_an_exported_folder(exported: Path, tmp_path:
     result = run(cfg)
     rows = (tmp_path / "out" / "per_image.csv").read_text().splitlines()
     assert rows[0].startswith("name,psnr") and len(rows) == 3 and result.summary["psnr"] > 10
+
+
+def test_a_hub_snapshot_may_link_into_its_own_repository_only(exported: Path, tmp_path: Path) -> None:
+    """A snapshot folder given directly loads (its files link into ../../blobs, as huggingface_hub lays
+    them out); a link leading out of the repository folder is refused."""
+    from fidesr.errors import UntrustedConfigError
+
+    snapshot = _hub_cache(tmp_path / "hub", "someone/fidesr-tiny", exported) / "snapshots" / ("a" * 40)
+    assert TrainedWeights.load(snapshot).state.keys() == TrainedWeights.load(exported).state.keys()
+    outside = tmp_path / LORA_FILE
+    shutil.copyfile(exported / LORA_FILE, outside)
+    (snapshot / LORA_FILE).unlink()
+    (snapshot / LORA_FILE).symlink_to(outside)
+    with pytest.raises(UntrustedConfigError, match="is a link to .*outside the model folder"):
+        TrainedWeights.load(snapshot)

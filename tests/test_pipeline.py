@@ -345,3 +345,84 @@ def test_lrrb_hf_analysis_tool_reports_the_reduction(trained: dict, tmp_path: Pa
     # The tool's HF error is the library's: a residual equal to the ideal one has zero error.
     z = torch.randn(1, 4, 8, 8)
     assert float(high_frequency_error(z, z)[0]) == 0.0
+
+
+# ---------------------------------------------------------------- a non-finite result is an error, not a black PNG
+@pytest.fixture(scope="module")
+def overflowing(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint with finite weights (so it loads) whose LRRB bias is near float32's maximum: the SR
+    latent overflows and the decoded image is NaN."""
+    ckpt = torch.load(trained["ckpt"], weights_only=True)
+    bias = ckpt["state_dict"]["lrrb.out_conv.bias"]
+    ckpt["state_dict"]["lrrb.out_conv.bias"] = torch.full_like(bias, 3e38)
+    path = tmp_path_factory.mktemp("overflow") / "overflow.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_non_finite_images_are_named_per_image(pipe: FiDeSRPipeline) -> None:
+    """In a batch, only the image whose result is not finite is reported (its index); the others come back."""
+    from fidesr.errors import FidesrError, NonFiniteOutputError
+
+    lq = torch.cat([_smooth_lq((16, 16)), _smooth_lq((16, 16), seed=1)])
+    lq[1, :, 3, 3] = float("nan")
+    with pytest.raises(NonFiniteOutputError, match="not finite") as info:
+        pipe(lq, generator=_seeded())
+    assert isinstance(info.value, FidesrError) and info.value.indices == [1]
+    good = info.value.output.sr[0]
+    assert torch.isfinite(good).all()
+    torch.testing.assert_close(good, pipe(lq[:1], generator=_seeded()).sr[0])
+
+
+def test_upscale_writes_no_black_png_and_fails(overflowing: Path, tmp_path: Path, capsys) -> None:
+    """fidesr-upscale names each image, writes nothing for it, exits 1 (the model's tensors are finite:
+    only the result shows it)."""
+    from fidesr.cli.upscale import main
+    from fidesr.data.imageio import save_image
+
+    for i in range(2):
+        save_image(_smooth_lq((16, 16), seed=i)[0], tmp_path / "in" / f"im{i}.png")
+    argv = [str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--checkpoint", str(overflowing)]
+    assert main([*argv, "--device", "cpu", "--no-progress", "--batch-size", "2"]) == 1
+    err = capsys.readouterr().err
+    for i in range(2):
+        assert f"error {tmp_path / 'in' / f'im{i}.png'}: the model's output is not finite" in err
+    assert "Traceback" not in err and not list((tmp_path / "out").iterdir())
+
+
+def test_the_app_saves_no_non_finite_result(pipe: FiDeSRPipeline, tmp_path: Path) -> None:
+    from fidesr.app import upscale_request
+    from fidesr.errors import NonFiniteOutputError
+
+    image = _smooth_lq((16, 16))[0]
+    image[:, 2, 2] = float("nan")  # any source of NaN: the request's result is checked, not the weights
+    with pytest.raises(NonFiniteOutputError):
+        upscale_request(pipe, image, None, None, "adain", tmp_path / "app")
+    assert not (tmp_path / "app").exists() or not list((tmp_path / "app").iterdir())
+
+
+def test_eval_checkpoint_mode_refuses_a_non_finite_result(overflowing: Path, tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_module
+
+    from fidesr.cli.eval import run
+    from fidesr.data.imageio import save_image
+    from fidesr.errors import NonFiniteOutputError
+
+    save_image(_smooth_lq((16, 16))[0], tmp_path / "lq" / "im0.png")
+    save_image(torch.rand(3, 64, 64), tmp_path / "gt" / "im0.png")
+    with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
+        cfg = compose(
+            config_name="eval",
+            overrides=[
+                f"checkpoint={overflowing}",
+                f"lq_dir={tmp_path / 'lq'}",
+                f"gt_dir={tmp_path / 'gt'}",
+                "metrics=[psnr]",
+                f"output_dir={tmp_path / 'out'}",
+                "device=cpu",
+                "progress=false",
+            ],
+        )
+    with pytest.raises(NonFiniteOutputError, match=r"lq/im0.png: the model's output is not finite"):
+        run(cfg)
+    assert not list((tmp_path / "out").rglob("*.png"))

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from fidesr.data.imageio import ImageLoadError, load_image, open_image, save_image, to_uint8
+from fidesr.errors import NonFiniteOutputError
 from fidesr.pipeline import COLOR_FIXES, FiDeSRPipeline
 
 if TYPE_CHECKING:
@@ -229,6 +230,11 @@ def build_app(
         except AppInputError as err:
             log.warning("fidesr-app: rejected upload: %s", err)
             raise gr.Error(str(err), title="Cannot use this image", print_exception=False) from None
+        except NonFiniteOutputError as err:  # nothing was saved; not a matter of image size
+            log.error("fidesr-app: %s: %s", Path(path).name, err)
+            raise gr.Error(
+                f"{Path(path).name}: {err}", title="Processing failed", print_exception=False
+            ) from None
         except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory: the server goes on
             log.error("fidesr-app: the model failed: %s: %s", type(err).__name__, err)
             raise gr.Error(

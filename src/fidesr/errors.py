@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -39,6 +39,16 @@ class ConfigValueError(FidesrError, ValueError):
 
 class MissingInputError(FidesrError, FileNotFoundError):
     """A file or folder the user named does not exist."""
+
+
+class NonFiniteOutputError(FidesrError, RuntimeError):
+    """The model's output for some images is not finite (NaN or Inf): a per-image error, never a black
+    image. ``indices``: those images' positions in the batch; ``output``: the whole batch's result (the
+    other images are fine to use). Callers name the images."""
+
+    def __init__(self, message: str, indices: Sequence[int] = (), output: Any = None) -> None:
+        super().__init__(message)
+        self.indices, self.output = list(indices), output
 
 
 def user_error(exc: BaseException) -> FidesrError | None:

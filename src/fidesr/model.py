@@ -136,7 +136,9 @@ class FiDeSRModule(L.LightningModule):
             if parts[name] is None:
                 raise ValueError(f"model.compile_parts names {name!r}, which is switched off in this config")
             parts[name].compile(**dict(compile_options or {}))
-        self.pipeline = FiDeSRPipeline(backbone, lrrb, lfim, color_fix=color_fix, min_lq_size=min_lq_size)
+        self.pipeline = FiDeSRPipeline(
+            backbone, lrrb, lfim, color_fix=color_fix, min_lq_size=min_lq_size, check_finite=False
+        )
         self.val_set_names: list[str] = ["val"]
         self.run_config: dict | None = None  # the resolved Hydra config, stored in checkpoints
         # Checkpoints hold only what trains; frozen SD weights come from backbone.pretrained.

@@ -46,7 +46,17 @@ import torch
 from fidesr.backbone.lora import FAKE_SCORE_ADAPTER
 from fidesr.backbone.sd import DEFAULT_PRETRAINED
 from fidesr.errors import MissingInputError, ModelFileError
-from fidesr.trust import check_stored_config, load_torch_file
+from fidesr.trust import (
+    LOCATION_ARGS,
+    as_mapping,
+    check_finite,
+    check_stored_config,
+    check_version,
+    file_in_folder,
+    load_torch_file,
+    module_names,
+    short_repr,
+)
 
 FOLDER_FORMAT = "fidesr"
 FOLDER_VERSION = 2
@@ -105,6 +115,14 @@ class TrainedWeights:
     lora_split: dict[str, list[str]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A stored location (the tiny preset's cache_dir) is never used, nor written on export: the
+        # user's own applies (fidesr.trust.LOCATION_ARGS).
+        bb = self.config.get("backbone") if isinstance(self.config, Mapping) else None
+        if isinstance(bb, Mapping) and LOCATION_ARGS & bb.keys():
+            backbone = {k: v for k, v in bb.items() if k not in LOCATION_ARGS}
+            self.config = {**self.config, "backbone": backbone}
+
     # ------------------------------------------------------------------ readers
     @classmethod
     def load(
@@ -151,17 +169,20 @@ class TrainedWeights:
             raise ModelFileError(
                 f"{path} is neither a fidesr-train checkpoint (no state_dict) nor an official FiDeSR file"
             )
-        run_config = (ckpt.get("fidesr") or {}).get("config")
+        run_config = as_mapping(ckpt.get("fidesr"), path, "checkpoint['fidesr']").get("config")
         if not run_config:
             raise ModelFileError(
                 f"{path} has no fidesr config (checkpoint['fidesr']['config']): it was not written by fidesr-train"
             )
+        run_config = as_mapping(run_config, path, "checkpoint['fidesr']['config']")
         config = {k: run_config.get(k) for k in CONFIG_SECTIONS}
-        config["model"] = {k: (run_config.get("model") or {}).get(k) for k in MODEL_KEYS}
+        model = as_mapping(run_config.get("model"), path, "the stored config's model")
+        config["model"] = {k: model.get(k) for k in MODEL_KEYS}
         if not config["backbone"]:
             raise ModelFileError(f"{path}: the stored config has no backbone section")
         check_stored_config(config, path)
-        state = _trained_tensors(ckpt["state_dict"])
+        state = _trained_tensors(as_mapping(ckpt["state_dict"], path, "checkpoint['state_dict']"))
+        check_finite(state, path)
         if not any(k.startswith("unet.") for k in state):
             raise ModelFileError(f"{path} holds no LoRA tensors (backbone.unet.*lora_*)")
         info = {"global_step": ckpt.get("global_step"), "run_config": run_config}
@@ -184,12 +205,12 @@ class TrainedWeights:
         missing = [k for k in OFFICIAL_KEYS if k not in sd] if isinstance(sd, dict) else list(OFFICIAL_KEYS)
         if missing:
             raise ModelFileError(f"{path} is not an official FiDeSR checkpoint: missing {missing}")
-        split = {
-            "default_encoder": [str(m) for m in sd["unet_lora_encoder_modules"]],
-            "default_decoder": [str(m) for m in sd["unet_lora_decoder_modules"]],
-            "default_others": [str(m) for m in sd["unet_lora_others_modules"]],
-        }
-        rank = int(sd["lora_rank_unet"])
+        parts = {f"default_{part}": f"unet_lora_{part}_modules" for part in ("encoder", "decoder", "others")}
+        split = {adapter: module_names(sd[key], path, key) for adapter, key in parts.items()}
+        rank = sd["lora_rank_unet"]  # checked with the config below (fidesr.trust.TARGET_ARGS)
+        check_finite(as_mapping(sd["state_dict_unet"], path, "state_dict_unet"), path)
+        if sd.get("lrrb_state_dict") is not None:
+            check_finite(as_mapping(sd["lrrb_state_dict"], path, "lrrb_state_dict"), path)
         config: dict[str, Any] = {
             "backbone": {
                 "_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
@@ -207,19 +228,25 @@ class TrainedWeights:
             lrrb.load_official_state_dict(sd["lrrb_state_dict"])
             config["lrrb"] = {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock"}
             state.update({f"lrrb.{k}": v for k, v in lrrb.state_dict().items()})
+        check_stored_config(config, f"{path} (lora_rank_unet)")
         return cls(config, state, str(path), lora_split=split, info={"official": True})
 
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike) -> TrainedWeights:
-        """A folder written by :meth:`save_pretrained` (or downloaded from the Hub)."""
+    def from_folder(cls, folder: str | os.PathLike, root: str | os.PathLike | None = None) -> TrainedWeights:
+        """A folder written by :meth:`save_pretrained` (or downloaded from the Hub). Every file it names
+        must be inside it, symlinks followed, or inside ``root`` (default: for a Hub cache snapshot,
+        ``models--user--name/snapshots/<rev>``, the repository folder, whose ``blobs/`` it links to)."""
         folder = Path(folder)
+        if root is None and folder.resolve().parent.name == "snapshots":
+            root = folder.resolve().parents[1]
+        inside = Path(root) if root is not None else None
         meta_path = folder / CONFIG_FILE
         if not meta_path.is_file():
             raise ModelFileError(
                 f"{folder} is not an exported fidesr model: no {CONFIG_FILE} (write one with fidesr-export)"
             )
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(file_in_folder(folder, CONFIG_FILE, str(folder), inside).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ModelFileError(f"{meta_path} is not valid JSON: {err}") from err
         if not isinstance(meta, dict) or meta.get("format") != FOLDER_FORMAT:
@@ -228,24 +255,24 @@ class TrainedWeights:
                 if isinstance(meta, dict)
                 else f"{meta_path} is not a fidesr model config"
             )
-        if int(meta.get("version", 0)) > FOLDER_VERSION_SETS:
-            raise ModelFileError(
-                f"{meta_path}: format version {meta['version']} is newer than this fidesr reads "
-                f"({FOLDER_VERSION_SETS}); upgrade fidesr"
-            )
-        config = meta.get("config") or {}
+        check_version(meta.get("version", 0), meta_path, FOLDER_VERSION_SETS)
+        config = as_mapping(meta.get("config"), meta_path, "config")
         check_stored_config(config, meta_path)
         if not config.get("backbone"):
             raise ModelFileError(f"{meta_path}: the config has no backbone section")
-        lora = meta.get("lora") or {}
-        split = {str(a): [str(m) for m in mods] for a, mods in (lora.get("adapters") or {}).items()}
-        files = lora.get("weights") if isinstance(lora.get("weights"), dict) else {"": LORA_FILE}
+        lora = as_mapping(meta.get("lora"), meta_path, "lora")
+        adapters = as_mapping(lora.get("adapters"), meta_path, "lora.adapters")
+        split = {str(a): module_names(mods, meta_path, f"lora.adapters.{a}") for a, mods in adapters.items()}
+        weights = lora.get("weights") or LORA_FILE  # a file name, or one per LoRA set
+        files = {"": weights} if isinstance(weights, str) else as_mapping(weights, meta_path, "lora.weights")
         state: dict[str, torch.Tensor] = {}
         for lora_set, name in files.items():  # one file, or one per LoRA set ("pix", "sem")
+            where = f"{meta_path}: lora.weights" + (f".{lora_set}" if lora_set else "")
+            path = file_in_folder(folder, name, where, inside)
             owner = {
                 m: a for a, mods in split.items() if not lora_set or a.endswith(f"_{lora_set}") for m in mods
             }
-            for key, value in _read_safetensors(folder / name).items():
+            for key, value in _read_safetensors(path).items():
                 m = re.match(r"^unet\.(?P<module>.+)\.(?P<part>lora_[AB])\.weight$", key)
                 if m is None or m["module"] not in owner:
                     raise ModelFileError(
@@ -253,8 +280,9 @@ class TrainedWeights:
                     )
                 state[f"unet.{m['module']}.{m['part']}.{owner[m['module']]}.weight"] = value
         if config.get("lrrb"):
-            state.update({f"lrrb.{k}": v for k, v in _read_safetensors(folder / LRRB_FILE).items()})
-        info = {k: meta[k] for k in ("training", "source") if k in meta}
+            lrrb_path = file_in_folder(folder, LRRB_FILE, str(folder), inside)
+            state.update({f"lrrb.{k}": v for k, v in _read_safetensors(lrrb_path).items()})
+        info = {k: meta[k] for k in ("training", "source") if isinstance(meta.get(k), Mapping)}
         return cls(config, state, str(folder), lora_split=split or None, info=info)
 
     @classmethod
@@ -295,13 +323,15 @@ class TrainedWeights:
             header = json.loads(meta["fidesr"])
         except (KeyError, json.JSONDecodeError) as err:
             raise ModelFileError(f"{path} has no fidesr metadata: not a fidesr adapter file") from err
-        if header.get("format") != LEGACY_ADAPTER_FORMAT or int(header.get("version", 0)) > 1:
-            raise ModelFileError(
-                f"{path}: unsupported adapter format {header.get('format')} v{header.get('version')}"
-            )
-        config = header.get("config") or {}
+        header = as_mapping(header, path, "the fidesr metadata")
+        if header.get("format") != LEGACY_ADAPTER_FORMAT:
+            raise ModelFileError(f"{path}: unsupported adapter format {short_repr(header.get('format'))}")
+        check_version(header.get("version", 0), path, 1)
+        config = as_mapping(header.get("config"), path, "config")
         check_stored_config(config, path)
-        return cls(config, _read_safetensors(path), str(path), info={"source": header.get("source", {})})
+        source = header.get("source")
+        info = {"source": source if isinstance(source, Mapping) else {}}
+        return cls(config, _read_safetensors(path), str(path), info=info)
 
     # ------------------------------------------------------------------ writer
     def save_pretrained(
@@ -332,6 +362,7 @@ class TrainedWeights:
         from hydra.utils import instantiate
 
         check_stored_config(self.config, self.source)  # also when built from a hand-made instance
+        check_finite(self.state, self.source)
         cfg = dict(self.config["backbone"])
         cfg.update(gradient_checkpointing=False, frozen_dtype=None)
         if pretrained is not None:
@@ -349,7 +380,12 @@ class TrainedWeights:
         backbone = instantiate(cfg, _convert_="all")
         if self.lora_split:
             alpha = float(self.config["backbone"].get("lora_alpha", OFFICIAL_LORA_ALPHA))
-            backbone.add_named_adapters(self.lora_split, int(self.config["backbone"]["lora_rank"]), alpha)
+            try:
+                backbone.add_named_adapters(self.lora_split, int(self.config["backbone"]["lora_rank"]), alpha)
+            except (KeyError, ValueError) as err:  # peft: a listed module the UNet does not have
+                raise ModelFileError(
+                    f"{self.source}: the LoRA modules it lists do not fit the UNet: {err}"
+                ) from err
         lrrb = instantiate(dict(self.config["lrrb"]), _convert_="all") if self.config.get("lrrb") else None
         lfim = instantiate(dict(self.config["lfim"]), _convert_="all") if self.config.get("lfim") else None
         unet_state = {k[len("unet.") :]: v for k, v in self.state.items() if k.startswith("unet.")}
@@ -404,6 +440,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelFileError(f"missing {path.name} in {path.parent}")
     try:
-        return load_file(str(path), device="cpu")
+        tensors = load_file(str(path), device="cpu")
     except Exception as err:  # safetensors raises its own error types
         raise ModelFileError(f"{path} is not a readable safetensors file: {err}") from err
+    check_finite(tensors, path)
+    return tensors

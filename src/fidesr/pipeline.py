@@ -37,6 +37,7 @@ from torch import nn
 from fidesr.backbone.sd import StableDiffusionBackbone
 from fidesr.components.color_fix import color_fix as apply_color_fix
 from fidesr.devices import resolve_device, resolve_precision
+from fidesr.errors import NonFiniteOutputError
 from fidesr.generator import OneStepOutput, one_step
 from fidesr.tiling import tiled_apply
 
@@ -72,6 +73,9 @@ class FiDeSRPipeline:
         tiles_per_call: latent tiles batched into one UNet call (speed vs memory).
         vae_tiling: encode and decode in tiles (``vae_encoder_tile`` px and ``vae_decoder_tile`` latent px,
             with the given overlaps); only images larger than a tile are actually split.
+        check_finite: raise :class:`~fidesr.errors.NonFiniteOutputError` for images whose result holds
+            NaN or Inf (which would be saved as black or white); validation during training turns it off
+            and logs what comes out.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class FiDeSRPipeline:
         vae_encoder_overlap: int = 256,
         vae_decoder_tile: int = 224,
         vae_decoder_overlap: int = 32,
+        check_finite: bool = True,
     ) -> None:
         self._check_color_fix(color_fix)
         self.backbone, self.lrrb, self.lfim = backbone, lrrb, lfim
@@ -100,6 +105,7 @@ class FiDeSRPipeline:
         self.vae_encoder_tile, self.vae_encoder_overlap = vae_encoder_tile, vae_encoder_overlap
         self.vae_decoder_tile, self.vae_decoder_overlap = vae_decoder_tile, vae_decoder_overlap
         self.offload_text_encoder = False
+        self.check_finite = check_finite
         self.compiled: str | None = None
         self.weights: TrainedWeights | None = None  # set by from_pretrained (what save_pretrained writes)
 
@@ -365,11 +371,21 @@ class FiDeSRPipeline:
             z = self.lfim(z, out.z_lq, out.refined_residual, x, lf_scale=lf_scale, hf_scale=hf_scale)
         sr = self.decode(z).float()
         sr = apply_color_fix(sr, x, mode)
+        # Before the clamp, which keeps NaN (saved as black) and turns +Inf into white.
+        bad = (~torch.isfinite(sr)).flatten(1).any(1).tolist() if self.check_finite else []
         sr = ((sr + 1) / 2).clamp(0, 1)
         if sr.shape[-2:] != out_size:
             sr = F.interpolate(sr, size=out_size, mode="bicubic", align_corners=False).clamp(0, 1)
             up = F.interpolate(up, size=out_size, mode="bicubic", align_corners=False).clamp(0, 1)
-        return PipelineOutput(sr=sr, lq_up=up, latents=out if return_latents else None)
+        result = PipelineOutput(sr=sr, lq_up=up, latents=out if return_latents else None)
+        if any(bad):
+            raise NonFiniteOutputError(
+                "the model's output is not finite (NaN or Inf): its weights or the LFIM strengths give "
+                "non-finite values; no image was produced",
+                [i for i, b in enumerate(bad) if b],
+                result,
+            )
+        return result
 
 
 def load_pipeline(

@@ -233,3 +233,18 @@ def test_injection_matches_reference_realsr(realsr_lq):
         args = [t[i].double().numpy() for t in (z, z_lq, r, lq)]
         torch.testing.assert_close(out[i], to_torch(np_lfim(*args, 0.2, 0.2)), atol=1e-5, rtol=0)
     assert (out - z).abs().max() > 1e-3  # the edit is not a no-op on real content
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), -0.1])
+def test_strengths_are_finite_and_non_negative(value):
+    """NaN used to pass (``NaN > 0`` is false: the branch silently switched off), Inf made the latent
+    non-finite; both are refused, in the module and per call, with the key named."""
+    from fidesr.errors import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match=f"lf_scale must be a finite number >= 0.*got {value}"):
+        lfim.LatentFrequencyInjection(lf_scale=value)
+    with pytest.raises(ConfigValueError, match="hf_scale must be a finite number"):
+        lfim.LatentFrequencyInjection(hf_scale=value)
+    z, z_lq, r, lq = rand_inputs(2)
+    with pytest.raises(ConfigValueError, match="hf_scale"):
+        lfim.LatentFrequencyInjection()(z, z_lq, r, lq, hf_scale=value)

@@ -196,6 +196,13 @@ def write_tiny_sd(
     return info
 
 
+def default_cache_dir() -> Path:
+    """fidesr's cache folder as ``conf/paths/default.yaml`` resolves it: ``$FIDESR_CACHE_DIR``, else
+    ``$HOME/.cache/fidesr``. What a model file rebuilt for inference uses (its stored ``cache_dir`` never
+    is: see :mod:`fidesr.trust`)."""
+    return Path(os.environ.get("FIDESR_CACHE_DIR") or f"{os.environ.get('HOME', '.')}/.cache/fidesr")
+
+
 def tiny_sd_folder(cache_dir: str | os.PathLike, **spec) -> Path:
     """The cached tiny SD folder for ``spec`` (built on first use, atomically, keyed by the spec hash)."""
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:12]
@@ -221,7 +228,7 @@ def tiny_sd_folder(cache_dir: str | os.PathLike, **spec) -> Path:
 
 
 def build_tiny_backbone(
-    cache_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
     unet_channels: Sequence[int] = (32, 64),
     vae_channels: Sequence[int] = (32, 64, 64),
     text_dim: int = 32,
@@ -232,9 +239,10 @@ def build_tiny_backbone(
     unet_zero_out: bool = True,
     **backbone_kwargs,
 ) -> StableDiffusionBackbone:
-    """The tiny preset: build (once) and load through :meth:`StableDiffusionBackbone.from_pretrained`."""
+    """The tiny preset: build (once) and load through :meth:`StableDiffusionBackbone.from_pretrained`.
+    ``cache_dir``: where the built folder is kept (None: :func:`default_cache_dir`)."""
     folder = tiny_sd_folder(
-        cache_dir,
+        default_cache_dir() if cache_dir is None else cache_dir,
         unet_channels=list(unet_channels),
         vae_channels=list(vae_channels),
         text_dim=text_dim,

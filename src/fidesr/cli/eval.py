@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS
 from fidesr.devices import resolve_device
-from fidesr.errors import FidesrError, MissingInputError, report_errors
+from fidesr.errors import FidesrError, MissingInputError, NonFiniteOutputError, report_errors
 from fidesr.metrics.images import check_images, list_images, match_pairs, read_for_metrics, save_image
 from fidesr.metrics.published import published_rows
 from fidesr.metrics.specs import PROTOCOL, get_spec, parse_metric_config
@@ -258,8 +258,11 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path) -> Path:
     strengths.update({k: lora.get(k) for k in ("lambda_pix", "lambda_sem") if lora.get(k) is not None})
     for lq_path in tqdm(lqs, desc="upscale", disable=not cfg.progress):
         generator = torch.Generator(device=pipe.device).manual_seed(0)
-        with torch.no_grad():
-            sr = pipe(read_for_metrics(lq_path, cfg.max_pixels), generator=generator, **strengths).sr
+        try:
+            with torch.no_grad():
+                sr = pipe(read_for_metrics(lq_path, cfg.max_pixels), generator=generator, **strengths).sr
+        except NonFiniteOutputError as err:  # no black PNG scored as a result
+            raise NonFiniteOutputError(f"{lq_path}: {err}", err.indices) from None
         save_image(sr.cpu(), sr_dir / f"{lq_path.stem}.png")
     return sr_dir
 

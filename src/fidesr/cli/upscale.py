@@ -6,8 +6,9 @@
 Inputs are image files or folders (``--recursive`` descends). Each result is ``OUTPUT_DIR/<input stem>.png``,
 written atomically (a temporary file renamed into place: Ctrl-C never leaves a partial PNG). Existing
 outputs are skipped unless ``--overwrite``. An input that cannot be read or processed is reported by name
-and skipped (so is an image over ``--max-pixels``, e.g. a decompression bomb); the others are still
-processed, and the exit status is 1 if any input failed (130 on Ctrl-C). Grayscale, RGBA (composited over
+and skipped (so is an image over ``--max-pixels``, e.g. a decompression bomb, and one whose result is not
+finite: no black PNG is written); the others are still processed, and the exit status is 1 if any input
+failed (130 on Ctrl-C). Grayscale, RGBA (composited over
 white), palette, 16-bit and EXIF-rotated inputs are read by ``fidesr.data.imageio.load_image`` and give an
 RGB result. The output folder is checked before the model is loaded. Errors are one line (``--debug``
 shows the traceback). ``fidesr-upscale export`` is ``fidesr-export`` (kept for old scripts).
@@ -28,7 +29,7 @@ import torch
 
 from fidesr.cli.options import add_model_options, add_tiling_options, check_model_choice, loader_kwargs
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image, save_image
-from fidesr.errors import ConfigValueError, report_errors
+from fidesr.errors import ConfigValueError, NonFiniteOutputError, report_errors
 
 log = logging.getLogger("fidesr.upscale")
 
@@ -234,16 +235,25 @@ def _upscale(args: argparse.Namespace) -> int:
                 for group in groups.values():
                     try:
                         generator.manual_seed(args.seed)
-                        out = pipe(
-                            torch.stack([img for _, _, img in group]),
-                            lf_scale=args.lf_scale,
-                            hf_scale=args.hf_scale,
-                            generator=generator,
-                            lambda_pix=args.lambda_pix,
-                            lambda_sem=args.lambda_sem,
-                        ).sr.cpu()
-                        for (_, dst, _), sr in zip(group, out, strict=True):
-                            written.append(save_image(sr, dst))
+                        bad: list[int] = []
+                        try:
+                            out = pipe(
+                                torch.stack([img for _, _, img in group]),
+                                lf_scale=args.lf_scale,
+                                hf_scale=args.hf_scale,
+                                generator=generator,
+                                lambda_pix=args.lambda_pix,
+                                lambda_sem=args.lambda_sem,
+                            ).sr.cpu()
+                        except NonFiniteOutputError as err:
+                            # Those images fail (no black PNG); the rest of the batch is fine.
+                            out, bad = err.output.sr.cpu(), err.indices
+                            for i in bad:
+                                plan.failed.append((str(group[i][0]), str(err)))
+                                tqdm.write(f"error {group[i][0]}: {err}", file=sys.stderr)
+                        for i, ((_, dst, _), sr) in enumerate(zip(group, out, strict=True)):
+                            if i not in bad:
+                                written.append(save_image(sr, dst))
                     except (RuntimeError, ValueError, OSError) as err:  # e.g. CUDA out of memory: next input
                         for src, _, _ in group:
                             plan.failed.append((str(src), f"{type(err).__name__}: {err}"))

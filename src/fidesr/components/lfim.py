@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fidesr.components.daw import channel_mean_std, detail_map, percentile_normalize
+from fidesr.errors import ConfigValueError
 
 __all__ = [
     "Grid",
@@ -159,9 +160,13 @@ def residual_map(residual: Tensor) -> Tensor:
 
 
 def _check_scale(name: str, value: float) -> float:
+    """A strength as a float: finite and >= 0 (NaN would fail ``> 0`` and switch the branch off silently,
+    Inf would make the latent non-finite)."""
     value = float(value)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0 (0 switches the branch off), got {value}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigValueError(
+            f"{name} must be a finite number >= 0 (0 switches the branch off), got {value}"
+        )
     return value
 
 
