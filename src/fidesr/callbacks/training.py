@@ -1,5 +1,5 @@
-"""Training-time safety: atomic checkpoint files, a checkpoint on Ctrl-C / SIGTERM, the count of skipped
-input images."""
+"""Training-time safety: atomic checkpoint files, a checkpoint on Ctrl-C / SIGTERM and at the final step,
+the count of skipped input images."""
 
 from __future__ import annotations
 
@@ -111,6 +111,7 @@ class SaveOnInterrupt(L.Callback):
         self.signals = tuple(signals)
         self.received: str | None = None
         self.saved: Path | None = None
+        self.saved_step: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -131,7 +132,7 @@ class SaveOnInterrupt(L.Callback):
         self._previous.clear()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.received, self.saved = None, None
+        self.received, self.saved, self.saved_step = None, None, None
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         for name in self.signals:
@@ -147,7 +148,7 @@ class SaveOnInterrupt(L.Callback):
         path = self.checkpoint_path(trainer)
         # The full training state (optimizer and loops too: "weights_only" here means leaving those out).
         trainer.save_checkpoint(path, weights_only=False)
-        self.saved = path
+        self.saved, self.saved_step = path, trainer.global_step
         if trainer.checkpoint_callback is not None:  # it keeps this last.ckpt instead of writing last-v1.ckpt
             trainer.checkpoint_callback.last_model_path = str(path)
         trainer.should_stop = True
@@ -170,3 +171,57 @@ class SaveOnInterrupt(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         self._restore()
+
+
+class SaveFinalStep(L.Callback):
+    """The end of training always writes ``last.ckpt`` at the final step (a run whose ``max_steps`` is not
+    a multiple of the checkpoint interval kept its last steps nowhere: export and upscale read an older
+    step). Added by ``fidesr-train`` itself, after the configured callbacks.
+
+    At the step that reaches ``max_steps`` between two checkpoint intervals, the checkpoint is written
+    where the periodic ones are (end of the step: a resume from it is bit-exact like any other). Any other
+    ending whose final step no checkpoint holds (``max_epochs``, ``max_time``, early stopping, a
+    validation-driven checkpoint callback that did not save) gets it at the end of training. Nothing is
+    written with checkpointing off (``trainer.enable_checkpointing=false``).
+    """
+
+    def __init__(self) -> None:
+        self.saved_step: int | None = None
+
+    @staticmethod
+    def _saved_at(trainer: L.Trainer) -> bool:
+        step = trainer.global_step
+        cb = trainer.checkpoint_callback
+        if cb is not None and cb.save_last and getattr(cb, "_last_global_step_saved", None) == step:
+            return True
+        return any(isinstance(c, SaveOnInterrupt) and c.saved_step == step for c in trainer.callbacks)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        path = SaveOnInterrupt.checkpoint_path(trainer)
+        trainer.save_checkpoint(path, weights_only=False)  # the full training state, as SaveOnInterrupt
+        self.saved_step = trainer.global_step
+        if trainer.checkpoint_callback is not None:
+            trainer.checkpoint_callback.last_model_path = str(path)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.saved_step = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
+    ) -> None:
+        step, cb = trainer.global_step, trainer.checkpoint_callback
+        if cb is None or trainer.max_steps is None or trainer.max_steps < 0 or step < trainer.max_steps:
+            return
+        every = int(getattr(cb, "_every_n_train_steps", 0) or 0)
+        # On an interval step the checkpoint callback (whose hook runs after this one: Lightning orders
+        # checkpoint callbacks last) writes last.ckpt itself, here or after that step's validation; a
+        # validation-driven callback (every = 0) saves at the final validation. Either way on_train_end
+        # writes it if that did not happen.
+        if every > 0 and step % every != 0 and not self._saved_at(trainer):
+            self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.checkpoint_callback is None or trainer.global_step == 0:
+            return
+        if self.saved_step != trainer.global_step and not self._saved_at(trainer):
+            self._save(trainer)

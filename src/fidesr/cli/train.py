@@ -60,10 +60,13 @@ def resolve_output_dir(cfg: DictConfig) -> None:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from: ``ckpt_path=last`` is the run's newest (:mod:`fidesr.resume`)."""
     if cfg.get("ckpt_path") in (None, ""):
         return None
     if cfg.ckpt_path == "last":
-        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        from fidesr.resume import newest_last_checkpoint
+
+        path = newest_last_checkpoint(Path(cfg.paths.output_dir) / "checkpoints")
     else:
         path = Path(cfg.ckpt_path).expanduser()
     if not path.is_file():
@@ -79,9 +82,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import torch
     from hydra.utils import instantiate
 
-    from fidesr.callbacks.training import AtomicCheckpointIO, SaveOnInterrupt, TrainingInterrupted
+    from fidesr import resume
+    from fidesr.callbacks.training import (
+        AtomicCheckpointIO,
+        SaveFinalStep,
+        SaveOnInterrupt,
+        TrainingInterrupted,
+    )
     from fidesr.config_types import check_config_types
     from fidesr.loggers import finish_wandb
+    from fidesr.trust import load_torch_file
 
     # A wrong type in an override names its key here, not as a TypeError deep inside Lightning.
     check_config_types(OmegaConf.to_container(cfg, resolve=True))
@@ -103,19 +113,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
 
     ckpt_path = resolve_ckpt_path(cfg)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    resumed = None
+    if ckpt_path is not None:
+        # Before anything is built or recorded: a resume continues the stored run or is refused.
+        resumed = load_torch_file(ckpt_path, "training checkpoint")
+        resume.check_resume_config(cfg.ckpt_path, resumed, run_config, OmegaConf.to_container(cfg))
     log.info("Output dir: %s", out_dir)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if resumed is not None:
+        state = model.state_dict()
+        expected = {k: state[k] for k in model.trainable_state_keys() if k in state}
+        resume.check_checkpoint_tensors(cfg.ckpt_path, resumed.get("state_dict", {}), expected)
+        del resumed  # Lightning reads the file again
+    model.run_config = run_config
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
 
     callbacks = _instantiate_dict(cfg.get("callbacks"))
+    callbacks.append(SaveFinalStep())  # always: the final step is saved whatever the intervals
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     for lg in loggers:
         lg.log_hyperparams(model.run_config)
+    if resume.rank_zero():  # before any rank writes a checkpoint: what a killed write (kill -9) left
+        resume.remove_stale_parts(SaveOnInterrupt.checkpoint_path(trainer).parent)
 
     exit_code = 1
     start = time.time()
