@@ -53,6 +53,7 @@ FOLDER_VERSION = 2
 FOLDER_VERSION_SETS = 3  # exports with two LoRA sets (one LoRA file per set)
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name
 LRRB_FILE = "lrrb.safetensors"
+EXTRAS_FILE = "extras.safetensors"  # tensors diffusers' LoRA file cannot hold (OSEDiff: VAE LoRA, conv_in)
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 LEGACY_ADAPTER_FORMAT = "fidesr-adapter"
@@ -130,6 +131,11 @@ class TrainedWeights:
             if path.suffix == ".safetensors":
                 return cls.from_adapter_file(path)
             data = load_torch_file(path, "model file", unsafe_pickle=unsafe_pickle)
+            from fidesr.released_layouts import read_released  # OSEDiff's and PiSA-SR's released files
+
+            released = read_released(data, path, pretrained)
+            if released is not None:
+                return released
             if isinstance(data, dict) and all(k in data for k in OFFICIAL_KEYS):
                 return cls._from_official_dict(data, path, pretrained)
             return cls._from_checkpoint_dict(data, path)
@@ -254,6 +260,8 @@ class TrainedWeights:
                 state[f"unet.{m['module']}.{m['part']}.{owner[m['module']]}.weight"] = value
         if config.get("lrrb"):
             state.update({f"lrrb.{k}": v for k, v in _read_safetensors(folder / LRRB_FILE).items()})
+        if meta.get("extras"):  # fidesr's own names ("vae.<...lora...>", "unet.conv_in.base_layer.weight")
+            state.update(_read_safetensors(folder / EXTRAS_FILE))
         info = {k: meta[k] for k in ("training", "source") if k in meta}
         return cls(config, state, str(folder), lora_split=split or None, info=info)
 
@@ -261,23 +269,9 @@ class TrainedWeights:
     def from_hub(cls, repo_id: str, revision: str | None = None) -> TrainedWeights:
         """An exported folder on the Hugging Face Hub, fetched into (or, offline, found in) the HF cache.
         Only the folder's JSON, safetensors and model card are fetched: nothing that can hold code."""
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        from fidesr.released import fetch_hub_folder
 
-        try:
-            folder = snapshot_download(
-                repo_id,
-                revision=revision,
-                allow_patterns=[CONFIG_FILE, LORA_FILE, f"*/{LORA_FILE}", LRRB_FILE, CARD_FILE],
-            )
-        except LocalEntryNotFoundError as err:
-            raise ModelFileError(
-                f"Hub model {repo_id!r} is not in the Hugging Face cache and the Hub cannot be reached (offline?). "
-                f"On a machine with network: `hf download {repo_id} --local-dir DIR`, then pass DIR"
-            ) from err
-        except (HfHubHTTPError, OSError, ValueError) as err:
-            raise ModelFileError(f"cannot fetch Hub model {repo_id!r}: {err}") from err
-        return cls.from_folder(folder)
+        return cls.from_folder(fetch_hub_folder(repo_id, revision=revision))
 
     @classmethod
     def from_adapter_file(cls, path: str | os.PathLike) -> TrainedWeights:
@@ -360,9 +354,18 @@ class TrainedWeights:
             raise ModelFileError(f"{self.source}: unexpected tensors {other[:3]}")
         if lrrb is None and lrrb_state:
             raise ModelFileError(f"{self.source}: LRRB tensors present but the config has lrrb: null")
-        backbone.load_lora_state_dict(unet_state, source=f"the weights of {self.source}")
-        if vae_state or backbone.vae_lora_modules:  # OSEDiff's VAE-encoder LoRA
-            backbone.load_vae_lora_state_dict(vae_state, source=f"the weights of {self.source}")
+        from fidesr.released_layouts import check_names, load_full_weights
+
+        if self.info.get("full_weights"):  # a merged released file (OSEDiff from AdcSR's Hub repo)
+            load_full_weights(backbone, unet_state, vae_state, self.source)
+        else:
+            try:
+                backbone.load_lora_state_dict(unet_state, source=f"the weights of {self.source}")
+            except KeyError as err:
+                raise ModelFileError(str(err.args[0])) from err
+            if vae_state or backbone.vae_lora_modules:  # OSEDiff's VAE-encoder LoRA
+                check_names(backbone.vae_lora_state_dict(), vae_state, f"{self.source}: the VAE-encoder LoRA")
+                backbone.load_vae_lora_state_dict(vae_state, source=f"the weights of {self.source}")
         if lrrb is not None:
             try:
                 lrrb.load_state_dict(lrrb_state, strict=True)
