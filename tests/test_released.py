@@ -270,10 +270,10 @@ def test_released_fidesr_from_the_hf_cache_by_name(
         locate_model("fidesr")
     monkeypatch.delenv(RELEASED["fidesr"].revision_env)
     pipe = FiDeSRPipeline.from_pretrained(
-        "fidesr", pretrained=trained_model["folder"], device="cpu", min_lq_size=32
+        "fidesr", pretrained=trained_model["folder"], device="cpu", min_lq_size=16
     )
     ref = FiDeSRPipeline.from_pretrained(
-        pkl, pretrained=trained_model["folder"], device="cpu", min_lq_size=32
+        pkl, pretrained=trained_model["folder"], device="cpu", min_lq_size=16
     )
     assert torch.equal(pipe(_lq(), generator=_seeded()).sr, ref(_lq(), generator=_seeded()).sr)
     save_image(torch.rand(3, 8, 8), tmp_path / "in.png")
