@@ -316,3 +316,112 @@ def test_model_options_default_and_aliases() -> None:
         check_model_choice(
             parser, parser.parse_args(["in.png", "-o", "o", "--model", "a", "--checkpoint", "b"])
         )
+
+
+class _Hub:
+    """A minimal Hugging Face Hub on 127.0.0.1: ``/{repo}/resolve/{revision}/{file}`` answers HEAD and GET
+    with the headers huggingface_hub reads (X-Repo-Commit, ETag, Content-Length)."""
+
+    def __init__(self, files: dict[str, bytes], commit: str) -> None:
+        import http.server
+
+        self.requests: list[str] = []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self, body: bool) -> None:
+                hub.requests.append(f"{self.command} {self.path}")
+                parts = self.path.split("?")[0].lstrip("/").split("/")
+                key = "/".join(parts[:2]) + ":" + "/".join(parts[4:]) if len(parts) > 4 else ""
+                if parts[2:3] != ["resolve"] or key not in files:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.end_headers()
+                    return
+                data = files[key]
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", commit)
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+                self._answer(body=False)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._answer(body=True)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+
+def test_released_name_is_fetched_from_a_hub(
+    empty_hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Online: 'fidesr' is fetched from the Hub (here one on 127.0.0.1 via HF_ENDPOINT) into the HF cache at
+    the pinned revision; offline afterwards it is found there without a request."""
+    import threading
+
+    import huggingface_hub.constants
+
+    data = b"released bytes"
+    commit = "e" * 40
+    hub = _Hub({"jmjin2/FiDeSR:fidesr.pkl": data}, commit)
+    threading.Thread(target=hub.httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("FIDESR_OFFLINE", raising=False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        path = Path(locate_model("fidesr"))
+        assert path.read_bytes() == data and path.is_relative_to(empty_hub_cache)
+        assert (
+            path.parent.name == commit
+            and f"/jmjin2/FiDeSR/resolve/{RELEASED['fidesr'].revision}/fidesr.pkl" in (" ".join(hub.requests))
+        )
+        with pytest.raises(
+            FidesrError, match=r"cannot fetch released model 'osediff'.*hf download Guaishou74851"
+        ):
+            locate_model("osediff")  # the Hub answers 404
+        seen = len(hub.requests)
+        monkeypatch.setenv("FIDESR_OFFLINE", "1")
+        assert Path(locate_model("fidesr")) == path and len(hub.requests) == seen
+    finally:
+        hub.httpd.shutdown()
+        hub.httpd.server_close()
+
+
+@pytest.mark.slow  # OSEDiff's own pre-processing enlarges the LQ to 128 px: 512 px outputs on the CPU
+def test_eval_with_a_released_file_states_its_prompt(osediff: dict, compose, tmp_path: Path) -> None:
+    """fidesr-eval checkpoint=<OSEDiff file>: the SR images, and summary.md names the model and its prompt."""
+    from fidesr.cli.eval import model_spec, run
+    from fidesr.data.imageio import save_image
+
+    g = torch.Generator().manual_seed(4)
+    for i in range(2):
+        lq = torch.rand(3, 16, 16, generator=g)
+        save_image(lq, tmp_path / "lq" / f"im{i}.png")
+        save_image(
+            torch.nn.functional.interpolate(lq[None], scale_factor=4)[0], tmp_path / "gt" / f"im{i}.png"
+        )
+    common = [f"lq_dir={tmp_path / 'lq'}", "device=cpu", "progress=false", "num_workers=0", "metrics=[psnr]"]
+    assert model_spec(compose(common, config_name="eval")) == "fidesr"  # lq_dir alone: the released FiDeSR
+    cfg = compose(
+        [
+            *common,
+            f"checkpoint={osediff['pkl']}",
+            f"pretrained={osediff['folder']}",
+            f"gt_dir={tmp_path / 'gt'}",
+            f"output_dir={tmp_path / 'out'}",
+        ],
+        config_name="eval",
+    )
+    result = run(cfg)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert f"- model: {osediff['pkl']} (OSEDiff)" in summary and "- prompt: empty prompt" in summary
+    assert "DAPE" in summary and result.summary["psnr"] > 5
