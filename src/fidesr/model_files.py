@@ -213,7 +213,7 @@ class TrainedWeights:
             lrrb.load_official_state_dict(sd["lrrb_state_dict"])
             config["lrrb"] = {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock"}
             state.update({f"lrrb.{k}": v for k, v in lrrb.state_dict().items()})
-        return cls(config, state, str(path), lora_split=split, info={"official": True})
+        return cls(config, state, str(path), lora_split=split, info={"official": True, "method": "FiDeSR"})
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> TrainedWeights:

@@ -28,7 +28,8 @@ def add_model_options(parser: argparse.ArgumentParser, title: str = "model (one 
         "stabilityai/stable-diffusion-2-1-base; overrides the one a checkpoint names)",
     )
     src.add_argument(
-        "--revision", help="Hub revision (branch, tag, commit) of a repo id given to --checkpoint"
+        "--revision",
+        help="Hub revision (branch, tag, commit) of a released model's file or a repo id given to --model",
     )
     src.add_argument(
         "--unsafe-pickle",
