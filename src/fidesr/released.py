@@ -130,7 +130,8 @@ def locate_model(spec: str, *, revision: str | None = None) -> str:
             (released) or the repo's main branch.
 
     Returns:
-        a local file or folder path (released names, Hub repo ids: inside the Hugging Face cache).
+        a local file or folder path (released names, Hub repo ids: inside the Hugging Face cache). A released
+        name wins over a file or folder of that name in the current folder (``./fidesr`` is the folder).
     """
     spec = str(spec)
     if spec in RELEASED:
