@@ -134,10 +134,15 @@ def test_osediff_missing_and_extra_tensors_are_named(osediff: dict, tmp_path: Pa
 
 
 def test_osediff_model_exports_and_reloads_exactly(osediff: dict, tmp_path: Path) -> None:
-    """The VAE-encoder LoRA and conv_in go to extras.safetensors; the folder reloads bit for bit."""
+    """fidesr-export of the OSEDiff file: the VAE-encoder LoRA and conv_in go to extras.safetensors; the
+    folder reloads bit for bit and runs the same model."""
+    from fidesr.cli.export import main
+
+    assert main([str(osediff["pkl"]), "-o", str(tmp_path / "export")]) == 0
     weights = TrainedWeights.load(osediff["pkl"], pretrained=osediff["folder"])
-    folder = weights.save_pretrained(tmp_path / "export")
+    folder = tmp_path / "export"
     assert (folder / "extras.safetensors").is_file()
+    folder = weights.save_pretrained(tmp_path / "export", overwrite=True)  # base: the tiny model
     again = TrainedWeights.load(folder)
     assert again.state.keys() == weights.state.keys()
     assert all(torch.equal(again.state[k], weights.state[k]) for k in weights.state)
@@ -177,6 +182,10 @@ def test_pisasr_file_runs_both_sets_with_pisasr_strengths(
     torch.testing.assert_close(
         mixed.z_sr, z_lq - (0.5 * eps_pix + 0.25 * (eps_sem - eps_pix)), rtol=1e-4, atol=1e-5
     )
+    folder = pipe.weights.save_pretrained(tmp_path / "export")  # one diffusers LoRA file per set
+    assert (folder / "pix" / "pytorch_lora_weights.safetensors").is_file()
+    again = FiDeSRPipeline.from_pretrained(folder, **PIPE_KW)(_lq(), generator=_seeded(), return_latents=True)
+    torch.testing.assert_close(again.latents.z_sr, default.z_sr, rtol=1e-5, atol=1e-6)
     data["lora_rank_unet_sem"] = 8
     torch.save(data, pkl)
     with pytest.raises(ModelFileError, match="lora_rank_unet_pix = 4 and lora_rank_unet_sem = 8 differ"):
