@@ -69,8 +69,8 @@ def test_osediff_like_trains_with_vsd_and_resumes_exactly(compose, fast_train_ov
     assert any(k.startswith("backbone.vae.quant_conv.") for k in vae)
     assert any("mid_block.attentions.0.to_q" in k for k in vae)
     assert any(not torch.equal(first[k], a[k]) for k in vae), "the VAE-encoder LoRA did not train"
-    # The model read back for inference: the fake score left out, the VAE LoRA in; no export of it yet.
-    from fidesr.model_files import ModelFileError, TrainedWeights
+    # The model read back for inference: the fake score left out, the VAE LoRA in, also through an export.
+    from fidesr.model_files import TrainedWeights
 
     weights = TrainedWeights.load(full / "checkpoints" / "last.ckpt")
     assert weights.state and not any(FAKE_SCORE_ADAPTER in k for k in weights.state)
@@ -78,8 +78,10 @@ def test_osediff_like_trains_with_vsd_and_resumes_exactly(compose, fast_train_ov
     backbone, _, _ = weights.build()
     for k, v in backbone.vae_lora_state_dict().items():
         torch.testing.assert_close(v, a[f"backbone.vae.{k}"], rtol=0, atol=0)
-    with pytest.raises(ModelFileError, match="VAE-encoder LoRA"):
-        weights.save_pretrained(tmp_path / "export")
+    folder = weights.save_pretrained(tmp_path / "export")  # the VAE LoRA in extras.safetensors
+    again = TrainedWeights.load(folder)
+    assert again.state.keys() == weights.state.keys() and (folder / "extras.safetensors").is_file()
+    assert all(torch.equal(again.state[k], weights.state[k]) for k in weights.state)
 
 
 def test_csd_and_vsd_together_are_refused(compose, tiny_backbone_folder):

@@ -25,6 +25,7 @@ from fidesr.model_files import (
     _SET_ADAPTER,
     CARD_FILE,
     CONFIG_FILE,
+    EXTRAS_FILE,
     FOLDER_FORMAT,
     FOLDER_VERSION,
     FOLDER_VERSION_SETS,
@@ -60,10 +61,10 @@ def write_folder(
     that already holds an export.
     """
     folder = Path(folder)
-    if any(k.startswith("vae.") for k in self.state):
+    if self.info.get("full_weights"):
         raise ModelFileError(
-            f"{self.source}: exporting a model with a VAE-encoder LoRA (OSEDiff) is not supported yet; "
-            "use its training checkpoint (fidesr-upscale --checkpoint CKPT reads it)"
+            f"{self.source}: a merged model (full UNet and VAE weights, no LoRA) has no adapter to export; "
+            "use the file itself (--model FILE)"
         )
     clean_stale_exports(folder)  # first: a previous export that a killed one left aside is back in place
     if folder.exists() and not folder.is_dir():
@@ -116,12 +117,18 @@ def _write_export(self: TrainedWeights, out: Path, metrics: Mapping[str, float] 
     }
     if lrrb:
         _write(out / LRRB_FILE, save(lrrb))
+    # What diffusers' LoRA file cannot hold goes to extras.safetensors under fidesr's own names: OSEDiff's
+    # VAE-encoder LoRA ("vae.*") and its fully trained conv_in ("unet.conv_in.base_layer.*").
+    extras = {k: v.detach().cpu().contiguous() for k, v in self.state.items() if _is_extra(k)}
+    if extras:
+        _write(out / EXTRAS_FILE, save(extras))
     meta = {
         "format": FOLDER_FORMAT,
         "version": FOLDER_VERSION_SETS if sets else FOLDER_VERSION,
         "config": self.config,
         "lora": {"rank": rank, "alpha": alpha, "weights": weights, "adapters": split},
         "lrrb": LRRB_FILE if lrrb else None,
+        "extras": EXTRAS_FILE if extras else None,
         "base_model": self.base_model,
         "source": Path(self.source).name,
         "training": {k: v for k, v in self.info.items() if k == "global_step" and v is not None},
@@ -212,7 +219,7 @@ def _diffusers_lora(
     split: dict[str, list[str]] = {}
     ranks = set()
     for key, value in self.state.items():
-        if not key.startswith("unet."):
+        if not key.startswith("unet.") or _is_extra(key):
             continue
         m = _ADAPTER_KEY.match(key[len("unet.") :])
         if m is None:
@@ -226,3 +233,8 @@ def _diffusers_lora(
     if len(ranks) != 1:
         raise ModelFileError(f"{self.source}: LoRA ranks {sorted(ranks)}: expected one rank for all adapters")
     return out, {a: sorted(mods) for a, mods in split.items()}, ranks.pop()
+
+
+def _is_extra(key: str) -> bool:
+    """A tensor of the extras file: the VAE-encoder LoRA, or a trained UNet tensor that is not LoRA."""
+    return key.startswith("vae.") or (key.startswith("unet.") and "lora_" not in key)

@@ -5,13 +5,12 @@ Sources :meth:`TrainedWeights.load` reads (``fidesr-upscale --checkpoint``, ``fi
 
 * a training checkpoint (``fidesr-train``'s ``*.ckpt``),
 * an exported folder (:meth:`TrainedWeights.save_pretrained`, ``fidesr-export``),
-* the official FiDeSR ``.pkl`` (``unet_lora_{encoder,decoder,others}_modules``, ``lora_rank_unet``,
-  ``state_dict_unet``, ``lrrb_state_dict``),
-* a Hugging Face Hub repo id holding an exported folder (resolved by ``huggingface_hub`` into its cache),
-* the single-file adapter of earlier fidesr versions (``.safetensors`` with a ``fidesr`` header).
+* the official ``.pkl`` of FiDeSR (``unet_lora_{encoder,decoder,others}_modules``, ``lora_rank_unet``,
+  ``state_dict_unet``, ``lrrb_state_dict``), OSEDiff and PiSA-SR (:mod:`fidesr.released_layouts`),
+* a Hugging Face Hub repo id holding an exported folder (into the HF cache), or an earlier fidesr
+  version's single-file adapter (``.safetensors`` with a ``fidesr`` header).
 
-Every source is read as data (:mod:`fidesr.trust`): pickles with ``weights_only=True``, everything else
-safetensors or JSON, and a stored config may only select allow-listed components.
+Every source is read as data (:mod:`fidesr.trust`): pickles ``weights_only``, else safetensors or JSON.
 
 The exported folder::
 
@@ -63,6 +62,7 @@ FOLDER_VERSION = 2
 FOLDER_VERSION_SETS = 3  # exports with two LoRA sets (one LoRA file per set)
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name
 LRRB_FILE = "lrrb.safetensors"
+EXTRAS_FILE = "extras.safetensors"  # tensors diffusers' LoRA file cannot hold (OSEDiff: VAE LoRA, conv_in)
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 LEGACY_ADAPTER_FORMAT = "fidesr-adapter"
@@ -148,6 +148,11 @@ class TrainedWeights:
             if path.suffix == ".safetensors":
                 return cls.from_adapter_file(path)
             data = load_torch_file(path, "model file", unsafe_pickle=unsafe_pickle)
+            from fidesr.released_layouts import read_released  # OSEDiff's and PiSA-SR's released files
+
+            released = read_released(data, path, pretrained)
+            if released is not None:
+                return released
             if isinstance(data, dict) and all(k in data for k in OFFICIAL_KEYS):
                 return cls._from_official_dict(data, path, pretrained)
             return cls._from_checkpoint_dict(data, path)
@@ -229,7 +234,7 @@ class TrainedWeights:
             config["lrrb"] = {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock"}
             state.update({f"lrrb.{k}": v for k, v in lrrb.state_dict().items()})
         check_stored_config(config, f"{path} (lora_rank_unet)")
-        return cls(config, state, str(path), lora_split=split, info={"official": True})
+        return cls(config, state, str(path), lora_split=split, info={"official": True, "method": "FiDeSR"})
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, root: str | os.PathLike | None = None) -> TrainedWeights:
@@ -282,6 +287,9 @@ class TrainedWeights:
         if config.get("lrrb"):
             lrrb_path = file_in_folder(folder, LRRB_FILE, str(folder), inside)
             state.update({f"lrrb.{k}": v for k, v in _read_safetensors(lrrb_path).items()})
+        if meta.get("extras"):  # fidesr's own names ("vae.<...lora...>", "unet.conv_in.base_layer.weight")
+            extras_path = file_in_folder(folder, EXTRAS_FILE, str(folder), inside)
+            state.update(_read_safetensors(extras_path))
         info = {k: meta[k] for k in ("training", "source") if isinstance(meta.get(k), Mapping)}
         return cls(config, state, str(folder), lora_split=split or None, info=info)
 
@@ -289,23 +297,9 @@ class TrainedWeights:
     def from_hub(cls, repo_id: str, revision: str | None = None) -> TrainedWeights:
         """An exported folder on the Hugging Face Hub, fetched into (or, offline, found in) the HF cache.
         Only the folder's JSON, safetensors and model card are fetched: nothing that can hold code."""
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        from fidesr.released import fetch_hub_folder
 
-        try:
-            folder = snapshot_download(
-                repo_id,
-                revision=revision,
-                allow_patterns=[CONFIG_FILE, LORA_FILE, f"*/{LORA_FILE}", LRRB_FILE, CARD_FILE],
-            )
-        except LocalEntryNotFoundError as err:
-            raise ModelFileError(
-                f"Hub model {repo_id!r} is not in the Hugging Face cache and the Hub cannot be reached (offline?). "
-                f"On a machine with network: `hf download {repo_id} --local-dir DIR`, then pass DIR"
-            ) from err
-        except (HfHubHTTPError, OSError, ValueError) as err:
-            raise ModelFileError(f"cannot fetch Hub model {repo_id!r}: {err}") from err
-        return cls.from_folder(folder)
+        return cls.from_folder(fetch_hub_folder(repo_id, revision=revision))
 
     @classmethod
     def from_adapter_file(cls, path: str | os.PathLike) -> TrainedWeights:
@@ -396,9 +390,18 @@ class TrainedWeights:
             raise ModelFileError(f"{self.source}: unexpected tensors {other[:3]}")
         if lrrb is None and lrrb_state:
             raise ModelFileError(f"{self.source}: LRRB tensors present but the config has lrrb: null")
-        backbone.load_lora_state_dict(unet_state, source=f"the weights of {self.source}")
-        if vae_state or backbone.vae_lora_modules:  # OSEDiff's VAE-encoder LoRA
-            backbone.load_vae_lora_state_dict(vae_state, source=f"the weights of {self.source}")
+        from fidesr.released_layouts import check_names, load_full_weights
+
+        if self.info.get("full_weights"):  # a merged released file (OSEDiff from AdcSR's Hub repo)
+            load_full_weights(backbone, unet_state, vae_state, self.source)
+        else:
+            try:
+                backbone.load_lora_state_dict(unet_state, source=f"the weights of {self.source}")
+            except KeyError as err:
+                raise ModelFileError(str(err.args[0])) from err
+            if vae_state or backbone.vae_lora_modules:  # OSEDiff's VAE-encoder LoRA
+                check_names(backbone.vae_lora_state_dict(), vae_state, f"{self.source}: the VAE-encoder LoRA")
+                backbone.load_vae_lora_state_dict(vae_state, source=f"the weights of {self.source}")
         if lrrb is not None:
             try:
                 lrrb.load_state_dict(lrrb_state, strict=True)

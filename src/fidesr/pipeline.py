@@ -162,11 +162,12 @@ class FiDeSRPipeline:
         lfim: nn.Module | None | str = "stored",
         **kwargs: Any,
     ) -> FiDeSRPipeline:
-        """The one loader: a training checkpoint, an exported folder, the official ``.pkl``, a Hub repo id
-        or a :class:`~fidesr.model_files.TrainedWeights` (see :mod:`fidesr.model_files`), read as data.
+        """The one loader: a released model by name (``"fidesr"``, ``"osediff"``, ``"pisasr"``:
+        :mod:`fidesr.released`), a training checkpoint, an exported folder, an official ``.pkl``, a Hub repo
+        id or a :class:`~fidesr.model_files.TrainedWeights` (see :mod:`fidesr.model_files`), read as data.
 
         Args:
-            source: where the trained weights are.
+            source: where the trained weights are (resolved by :func:`fidesr.released.locate_model`).
             pretrained: base SD 2.1-base (hub id or folder), replacing the one the source names.
             device, dtype: see :meth:`for_inference`.
             revision: Hub revision for a repo id.
@@ -175,12 +176,15 @@ class FiDeSRPipeline:
             kwargs: pipeline options (tiling, colour fix, ...); they win over the stored ``model`` defaults.
         """
         from fidesr.model_files import TrainedWeights
+        from fidesr.released import locate_model
 
         weights = (
             source
             if isinstance(source, TrainedWeights)
             else TrainedWeights.load(
-                source, pretrained=pretrained, revision=revision, unsafe_pickle=unsafe_pickle
+                locate_model(str(source), revision=revision),
+                pretrained=pretrained,
+                unsafe_pickle=unsafe_pickle,
             )
         )
         backbone, lrrb, stored_lfim = weights.build(pretrained)
@@ -191,6 +195,8 @@ class FiDeSRPipeline:
             backbone, lrrb, lfim_module, device=device, dtype=dtype, **{**defaults, **kwargs}
         )
         pipe.weights = weights
+        if weights.info.get("prompt_note") and not pipe.prompt:  # e.g. OSEDiff without its DAPE tagger
+            log.info("%s: %s", weights.source, weights.info["prompt_note"])
         return pipe
 
     def save_pretrained(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -130,8 +130,8 @@ def test_examples_and_page_build_offline(pipe: FiDeSRPipeline, tmp_path: Path) -
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        main(["--port", "0"])  # no model given
-    assert "give exactly one of --checkpoint or --official" in capsys.readouterr().err
+        main(["--model", "fidesr", "--checkpoint", "x.ckpt", "--port", "0"])  # two models given
+    assert "give one of --model (or its alias --checkpoint) or --official" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path / "missing.ckpt"), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("fidesr-app: error: model not found:") and "missing.ckpt" in err

@@ -136,8 +136,8 @@ def test_missing_inputs_and_bad_arguments(
 ) -> None:
     assert _run([tmp_path / "nope.png"], tmp_path / "o", adapter) == 1
     assert "nope.png: no such file or folder" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([str(tmp_path), "-o", str(tmp_path / "o")])  # no model given
+    with pytest.raises(SystemExit):  # two models given (no model at all is the released fidesr)
+        main([str(tmp_path), "-o", str(tmp_path / "o"), "--model", "fidesr", "--checkpoint", str(adapter)])
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """``fidesr-app``: the interactive explorer (Gradio) around one loaded model.
 
-    fidesr-app --checkpoint CKPT|EXPORTED_DIR|USER/NAME [--pretrained SD] [--host 127.0.0.1] [--port 7860]
+    fidesr-app [--model fidesr|osediff|pisasr|CKPT|EXPORTED_DIR|USER/NAME] [--pretrained SD] [--host 127.0.0.1]
     fidesr-app --official fidesr.pkl --pretrained SD21_BASE
 
 Needs the optional extra ``fidesr[app]`` (``make install`` installs it). The model is loaded once, then the
@@ -71,14 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fidesr.errors import report_errors
     from fidesr.pipeline import load_pipeline
 
-    print(f"fidesr-app: loading {args.checkpoint or args.official} ...", flush=True)
+    print(f"fidesr-app: loading {args.model or args.official} ...", flush=True)
     kwargs = loader_kwargs(args)
     try:
         # A model that cannot be loaded (missing file, wrong format, no SD weights) is one line, as in
         # fidesr-upscale; anything else is a bug and keeps its traceback.
         pipe = report_errors(
             "fidesr-app",
-            lambda: load_pipeline(args.checkpoint, args.official, args.pretrained, **kwargs),
+            lambda: load_pipeline(args.model, args.official, args.pretrained, **kwargs),
             args.debug,
         )
     except SystemExit as stop:

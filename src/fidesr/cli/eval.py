@@ -4,8 +4,9 @@
 
 Writes into ``output_dir``: ``per_image.csv`` (``name`` then one column per metric), ``summary.csv`` and
 ``summary.md`` (our row, then the published rows if ``paper_rows`` is set). SR and GT are matched by file
-name; no-reference metrics need no ``gt_dir``. Checkpoint mode (``checkpoint=... lq_dir=...``) first
-produces the SR folder with ``fidesr.pipeline.FiDeSRPipeline``, then evaluates it the same way.
+name; no-reference metrics need no ``gt_dir``. Checkpoint mode (``checkpoint=NAME_OR_PATH lq_dir=...``, the model
+as ``fidesr-upscale --model`` takes it; ``lq_dir`` alone uses the released ``fidesr`` model) first produces the
+SR folder with ``fidesr.pipeline.FiDeSRPipeline``, then evaluates it the same way.
 
 All metric definitions come from ``fidesr.metrics.MetricSuite`` (the callback uses the same suite).
 """
@@ -107,8 +108,10 @@ def evaluate_folders(
     progress: bool = True,
     stand_ins: dict[str, Any] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    notes: Sequence[str] = (),
 ) -> EvalResult:
     """Folder mode. ``metrics`` is a list of names or the ``conf/metrics`` mapping. See module doc.
+    ``notes``: extra lines for summary.md (the model and its prompt source, in checkpoint mode).
 
     Every SR and GT file is decoded once before any metric runs: unreadable, truncated or oversized files
     are listed together (:class:`ImageCheckError`), instead of stopping at the first one after minutes.
@@ -167,7 +170,7 @@ def evaluate_folders(
         label=label or sr_dir.name,
         n_images=len(pairs),
         paper_rows=paper_rows,
-        context=_context(sr_dir, gt_dir, suite, crop_border, test_y_channel, color_space),
+        context=[*_context(sr_dir, gt_dir, suite, crop_border, test_y_channel, color_space), *notes],
     )
     return result
 
@@ -220,11 +223,24 @@ def write_reports(
     return files
 
 
-def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path) -> Path:
+def model_spec(cfg: DictConfig) -> str | None:
+    """The model of checkpoint mode: ``checkpoint`` (a released name or a location), else the released
+    ``fidesr`` when LQ images are given without SR images; None: folder mode. (Not a key ``model``: Hydra
+    reads ``model=...`` as a choice of the training tree's ``conf/model`` group.)"""
+    from fidesr.released import DEFAULT_MODEL
+
+    spec = cfg.get("checkpoint")
+    if spec is None and cfg.sr_dir is None and cfg.lq_dir is not None:
+        spec = DEFAULT_MODEL
+    return None if spec is None else str(spec)
+
+
+def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path, notes: list[str] | None = None) -> Path:
     """Checkpoint mode: upscale every image of ``cfg.lq_dir`` into ``sr_dir`` with the model that
-    ``cfg.checkpoint`` names (any source :meth:`fidesr.pipeline.FiDeSRPipeline.from_pretrained` reads:
-    training checkpoint, exported folder, official ``.pkl``, Hub repo id), with the precision and tiling
-    options of ``fidesr-upscale``. Unreadable LQ files are listed before the model is loaded."""
+    ``cfg.checkpoint`` names (any source :meth:`fidesr.pipeline.FiDeSRPipeline.from_pretrained`
+    reads: released name, training checkpoint, exported folder, official ``.pkl``, Hub repo id), with the
+    precision and tiling options of ``fidesr-upscale``. Unreadable LQ files are listed before the model is
+    loaded. ``notes`` receives the lines that describe the model (:func:`fidesr.released.model_notes`)."""
     from tqdm.auto import tqdm
 
     from fidesr.pipeline import FiDeSRPipeline
@@ -239,8 +255,10 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path) -> Path:
         raise ImageCheckError(
             f"{len(problems)} unreadable LQ image(s); nothing was computed:\n  " + "\n  ".join(problems)
         )
+    from fidesr.released import model_notes
+
     pipe = FiDeSRPipeline.from_pretrained(
-        cfg.checkpoint,
+        model_spec(cfg) or "fidesr",
         pretrained=cfg.pretrained,
         device=resolve_device(cfg.device),
         dtype=cfg.precision,
@@ -249,6 +267,8 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path) -> Path:
         tile_overlap=cfg.tile_overlap,
         vae_tiling=cfg.vae_tiling,
     )
+    if notes is not None:
+        notes.extend(model_notes(pipe))
     lfim = cfg.get("lfim") or {}
     # LFIM strengths per call (None: the checkpoint's own), and a seeded VAE sample per image, so that the
     # jobs of an LFIM sweep differ only in the strengths.
@@ -283,11 +303,12 @@ def run(cfg: DictConfig) -> EvalResult:
         cfg.lq_dir, cfg.gt_dir = cfg.lq_dir or str(found.lq), cfg.gt_dir or str(found.gt)
         if cfg.paper_rows is None and canonical_set(cfg.test_set) in PUBLISHED:
             cfg.paper_rows = canonical_set(cfg.test_set)
-    if cfg.checkpoint is not None:
-        sr_dir = sr_from_checkpoint(cfg, out / "sr")
+    notes: list[str] = []
+    if model_spec(cfg) is not None:
+        sr_dir = sr_from_checkpoint(cfg, out / "sr", notes)
     elif cfg.sr_dir is None:
         raise MissingInputError(
-            "give sr_dir=DIR (folder mode) or checkpoint=CKPT lq_dir=DIR (checkpoint mode)"
+            "give sr_dir=DIR (folder mode) or checkpoint=NAME_OR_PATH lq_dir=DIR (checkpoint mode)"
         )
     else:
         sr_dir = Path(cfg.sr_dir)
@@ -308,6 +329,7 @@ def run(cfg: DictConfig) -> EvalResult:
         num_workers=cfg.num_workers,
         progress=cfg.progress,
         max_pixels=cfg.max_pixels,
+        notes=notes,
     )
     print(result.files["summary_md"].read_text())
     log.info("wrote %s", ", ".join(str(p) for p in result.files.values()))

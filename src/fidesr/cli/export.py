@@ -2,6 +2,7 @@
 
     fidesr-export CKPT -o DIR [--overwrite]
     fidesr-export fidesr.pkl -o DIR              # the official checkpoint, in the same format
+    fidesr-export osediff -o DIR                 # a released model by name (fidesr, osediff, pisasr)
     hf upload USER/NAME DIR                      # then: fidesr-upscale IN -o OUT --checkpoint USER/NAME
 
 DIR holds ``pytorch_lora_weights.safetensors`` (the UNet LoRA in diffusers/PEFT format, written by
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fidesr.errors import MissingInputError, report_errors
+from fidesr.errors import report_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "source", help="training checkpoint (.ckpt), official FiDeSR .pkl, exported folder or Hub repo id"
+        "source",
+        help="released model name (fidesr, osediff, pisasr), training checkpoint (.ckpt), official .pkl, "
+        "exported folder or Hub repo id",
     )
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an export already in DIR")
@@ -66,11 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> int:
         from fidesr.model_files import TrainedWeights
+        from fidesr.released import locate_model
 
-        src = Path(args.source).expanduser()
-        if not src.exists() and "/" not in args.source:
-            raise MissingInputError(f"no such file or folder: {args.source}")
-        weights = TrainedWeights.load(args.source, unsafe_pickle=args.unsafe_pickle)
+        src = Path(locate_model(args.source))  # a released name: its file, fetched into the HF cache
+        weights = TrainedWeights.load(src, unsafe_pickle=args.unsafe_pickle)
         metrics = last_validation_metrics(src) if src.is_file() else {}
         out = weights.save_pretrained(args.output, overwrite=args.overwrite, metrics=metrics)
         size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())

@@ -9,14 +9,18 @@ from typing import Any
 
 
 def add_model_options(parser: argparse.ArgumentParser, title: str = "model (one of)") -> None:
-    """``--checkpoint`` / ``--official`` / ``--pretrained`` / ``--revision`` / ``--unsafe-pickle``."""
+    """``--model`` (``--checkpoint``) / ``--official`` / ``--pretrained`` / ``--revision`` / ``--unsafe-pickle``."""
+    from fidesr.released import DEFAULT_MODEL, RELEASED
+
     src = parser.add_argument_group(title)
     src.add_argument(
-        "--checkpoint",
-        metavar="MODEL",
-        help="training checkpoint (.ckpt), exported folder (fidesr-export), official .pkl or Hub repo "
-        "id USER/NAME",
+        "--model",
+        metavar="NAME_OR_PATH",
+        help=f"a released model ({', '.join(RELEASED)}; default {DEFAULT_MODEL}, fetched into the Hugging Face "
+        "cache), a training checkpoint (.ckpt), an exported folder (fidesr-export), an official .pkl or a "
+        "Hub repo id USER/NAME",
     )
+    src.add_argument("--checkpoint", metavar="MODEL", help="the same as --model (kept for old scripts)")
     src.add_argument("--official", type=Path, metavar="PKL", help="official FiDeSR checkpoint (fidesr.pkl)")
     src.add_argument(
         "--pretrained",
@@ -25,7 +29,8 @@ def add_model_options(parser: argparse.ArgumentParser, title: str = "model (one 
         "a checkpoint names)",
     )
     src.add_argument(
-        "--revision", help="Hub revision (branch, tag, commit) of a repo id given to --checkpoint"
+        "--revision",
+        help="Hub revision (branch, tag, commit) of a released model's file or a repo id given to --model",
     )
     src.add_argument(
         "--unsafe-pickle",
@@ -62,8 +67,15 @@ def add_tiling_options(group: argparse._ArgumentGroup) -> None:
 
 
 def check_model_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if (args.checkpoint is None) == (args.official is None):
-        parser.error("give exactly one of --checkpoint or --official")
+    """At most one model source; none given is the released FiDeSR model (``args.model`` set to it)."""
+    from fidesr.released import DEFAULT_MODEL
+
+    given = [f for f, v in (("--model", args.model), ("--checkpoint", args.checkpoint)) if v is not None]
+    if len(given) + (args.official is not None) > 1:
+        parser.error("give one of --model (or its alias --checkpoint) or --official")
+    args.model = args.model or args.checkpoint
+    if args.model is None and args.official is None:
+        args.model = DEFAULT_MODEL
 
 
 def loader_kwargs(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:

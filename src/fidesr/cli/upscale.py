@@ -1,7 +1,10 @@
 """``fidesr-upscale``: super-resolve image files and folders.
 
-    fidesr-upscale INPUT... -o OUTPUT_DIR --checkpoint CKPT|EXPORT_DIR|USER/NAME [--pretrained SD]
+    fidesr-upscale INPUT... -o OUTPUT_DIR [--model fidesr|osediff|pisasr|CKPT|EXPORT_DIR|FILE.pkl|USER/NAME]
     fidesr-upscale INPUT... -o OUTPUT_DIR --official fidesr.pkl [--pretrained SD21_BASE]
+
+``--model`` defaults to ``fidesr``, the released FiDeSR model (fetched into the Hugging Face cache; see
+:mod:`fidesr.released`); ``--checkpoint`` is its old name.
 
 Inputs are image files or folders (``--recursive`` descends). Each result is ``OUTPUT_DIR/<input stem>.png``,
 written atomically (a temporary file renamed into place: Ctrl-C never leaves a partial PNG). Existing
@@ -166,7 +169,7 @@ def _load_pipeline(args: argparse.Namespace):
     ):
         if value is not None:
             kwargs[key] = value
-    pipe = load_pipeline(args.checkpoint, args.official, args.pretrained, **kwargs)
+    pipe = load_pipeline(args.model, args.official, args.pretrained, **kwargs)
     if pipe.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed tile shapes: the tuned convolution algorithms repeat
     if args.compile:
