@@ -160,6 +160,7 @@ TARGET_ARGS: dict[str, dict[str, Arg]] = {
         "variant": _STR_OR_NULL,
         "local_files_only": Arg("bool", none=True),
         "weights": _BOOL,
+        "expect": Arg("choice", choices=("auto", "sd21-base"), none=True),  # the base-model check
         **_BACKBONE_ARGS,
     },
     TINY_TARGET: {
