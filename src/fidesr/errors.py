@@ -5,12 +5,17 @@ Every error that is the user's input (a file, a key, a value) rather than a bug 
 non-zero, and show the traceback only with ``--debug`` (argparse tools) or ``HYDRA_FULL_ERROR=1`` (Hydra
 tools). Anything else is a bug and keeps its traceback.
 
+A full disk (``ENOSPC``, a quota, a file-size limit) is the user's problem too: :func:`user_error` turns it
+into ``no space left writing PATH (...)``, whichever library was writing.
+
 The subclasses also derive from the built-in type code would catch (``ValueError``, ``FileNotFoundError``,
 ``RuntimeError``), so ``except ValueError`` keeps working where it did.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import sys
 import traceback
@@ -41,13 +46,58 @@ class MissingInputError(FidesrError, FileNotFoundError):
     """A file or folder the user named does not exist."""
 
 
+#: ``errno`` of a write that found no room: no space left, disk quota exceeded, file-size limit
+#: (``RLIMIT_FSIZE``, with SIGXFSZ ignored).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class DiskFullError(FidesrError, OSError):
+    """A file could not be written for want of space (or quota, or a file-size limit); the message names
+    the file. Its ``errno`` is the original one."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is an ``OSError`` with one of :data:`DISK_FULL_ERRNOS`."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def disk_full_error(exc: OSError, path: str | os.PathLike | None = None) -> DiskFullError:
+    """The one-line :class:`DiskFullError` of a full-disk ``exc``: ``no space left writing PATH (reason)``.
+
+    ``path`` (else the error's own file name, else the file being written in the frames of ``exc``'s
+    traceback: a bare ``write()`` error names no file) is the file named.
+    """
+    if isinstance(exc, DiskFullError):
+        return exc
+    where = path or exc.filename or _file_being_written(exc) or "a file"
+    out = DiskFullError(f"no space left writing {os.fspath(where)} ({exc.strerror or exc})")
+    out.errno = exc.errno
+    return out
+
+
+def _file_being_written(exc: BaseException) -> str | None:
+    """The name of the innermost open file (a local of a frame of ``exc``'s traceback) opened for writing."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            name, mode = getattr(value, "name", None), getattr(value, "mode", "")
+            if isinstance(value, io.IOBase) and isinstance(name, str) and any(c in str(mode) for c in "wax+"):
+                found = name
+        tb = tb.tb_next
+    return found
+
+
 def user_error(exc: BaseException) -> FidesrError | None:
     """The :class:`FidesrError` behind ``exc``: itself, or one it was raised from (Hydra's instantiate
-    wraps a constructor's error in its own ``InstantiationException``)."""
+    wraps a constructor's error in its own ``InstantiationException``); a full disk (an ``OSError`` of
+    :data:`DISK_FULL_ERRNOS`, whoever wrote) becomes a :class:`DiskFullError` naming the file."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, FidesrError):
             return exc
+        if is_disk_full(exc):
+            return disk_full_error(exc)
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None

@@ -304,7 +304,7 @@ def run(cfg: DictConfig) -> EvalResult:
 
 
 @hydra.main(config_path="pkg://fidesr.conf", config_name="eval", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     from fidesr.runinfo import hydra_multirun
 
     multirun, job_dir, _ = hydra_multirun()
@@ -312,6 +312,13 @@ def main(cfg: DictConfig) -> None:
         cfg.output_dir = str(job_dir)  # each sweep job writes into its own folder
     # The user's input errors are one line (the traceback with HYDRA_FULL_ERROR=1).
     report_errors("fidesr-eval", lambda: run(cfg))
+
+
+def main() -> None:
+    """Entry point (``fidesr-eval``): the Hydra app, its own files' full disk reported as one line."""
+    from fidesr.cli import run_hydra
+
+    run_hydra("fidesr-eval", _hydra_main)
 
 
 if __name__ == "__main__":

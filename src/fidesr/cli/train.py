@@ -218,7 +218,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    _hydra_main()
+    from fidesr.cli import run_hydra
+
+    run_hydra("fidesr-train", _hydra_main)
 
 
 if __name__ == "__main__":
