@@ -35,7 +35,7 @@ from fidesr.cli.options import (
     loader_kwargs,
 )
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image, save_image
-from fidesr.errors import ConfigValueError, report_errors
+from fidesr.errors import ConfigValueError, DiskFullError, report_errors
 
 log = logging.getLogger("fidesr.upscale")
 
@@ -275,6 +275,9 @@ def _upscale(args: argparse.Namespace) -> int:
                         ).sr.cpu()
                         for (_, dst, _), sr in zip(group, out, strict=True):
                             written.append(save_image(sr, dst))
+                    except DiskFullError as err:  # the next outputs would fail alike: stop, keep the written
+                        bar.close()
+                        raise DiskFullError(f"{err}; the {len(written)} written before it are kept") from err
                     except (RuntimeError, ValueError, OSError) as err:  # e.g. CUDA out of memory: next input
                         for src, _, _ in group:
                             plan.failed.append((str(src), f"{type(err).__name__}: {err}"))
