@@ -19,7 +19,7 @@ import io
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -36,6 +36,18 @@ class ModelFileError(FidesrError, ValueError):
 
 class UntrustedConfigError(ModelFileError):
     """A config stored in a model file names something outside fidesr's allow-list."""
+
+
+class PickleRefusedError(ModelFileError):
+    """A ``.ckpt``/``.pkl`` needs more than weights-only loading allows. The message says so without
+    naming a way out: what the user can do depends on the command (``report_errors``' ``advice``)."""
+
+
+#: The advice of the commands that take ``--unsafe-pickle`` (fidesr-upscale, fidesr-app, fidesr-export).
+UNSAFE_PICKLE_ADVICE = {
+    PickleRefusedError: "if you trust the file's origin, --unsafe-pickle unpickles it fully, which runs any "
+    "code it names"
+}
 
 
 class ConfigValueError(FidesrError, ValueError):
@@ -56,22 +68,38 @@ class DiskFullError(FidesrError, OSError):
     the file. Its ``errno`` is the original one."""
 
 
+def full_disk_cause(exc: BaseException) -> OSError | None:
+    """The ``OSError`` of :data:`DISK_FULL_ERRNOS` that is ``exc`` or that it was raised from (torch's
+    writer, for one, turns a failed ``write()`` into a ``RuntimeError``); None if there is none."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` is an ``OSError`` with one of :data:`DISK_FULL_ERRNOS`."""
-    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+    """Whether ``exc`` is, or was raised from, an ``OSError`` of :data:`DISK_FULL_ERRNOS`."""
+    return full_disk_cause(exc) is not None
 
 
-def disk_full_error(exc: OSError, path: str | os.PathLike | None = None) -> DiskFullError:
+def disk_full_error(exc: BaseException, path: str | os.PathLike | None = None) -> DiskFullError:
     """The one-line :class:`DiskFullError` of a full-disk ``exc``: ``no space left writing PATH (reason)``.
 
-    ``path`` (else the error's own file name, else the file being written in the frames of ``exc``'s
-    traceback: a bare ``write()`` error names no file) is the file named.
+    ``path`` (else the error's own file name, else the file being written in the frames of its traceback:
+    a bare ``write()`` error names no file) is the file named.
     """
     if isinstance(exc, DiskFullError):
         return exc
-    where = path or exc.filename or _file_being_written(exc) or "a file"
-    out = DiskFullError(f"no space left writing {os.fspath(where)} ({exc.strerror or exc})")
-    out.errno = exc.errno
+    cause = full_disk_cause(exc) or exc
+    filename = getattr(cause, "filename", None)
+    where = path or filename or _file_being_written(cause) or "a file"
+    out = DiskFullError(
+        f"no space left writing {os.fspath(where)} ({getattr(cause, 'strerror', None) or cause})"
+    )
+    out.errno = getattr(cause, "errno", None)
     return out
 
 
@@ -96,7 +124,7 @@ def user_error(exc: BaseException) -> FidesrError | None:
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, FidesrError):
             return exc
-        if is_disk_full(exc):
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
             return disk_full_error(exc)
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
@@ -108,12 +136,19 @@ def debug_requested(argv_flag: bool = False) -> bool:
     return argv_flag or os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
-def report_errors(prog: str, func: Callable[[], T], debug: bool = False) -> T:
+def report_errors(
+    prog: str,
+    func: Callable[[], T],
+    debug: bool = False,
+    advice: Mapping[type[FidesrError], str] | None = None,
+) -> T:
     """Run ``func``; a :class:`FidesrError` (or an error raised from one) becomes ``prog: error: message``
     on stderr and exit status 1.
 
     With ``debug`` (or ``HYDRA_FULL_ERROR=1``) the traceback is printed as well. Other exceptions are
-    bugs and propagate unchanged.
+    bugs and propagate unchanged. ``advice``: what this command lets the user do about an error type,
+    appended as ``message; advice`` (e.g. :data:`UNSAFE_PICKLE_ADVICE`: only the commands with the option
+    name it).
     """
     try:
         return func()
@@ -123,5 +158,6 @@ def report_errors(prog: str, func: Callable[[], T], debug: bool = False) -> T:
             raise
         if debug_requested(debug):
             traceback.print_exc()
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        hint = next((text for kind, text in (advice or {}).items() if isinstance(err, kind)), None)
+        print(f"{prog}: error: {err}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         raise SystemExit(1) from None

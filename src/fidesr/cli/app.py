@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's start-up self-check requests
     from fidesr.app import InputLimits, build_app, launch_app, write_examples
-    from fidesr.errors import report_errors
+    from fidesr.errors import UNSAFE_PICKLE_ADVICE, report_errors
     from fidesr.pipeline import load_pipeline
 
     print(f"fidesr-app: loading {args.checkpoint or args.official} ...", flush=True)
@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fidesr-app",
             lambda: load_pipeline(args.checkpoint, args.official, args.pretrained, **kwargs),
             args.debug,
+            advice=UNSAFE_PICKLE_ADVICE,
         )
     except SystemExit as stop:
         return int(stop.code or 0)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fidesr.errors import MissingInputError, report_errors
+from fidesr.errors import UNSAFE_PICKLE_ADVICE, MissingInputError, report_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
 
-    return report_errors("fidesr-export", run, debug=args.debug)
+    return report_errors("fidesr-export", run, debug=args.debug, advice=UNSAFE_PICKLE_ADVICE)
 
 
 if __name__ == "__main__":

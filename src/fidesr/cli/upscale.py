@@ -35,7 +35,7 @@ from fidesr.cli.options import (
     loader_kwargs,
 )
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image, save_image
-from fidesr.errors import ConfigValueError, DiskFullError, report_errors
+from fidesr.errors import UNSAFE_PICKLE_ADVICE, ConfigValueError, DiskFullError, report_errors
 
 log = logging.getLogger("fidesr.upscale")
 
@@ -225,7 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.lf_scale, args.hf_scale = 0.0, 0.0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        return report_errors("fidesr-upscale", lambda: _upscale(args), debug=args.debug)
+        return report_errors(
+            "fidesr-upscale", lambda: _upscale(args), debug=args.debug, advice=UNSAFE_PICKLE_ADVICE
+        )
     except SystemExit as stop:
         return int(stop.code or 0)
 
