@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Mapping
@@ -68,12 +69,24 @@ class DiskFullError(FidesrError, OSError):
     the file. Its ``errno`` is the original one."""
 
 
-def full_disk_cause(exc: BaseException) -> OSError | None:
-    """The ``OSError`` of :data:`DISK_FULL_ERRNOS` that is ``exc`` or that it was raised from (torch's
-    writer, for one, turns a failed ``write()`` into a ``RuntimeError``); None if there is none."""
+def _disk_full_errno(exc: BaseException) -> int | None:
+    """The errno of :data:`DISK_FULL_ERRNOS` that ``exc`` reports: an ``OSError``'s, or the ``(os error N)``
+    that Rust writers (safetensors) put in their message; None otherwise."""
+    if isinstance(exc, OSError):
+        return exc.errno if exc.errno in DISK_FULL_ERRNOS else None
+    found = _RUST_OS_ERROR.search(str(exc))
+    return int(found.group(1)) if found and int(found.group(1)) in DISK_FULL_ERRNOS else None
+
+
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def full_disk_cause(exc: BaseException) -> BaseException | None:
+    """The error of a full disk that is ``exc`` or that it was raised from (torch's writer turns a failed
+    ``write()`` into a ``RuntimeError``, safetensors into a ``SafetensorError``); None if there is none."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        if _disk_full_errno(exc) is not None:
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
@@ -81,7 +94,7 @@ def full_disk_cause(exc: BaseException) -> OSError | None:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` is, or was raised from, an ``OSError`` of :data:`DISK_FULL_ERRNOS`."""
+    """Whether ``exc`` is, or was raised from, a full disk (:data:`DISK_FULL_ERRNOS`)."""
     return full_disk_cause(exc) is not None
 
 
@@ -94,12 +107,10 @@ def disk_full_error(exc: BaseException, path: str | os.PathLike | None = None) -
     if isinstance(exc, DiskFullError):
         return exc
     cause = full_disk_cause(exc) or exc
-    filename = getattr(cause, "filename", None)
-    where = path or filename or _file_being_written(cause) or "a file"
-    out = DiskFullError(
-        f"no space left writing {os.fspath(where)} ({getattr(cause, 'strerror', None) or cause})"
-    )
-    out.errno = getattr(cause, "errno", None)
+    code = _disk_full_errno(cause)
+    where = path or getattr(cause, "filename", None) or _file_being_written(cause) or "a file"
+    out = DiskFullError(f"no space left writing {os.fspath(where)} ({os.strerror(code) if code else cause})")
+    out.errno = code
     return out
 
 
@@ -124,7 +135,7 @@ def user_error(exc: BaseException) -> FidesrError | None:
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, FidesrError):
             return exc
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        if _disk_full_errno(exc) is not None:
             return disk_full_error(exc)
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
