@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from fidesr.data.imageio import ImageLoadError, load_image, open_image, save_image, to_uint8
+from fidesr.errors import DiskFullError
 from fidesr.pipeline import COLOR_FIXES, FiDeSRPipeline
 
 if TYPE_CHECKING:
@@ -283,6 +284,9 @@ def build_app(
         except AppInputError as err:
             log.warning("fidesr-app: rejected upload: %s", err)
             raise gr.Error(str(err), title="Cannot use this image", print_exception=False) from None
+        except DiskFullError as err:  # the PNG could not be written: say which, the server goes on
+            log.error("fidesr-app: %s", err)
+            raise gr.Error(str(err), title="Disk full", print_exception=False) from None
         except RequestTimeoutError as err:  # the queue moves on to the next request
             log.warning("fidesr-app: %s (%s)", err, Path(path).name)
             raise gr.Error(
