@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -181,3 +182,26 @@ def write_png_bomb(path: Path, side: int = 100_000) -> Path:
 def png_bomb():
     """write_png_bomb(path, side=100_000) -> path."""
     return write_png_bomb
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+    """A full disk without a tmpfs: within the block, writing a file past ``limit`` bytes fails with EFBIG
+    (``RLIMIT_FSIZE``, with SIGXFSZ ignored so the write raises instead of killing the process)."""
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+@pytest.fixture
+def full_disk():
+    """file_size_limit(limit) -> a context manager: files written in it fail past ``limit`` bytes."""
+    return file_size_limit

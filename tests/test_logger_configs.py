@@ -56,3 +56,30 @@ def test_tensorboard_run_has_scalars_grids_and_the_csv(
     assert "val/demo/psnr" in scalars and "train/loss/total" in scalars
     assert "val/demo/grid" in images
     assert set(scalars) >= {k for k in log[-1] if k.startswith("val/")}  # the same scalars as the CSV
+
+
+def test_the_job_log_file_on_a_full_disk_is_one_warning(
+    tmp_path: Path, full_disk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hydra's job log of fidesr-train and fidesr-eval is a JobLogFile: a full disk is one warning naming it,
+    not logging's traceback for every record."""
+    import logging
+
+    from hydra import compose, initialize_config_module
+
+    from fidesr.loggers import JobLogFile
+
+    for name in ("train", "eval"):
+        with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
+            cfg = compose(name, return_hydra_config=True)
+        assert cfg.hydra.job_logging.handlers.file["class"] == "fidesr.loggers.JobLogFile", name
+    handler = JobLogFile(tmp_path / "train.log")
+    record = logging.LogRecord("fidesr.train", logging.INFO, __file__, 1, "x" * 200, None, None)
+    with full_disk(100):
+        for _ in range(3):
+            handler.emit(record)
+    handler.close()
+    err = capsys.readouterr().err
+    assert err == (
+        f"warning: no space left writing {tmp_path / 'train.log'} (File too large); the log file stops here\n"
+    )

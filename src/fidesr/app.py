@@ -11,10 +11,16 @@ Two layers, so that the logic is testable without a browser:
   :func:`upscale_request` (image + strengths + colour fix -> :class:`AppResult`) are plain functions;
 - :func:`build_app` wires them into a ``gr.Blocks``; :func:`launch_app` serves it offline (no analytics, no
   share link, system fonts).
+
+Limits (:class:`InputLimits`, options of ``fidesr-app``), so that one user cannot hold the server: an upload's
+size in bytes (refused by Gradio's server before it is stored, and again by :func:`read_upload`) and in pixels
+(read from the header), a per-request time limit (a request that runs longer is stopped between two layers
+of the model and answered with an error, freeing the queue), and the number of requests waiting in the queue.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -28,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from fidesr.data.imageio import ImageLoadError, load_image, open_image, save_image, to_uint8
-from fidesr.errors import NonFiniteOutputError
+from fidesr.errors import DiskFullError, NonFiniteOutputError
 from fidesr.pipeline import COLOR_FIXES, FiDeSRPipeline
 
 if TYPE_CHECKING:
@@ -50,13 +56,48 @@ class AppInputError(ValueError):
     """An upload the app cannot process; the message is shown in the page as it is."""
 
 
+class RequestTimeoutError(RuntimeError):
+    """A request ran past the app's time limit and was stopped; the message is shown in the page."""
+
+
 @dataclass(frozen=True)
 class InputLimits:
     """What the page accepts. ``min_side``: px on each side (smaller is no SR problem); ``max_pixels``:
-    width x height of the input (the output has ``scale**2`` times more; the CPU/GPU time grows with it)."""
+    width x height of the input (the output has ``scale**2`` times more; the CPU/GPU time grows with it);
+    ``max_bytes``: the uploaded file's size; ``seconds``: the longest a request may run (None: no limit)."""
 
     min_side: int = 16
     max_pixels: int = 1024 * 1024
+    max_bytes: int = 20_000_000
+    seconds: float | None = 180.0
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1_000_000 else f"{n:,} bytes"
+
+
+@contextlib.contextmanager
+def time_limit(pipe: FiDeSRPipeline, seconds: float | None):
+    """Within the block, a call of ``pipe`` that runs past ``seconds`` is stopped with
+    :class:`RequestTimeoutError`: every module of the model checks the deadline as it is called (a forward
+    pre-hook; the checks cost microseconds per layer). The model's temporary settings are restored by their
+    own ``finally`` blocks, so the next request runs as usual. ``None`` or 0: no limit."""
+    if not seconds:
+        yield
+        return
+    deadline = time.monotonic() + seconds
+
+    def check(module: torch.nn.Module, args: Any) -> None:
+        if time.monotonic() > deadline:
+            raise RequestTimeoutError(f"stopped after {seconds:g} s, the app's time limit per request")
+
+    parts = [m for m in (pipe.backbone, pipe.lrrb, pipe.lfim) if isinstance(m, torch.nn.Module)]
+    handles = [m.register_forward_pre_hook(check) for part in parts for m in part.modules()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass
@@ -85,6 +126,9 @@ def read_upload(path: str | os.PathLike, limits: InputLimits = InputLimits()) ->
             by its base name: an upload's path is a server temporary file that means nothing to the user.
     """
     name = Path(path).name
+    size = os.stat(path).st_size
+    if size > limits.max_bytes:
+        raise AppInputError(f"{name} is {_bytes(size)}, over the upload limit of {_bytes(limits.max_bytes)}.")
     try:
         with open_image(path, max_pixels=limits.max_pixels) as img:
             width, height = img.size
@@ -109,6 +153,7 @@ def upscale_request(
     seed: int = 0,
     lambda_pix: float | None = None,
     lambda_sem: float | None = None,
+    seconds: float | None = None,
 ) -> AppResult:
     """Run one request of the page: super-resolve ``image`` and write the full-resolution PNG.
 
@@ -122,9 +167,11 @@ def upscale_request(
         seed: seed of the VAE posterior sample, fixed so that only the settings change the result.
         lambda_pix, lambda_sem: PiSA-SR's strengths of the pixel and semantic LoRA sets (models with two
             sets only; None: 1, the merged model).
+        seconds: time limit of the model call (:func:`time_limit`; None: none).
 
     Raises:
         AppInputError: invalid strengths or colour fix.
+        RequestTimeoutError: the model call ran past ``seconds``.
     """
     if color_fix not in COLOR_FIXES:
         raise AppInputError(f"colour fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
@@ -141,9 +188,15 @@ def upscale_request(
     generator = torch.Generator(device=pipe.device).manual_seed(seed)
     start = time.perf_counter()
     strengths = {"lambda_pix": lambda_pix, "lambda_sem": lambda_sem} if pipe.backbone.lora_sets else {}
-    out = pipe(
-        lq[None], lf_scale=lf_scale, hf_scale=hf_scale, color_fix=color_fix, generator=generator, **strengths
-    )
+    with time_limit(pipe, seconds):
+        out = pipe(
+            lq[None],
+            lf_scale=lf_scale,
+            hf_scale=hf_scale,
+            color_fix=color_fix,
+            generator=generator,
+            **strengths,
+        )
     sr, bicubic = out.sr[0].cpu(), out.lq_up[0].cpu()  # .cpu() waits for the device: the time is complete
     seconds = time.perf_counter() - start
     tag = "nolfim"
@@ -226,6 +279,7 @@ def build_app(
                 seed=seed,
                 lambda_pix=lp if two_sets else None,
                 lambda_sem=ls if two_sets else None,
+                seconds=limits.seconds,
             )
         except AppInputError as err:
             log.warning("fidesr-app: rejected upload: %s", err)
@@ -234,6 +288,14 @@ def build_app(
             log.error("fidesr-app: %s: %s", Path(path).name, err)
             raise gr.Error(
                 f"{Path(path).name}: {err}", title="Processing failed", print_exception=False
+            ) from None
+        except DiskFullError as err:  # the PNG could not be written: say which, the server goes on
+            log.error("fidesr-app: %s", err)
+            raise gr.Error(str(err), title="Disk full", print_exception=False) from None
+        except RequestTimeoutError as err:  # the queue moves on to the next request
+            log.warning("fidesr-app: %s (%s)", err, Path(path).name)
+            raise gr.Error(
+                f"The model was {err}. A smaller image is faster.", title="Too slow", print_exception=False
             ) from None
         except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory: the server goes on
             log.error("fidesr-app: the model failed: %s: %s", type(err).__name__, err)
@@ -342,16 +404,20 @@ def launch_app(
     host: str = "127.0.0.1",
     port: int = 7860,
     block: bool = True,
+    limits: InputLimits = InputLimits(),
+    queue_size: int = 16,
 ) -> str:
     """Serve the page on ``host:port`` (no share link, no analytics, no server-side rendering, no MCP);
-    returns the local URL (after Ctrl-C when ``block``)."""
+    returns the local URL (after Ctrl-C when ``block``). Gradio's server refuses an upload over
+    ``limits.max_bytes`` (HTTP 413) before storing it, and a request when ``queue_size`` already wait."""
     import gradio as gr
 
     # System fonts only: a theme with web fonts would fetch them at run time (the page must work offline).
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "Consolas", "monospace"]
     )
-    _, url, _ = demo.queue(default_concurrency_limit=1).launch(
+    _, url, _ = demo.queue(default_concurrency_limit=1, max_size=queue_size).launch(
+        max_file_size=limits.max_bytes,
         server_name=host,
         server_port=port,
         share=False,

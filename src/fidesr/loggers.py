@@ -74,3 +74,30 @@ def finish_wandb(exit_code: int = 0) -> None:
         return
     if wandb.run is not None:
         wandb.finish(exit_code=exit_code)
+
+
+class JobLogFile(logging.FileHandler):
+    """The Hydra job's log file (``hydra.job_logging.handlers.file`` of fidesr-train and fidesr-eval).
+
+    On a full disk it says once that the log file stops there (one line naming it) and drops the later
+    records, instead of logging's ``--- Logging error ---`` traceback for every record; the run's next write
+    of its own reports the full disk as its error. Any other failure is reported as logging does.
+    """
+
+    full = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.full:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        import sys
+
+        from fidesr.errors import disk_full_error, is_disk_full
+
+        exc = sys.exc_info()[1]
+        if exc is None or not is_disk_full(exc):
+            super().handleError(record)
+            return
+        self.full = True
+        print(f"warning: {disk_full_error(exc, self.baseFilename)}; the log file stops here", file=sys.stderr)

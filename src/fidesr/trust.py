@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from fidesr.errors import ModelFileError, UntrustedConfigError
+from fidesr.errors import ModelFileError, PickleRefusedError, UntrustedConfigError
 
 #: What a stored config may instantiate: the model parts an inference model is rebuilt from (backbone,
 #: LRRB, LFIM). tests/test_trust.py checks that every target of conf/{backbone,lrrb,lfim} is here.
@@ -326,8 +326,9 @@ def load_torch_file(path: str | os.PathLike, what: str, unsafe_pickle: bool = Fa
             a foreign file the user trusts; a warning says so.
 
     Raises:
-        ModelFileError: the file is missing, is not a torch file, or needs more than ``weights_only``
-            allows (the message names the type it wanted and the ``--unsafe-pickle`` way out).
+        ModelFileError: the file is missing or is not a torch file; :class:`PickleRefusedError` when it needs
+            more than ``weights_only`` allows (the message names the type it wanted; each command adds
+            its own way out, if it has one).
     """
     path = Path(path)
     if not path.is_file():
@@ -351,11 +352,10 @@ def load_torch_file(path: str | os.PathLike, what: str, unsafe_pickle: bool = Fa
         # torch's message names the global the file asked for: keep the line that says which.
         lines = [ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
         reason = lines[0] if lines else "unsupported type"
-        raise ModelFileError(
+        # No way out named here: it depends on the command (report_errors' advice; unsafe_pickle=True in Python).
+        raise PickleRefusedError(
             f"{path}: refusing to load this {what}: it is not made of tensors and plain values only "
-            f"(corrupt, or a pickle that names code: {reason}). "
-            "fidesr loads model files as data only; if you trust the file's origin, --unsafe-pickle "
-            "(unsafe_pickle=True) unpickles it fully, which runs any code it names"
+            f"(corrupt, or a pickle that names code: {reason}); fidesr loads model files as data only"
         ) from err
     except Exception as err:  # noqa: BLE001 - arbitrary bytes raise anything (IndexError, EOFError, ...)
         raise ModelFileError(

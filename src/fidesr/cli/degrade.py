@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
+from fidesr.cli.options import int_at_least
 from fidesr.data.degradations import PRESETS, load_preset
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image, save_image
+from fidesr.errors import report_errors
 
 
 def image_seed(seed: int, name: str) -> int:
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=0, help="run seed; each image's params derive from it and its name"
     )
-    parser.add_argument("--scale", type=int, default=4, help="downscale factor (default: 4)")
+    parser.add_argument("--scale", type=int_at_least(1), default=4, help="downscale factor (default: 4)")
     parser.add_argument(
         "--resize-back",
         action="store_true",
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace LQ files already in OUTPUT_DIR")
     parser.add_argument(
         "--max-pixels",
-        type=int,
+        type=int_at_least(1),
         default=DEFAULT_MAX_PIXELS,
         help=f"skip larger images (decompression bombs; default {DEFAULT_MAX_PIXELS:,})",
     )
@@ -60,12 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 all written, 1 some image failed, 2 nothing could start).
+    A full disk is one line naming the file (``fidesr-degrade: error: no space left writing ...``)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return report_errors("fidesr-degrade", lambda: _degrade(args))
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
+def _degrade(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    args = build_parser().parse_args(argv)
-    if args.scale < 1:
-        print("error: --scale must be >= 1", file=sys.stderr)
-        return 2
     try:
         files = list_images(args.input_dir)
     except FileNotFoundError as err:

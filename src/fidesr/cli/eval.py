@@ -24,10 +24,23 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fidesr.data.imageio import DEFAULT_MAX_PIXELS
+from fidesr.data.imageio import DEFAULT_MAX_PIXELS, atomic_write
 from fidesr.devices import resolve_device
-from fidesr.errors import FidesrError, MissingInputError, NonFiniteOutputError, report_errors
-from fidesr.metrics.images import check_images, list_images, match_pairs, read_for_metrics, save_image
+from fidesr.errors import (
+    FidesrError,
+    MissingInputError,
+    NonFiniteOutputError,
+    PickleRefusedError,
+    report_errors,
+)
+from fidesr.metrics.images import (
+    check_images,
+    list_images,
+    match_pairs,
+    read_for_metrics,
+    save_image,
+    size_mismatches,
+)
 from fidesr.metrics.published import published_rows
 from fidesr.metrics.specs import PROTOCOL, get_spec, parse_metric_config
 from fidesr.metrics.suite import MetricSuite
@@ -44,6 +57,13 @@ class EvalResult:
     per_image: list[dict[str, Any]]
     metrics: list[str]  # reported names, table order
     files: dict[str, Path] = field(default_factory=dict)
+
+
+#: fidesr-eval's way out of a refused pickle is its Hydra key, not the argparse tools' --unsafe-pickle.
+EVAL_ADVICE = {
+    PickleRefusedError: "if you trust the file's origin, unsafe_pickle=true unpickles it fully, which runs "
+    "any code it names"
+}
 
 
 class ImageCheckError(FidesrError, ValueError):
@@ -142,6 +162,14 @@ def evaluate_folders(
         raise ImageCheckError(
             f"{len(problems)} unreadable image(s); nothing was computed:\n  " + "\n  ".join(problems)
         )
+    # A pair is scored together: every pair of differing sizes named now, not a shape error later.
+    if mismatched := size_mismatches(pairs):
+        raise ImageCheckError(
+            mismatched[0]
+            if len(mismatched) == 1
+            else f"{len(mismatched)} SR/GT pairs differ in size; nothing was computed:\n  "
+            + "\n  ".join(mismatched)
+        )
     suite = MetricSuite(
         selection,
         crop_border=crop_border,
@@ -219,7 +247,8 @@ def write_reports(
     if paper_rows:
         md += ["Published rows: " + "; ".join(f"{r['label']}: {r['source']}" for r in rows[1:]), ""]
     files["summary_md"] = out / "summary.md"
-    files["summary_md"].write_text("\n".join(md))
+    with atomic_write(files["summary_md"]) as fh:
+        fh.write("\n".join(md).encode())
     return files
 
 
@@ -287,10 +316,48 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path, notes: list[str] | None = 
     return sr_dir
 
 
+#: Numeric keys and their lower bounds (None: any finite number), checked before any weight, image or model.
+_BOUNDS: dict[str, float | None] = {
+    "tile_size": 0,
+    "tile_overlap": 0,
+    "batch_size": 1,
+    "num_workers": 0,
+    "max_pixels": 1,
+    "crop_border": 0,
+    "lfim.lf_scale": 0,
+    "lfim.hf_scale": 0,
+    "lora_strengths.lambda_pix": None,
+    "lora_strengths.lambda_sem": None,
+}
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Refuse out-of-range or non-finite numbers (``tile_size=-5``, ``lfim.lf_scale=inf``) with one line
+    naming the key, before anything is loaded. ``null`` (the model's own value) passes."""
+    import math
+
+    from fidesr.errors import ConfigValueError
+
+    for key, low in _BOUNDS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        want = "a finite number" + (f" >= {low:g}" if low is not None else "")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigValueError(f"{key}={value!r}: must be {want}")
+        if not math.isfinite(value) or (low is not None and value < low):
+            raise ConfigValueError(f"{key}={value}: must be {want}")
+    if cfg.tile_size and cfg.tile_overlap >= cfg.tile_size:
+        raise ConfigValueError(
+            f"tile_overlap={cfg.tile_overlap} must be smaller than tile_size={cfg.tile_size} (or tile_size=0)"
+        )
+
+
 def run(cfg: DictConfig) -> EvalResult:
     """The app without Hydra's wrapper (tests call it with a composed config)."""
     from fidesr.metrics import weights as W
 
+    check_options(cfg)
     # Before any image is produced or read: the metrics' weight files, fetched when online (required
     # metrics must then be complete; optional ones without files are reported as skipped).
     W.ensure_run_weights(OmegaConf.to_container(cfg.metrics, resolve=True), cfg.weights_dir, log=log.info)
@@ -337,14 +404,21 @@ def run(cfg: DictConfig) -> EvalResult:
 
 
 @hydra.main(config_path="pkg://fidesr.conf", config_name="eval", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     from fidesr.runinfo import hydra_multirun
 
     multirun, job_dir, _ = hydra_multirun()
     if multirun and job_dir is not None:
         cfg.output_dir = str(job_dir)  # each sweep job writes into its own folder
     # The user's input errors are one line (the traceback with HYDRA_FULL_ERROR=1).
-    report_errors("fidesr-eval", lambda: run(cfg))
+    report_errors("fidesr-eval", lambda: run(cfg), advice=EVAL_ADVICE)
+
+
+def main() -> None:
+    """Entry point (``fidesr-eval``): the Hydra app, its own files' full disk reported as one line."""
+    from fidesr.cli import run_hydra
+
+    run_hydra("fidesr-eval", _hydra_main)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fidesr.errors import report_errors
+from fidesr.errors import (
+    UNSAFE_PICKLE_ADVICE,
+    disk_full_error,
+    is_disk_full,
+    report_errors,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,14 +79,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         src = Path(locate_model(args.source))  # a released name: its file, fetched into the HF cache
         weights = TrainedWeights.load(src, unsafe_pickle=args.unsafe_pickle)
         metrics = last_validation_metrics(src) if src.is_file() else {}
-        out = weights.save_pretrained(args.output, overwrite=args.overwrite, metrics=metrics)
+        try:
+            out = weights.save_pretrained(args.output, overwrite=args.overwrite, metrics=metrics)
+        except Exception as err:  # diffusers/safetensors name no file: the export folder is what was written
+            if is_disk_full(err):
+                raise disk_full_error(err, args.output) from err
+            raise
         size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
         print(
             f"fidesr-export: wrote {out} ({size / 1e6:.2f} MB: {', '.join(sorted(p.name for p in out.iterdir()))})"
         )
         return 0
 
-    return report_errors("fidesr-export", run, debug=args.debug)
+    return report_errors("fidesr-export", run, debug=args.debug, advice=UNSAFE_PICKLE_ADVICE)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,50 @@
 """Command-line options shared by the tools that load a model (``fidesr-upscale``, ``fidesr-app``): one
-definition of the model source, precision and tiling flags, and of how they become the loader's arguments."""
+definition of the model source, precision and tiling flags, and of how they become the loader's arguments.
+
+Every number is checked by argparse (the ``type=`` validators :func:`int_at_least` and :func:`finite`), so
+``--tile -5`` or ``--lf-scale inf`` is ``PROG: error: argument --tile: ...`` before anything is loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def finite(low: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type=``: a finite number (not ``inf`` / ``nan``), >= ``low`` when given."""
+    want = "a finite number" + (f" >= {low:g}" if low is not None else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and value < low):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text}")
+        return value
+
+    parse.__name__ = want
+    return parse
 
 
 def add_model_options(parser: argparse.ArgumentParser, title: str = "model (one of)") -> None:
@@ -43,13 +82,22 @@ def add_model_options(parser: argparse.ArgumentParser, title: str = "model (one 
 def add_tiling_options(group: argparse._ArgumentGroup) -> None:
     """``--scale``, latent and VAE tiling, ``--precision``, ``--device``."""
     group.add_argument(
-        "--scale", type=int, default=4, help="upscaling factor (default 4, what FiDeSR is trained for)"
+        "--scale",
+        type=int_at_least(1),
+        default=4,
+        help="upscaling factor (default 4, what FiDeSR is trained for)",
     )
     group.add_argument(
-        "--tile", type=int, default=96, help="latent tile size in latent px (x8 image px); 0 = no tiling"
+        "--tile",
+        type=int_at_least(0),
+        default=96,
+        help="latent tile size in latent px (x8 image px); 0 = no tiling",
     )
     group.add_argument(
-        "--tile-overlap", type=int, default=32, help="latent tile overlap in latent px (default 32)"
+        "--tile-overlap",
+        type=int_at_least(0),
+        default=32,
+        help="latent tile overlap in latent px (default 32; smaller than --tile)",
     )
     group.add_argument(
         "--vae-tiling",
@@ -67,7 +115,8 @@ def add_tiling_options(group: argparse._ArgumentGroup) -> None:
 
 
 def check_model_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """At most one model source; none given is the released FiDeSR model (``args.model`` set to it)."""
+    """At most one model source; none given is the released FiDeSR model (``args.model`` set to it). Then the
+    checks between options (each value alone is checked by its ``type=``), before any model loads."""
     from fidesr.released import DEFAULT_MODEL
 
     given = [f for f, v in (("--model", args.model), ("--checkpoint", args.checkpoint)) if v is not None]
@@ -76,6 +125,10 @@ def check_model_choice(parser: argparse.ArgumentParser, args: argparse.Namespace
     args.model = args.model or args.checkpoint
     if args.model is None and args.official is None:
         args.model = DEFAULT_MODEL
+    if args.tile and args.tile_overlap >= args.tile:
+        parser.error(
+            f"--tile-overlap {args.tile_overlap} must be smaller than --tile {args.tile} (or --tile 0: no tiling)"
+        )
 
 
 def loader_kwargs(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:

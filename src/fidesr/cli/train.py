@@ -22,6 +22,14 @@ log = logging.getLogger("fidesr.train")
 CONFIG_PATH = "pkg://fidesr.conf"
 
 
+def _train_advice() -> dict:
+    """What fidesr-train can say about a refused pickle: it has no way to unpickle one (resuming is from
+    its own checkpoints, which are tensors and plain values)."""
+    from fidesr.errors import PickleRefusedError
+
+    return {PickleRefusedError: "ckpt_path must be a checkpoint fidesr-train wrote (they hold nothing else)"}
+
+
 def short_dirname(text: str, limit: int = 120) -> str:
     """A sweep job's folder name from its overrides, kept under file-system limits (255 bytes).
 
@@ -227,7 +235,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     # run_info.json (commit, config hash, status) per run; a failing sweep job is recorded, not fatal.
     # The user's input errors are one line (the traceback with HYDRA_FULL_ERROR=1).
     try:
-        metrics = report_errors("fidesr-train", lambda: run_job(train, cfg)) or {}
+        metrics = report_errors("fidesr-train", lambda: run_job(train, cfg), advice=_train_advice()) or {}
     except TrainingInterrupted as stop:
         print(
             f"fidesr-train: interrupted by {stop}; resume with: fidesr-train <the same overrides> "
@@ -242,7 +250,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    _hydra_main()
+    from fidesr.cli import run_hydra
+
+    run_hydra("fidesr-train", _hydra_main)
 
 
 if __name__ == "__main__":

@@ -30,20 +30,35 @@ from pathlib import Path
 
 import torch
 
-from fidesr.cli.options import add_model_options, add_tiling_options, check_model_choice, loader_kwargs
+from fidesr.cli.options import (
+    add_model_options,
+    add_tiling_options,
+    check_model_choice,
+    finite,
+    int_at_least,
+    loader_kwargs,
+)
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image, save_image
-from fidesr.errors import ConfigValueError, NonFiniteOutputError, report_errors
+from fidesr.errors import (
+    UNSAFE_PICKLE_ADVICE,
+    ConfigValueError,
+    DiskFullError,
+    NonFiniteOutputError,
+    report_errors,
+)
 
 log = logging.getLogger("fidesr.upscale")
 
 
 @dataclass
 class Plan:
-    """What one run will do: (input, output) jobs, and the inputs already settled before any model loads."""
+    """What one run will do: (input, output) jobs, and the inputs already settled before any model loads
+    (``notes``: inputs named more than once, processed once)."""
 
     jobs: list[tuple[Path, Path]] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,23 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     q = p.add_argument_group("inference")
     q.add_argument(
-        "--lf-scale", type=float, default=None, help="LFIM low-frequency strength (default: model's, 0.2)"
+        "--lf-scale", type=finite(0), default=None, help="LFIM low-frequency strength (default: model's, 0.2)"
     )
     q.add_argument(
-        "--hf-scale", type=float, default=None, help="LFIM high-frequency strength (default: model's, 0.2)"
+        "--hf-scale",
+        type=finite(0),
+        default=None,
+        help="LFIM high-frequency strength (default: model's, 0.2)",
     )
     q.add_argument(
         "--no-lfim", action="store_true", help="switch LFIM off (same as --lf-scale 0 --hf-scale 0)"
     )
     q.add_argument(
         "--lambda-pix",
-        type=float,
+        type=finite(),
         default=None,
         help="PiSA-SR models (two LoRA sets): strength of the pixel-level set (default 1)",
     )
     q.add_argument(
         "--lambda-sem",
-        type=float,
+        type=finite(),
         default=None,
         help="PiSA-SR models: strength of the semantic-level set (default 1; 1, 1 = both merged)",
     )
@@ -84,12 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--prompt", default=None, help="text prompt (default: empty, as the reference)")
     q.add_argument(
-        "--min-lq-size", type=int, default=None, help="enlarge smaller inputs to this first (default 128)"
+        "--min-lq-size",
+        type=int_at_least(0),
+        default=None,
+        help="enlarge smaller inputs to this first (default 128)",
     )
     t = p.add_argument_group("tiling and speed")
     add_tiling_options(t)
     t.add_argument(
-        "--tiles-per-call", type=int, default=1, help="latent tiles per UNet call (speed vs memory)"
+        "--tiles-per-call",
+        type=int_at_least(1),
+        default=1,
+        help="latent tiles per UNet call (speed vs memory)",
     )
     t.add_argument(
         "--compile",
@@ -99,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODE",
         help="torch.compile the model (MODE default reduce-overhead; first image compiles, minutes)",
     )
-    t.add_argument("--batch-size", type=int, default=1, help="images of equal size processed together")
+    t.add_argument(
+        "--batch-size", type=int_at_least(1), default=1, help="images of equal size processed together"
+    )
     o = p.add_argument_group("files")
     o.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     o.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
@@ -109,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument(
         "--max-pixels",
-        type=int,
+        type=int_at_least(1),
         default=DEFAULT_MAX_PIXELS,
         help=f"refuse (and skip) larger inputs, read from the header before decoding: decompression "
         f"bombs (default {DEFAULT_MAX_PIXELS:,}, PIL's threshold)",
@@ -133,7 +159,16 @@ def plan_jobs(inputs: Sequence[Path], out_dir: Path, overwrite: bool, recursive:
         else:
             plan.failed.append((str(item), "no such file or folder"))
     claimed: dict[Path, Path] = {}
+    seen: set[Path] = set()
     for src in files:
+        if (
+            src.resolve() in seen
+        ):  # the same file twice (a.png a.png, or a.png and its folder): once is enough
+            note = f"{src} is given more than once; processed once"
+            if note not in plan.notes:
+                plan.notes.append(note)
+            continue
+        seen.add(src.resolve())
         dst = out_dir / f"{src.stem}.png"
         if dst in claimed:
             plan.failed.append((str(src), f"output name {dst.name} already taken by {claimed[dst]}"))
@@ -200,7 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.lf_scale, args.hf_scale = 0.0, 0.0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        return report_errors("fidesr-upscale", lambda: _upscale(args), debug=args.debug)
+        return report_errors(
+            "fidesr-upscale", lambda: _upscale(args), debug=args.debug, advice=UNSAFE_PICKLE_ADVICE
+        )
     except SystemExit as stop:
         return int(stop.code or 0)
 
@@ -211,6 +248,8 @@ def _upscale(args: argparse.Namespace) -> int:
     start = time.time()
     check_output_dir(args.output)
     plan = plan_jobs(args.inputs, args.output, args.overwrite, args.recursive)
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
     for src, why in plan.skipped:
         print(f"skip {src}: {why}", file=sys.stderr)
     for name, why in plan.failed:
@@ -257,6 +296,9 @@ def _upscale(args: argparse.Namespace) -> int:
                         for i, ((_, dst, _), sr) in enumerate(zip(group, out, strict=True)):
                             if i not in bad:
                                 written.append(save_image(sr, dst))
+                    except DiskFullError as err:  # the next outputs would fail alike: stop, keep the written
+                        bar.close()
+                        raise DiskFullError(f"{err}; the {len(written)} written before it are kept") from err
                     except (RuntimeError, ValueError, OSError) as err:  # e.g. CUDA out of memory: next input
                         for src, _, _ in group:
                             plan.failed.append((str(src), f"{type(err).__name__}: {err}"))

@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from fidesr.errors import report_errors
 from fidesr.metrics import weights as W
 from fidesr.metrics.specs import PROTOCOL
 
@@ -95,7 +96,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        # The user's input errors and a full disk are one line: "fidesr-weights: error: ...".
+        return report_errors("fidesr-weights", lambda: _run(args))
+    except SystemExit as stop:
+        return int(stop.code or 0)
     except KeyError as err:  # an unknown metric name: the message lists the known ones
         print(f"fidesr-weights: {err.args[0]} (and lpips_vgg for the training loss)", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from fidesr.errors import FidesrError
+from fidesr.errors import FidesrError, disk_full_error, is_disk_full
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -192,6 +192,9 @@ def atomic_write(path: str | os.PathLike, fsync: bool = False) -> Iterator[Binar
 
     An interrupted write (Ctrl-C, crash, full disk) never leaves a partial file under the final name and
     removes the temporary one. The file gets the usual permissions (0666 minus the umask).
+
+    Raises:
+        DiskFullError: no space (or quota, or file-size limit) for the file; the message names ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,8 +209,10 @@ def atomic_write(path: str | os.PathLike, fsync: bool = False) -> Iterator[Binar
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(err):
+            raise disk_full_error(err, path) from err
         raise
 
 

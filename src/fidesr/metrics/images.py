@@ -30,6 +30,7 @@ __all__ = [
     "read_for_metrics",
     "safe_stem",
     "save_image",
+    "size_mismatches",
     "thumbnail",
     "to_uint8",
 ]
@@ -66,6 +67,21 @@ def check_images(
             problems.append(str(err))
         except (OSError, ValueError, SyntaxError) as err:
             problems.append(f"cannot read image {path}: {err}")
+    return problems
+
+
+def size_mismatches(pairs: Sequence[tuple[Path, Path | None]]) -> list[str]:
+    """SR/GT pairs whose sizes differ (read from the headers), one line per pair naming both files and
+    sizes; the files must be readable (:func:`check_images` first)."""
+
+    def size(path: Path) -> tuple[int, int]:
+        with imageio.open_image(path, None) as img:
+            return img.size
+
+    problems = []
+    for sr, gt in pairs:
+        if gt is not None and (a := size(sr)) != (b := size(gt)):
+            problems.append(f"SR {sr} is {a[0]} x {a[1]} px but GT {gt} is {b[0]} x {b[1]} px")
     return problems
 
 

@@ -7,12 +7,14 @@ run is written as its reason (``n/a (weights missing)``) in both, never as a num
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fidesr.data.imageio import atomic_write
 from fidesr.metrics.specs import get_spec
 
 
@@ -39,14 +41,13 @@ def cell(value: Any, *, markdown: bool, published: bool = False) -> str:
 def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> Path:
     """Write ``rows`` with ``columns`` (missing entries empty) atomically (readers never see half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(columns)
-        for r in rows:
-            w.writerow(["" if r.get(c) is None else cell(r.get(c), markdown=False) for c in columns])
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(columns)
+    for r in rows:
+        w.writerow(["" if r.get(c) is None else cell(r.get(c), markdown=False) for c in columns])
+    with atomic_write(path) as fh:  # a full disk: DiskFullError naming the file
+        fh.write(text.getvalue().encode())
     return path
 
 

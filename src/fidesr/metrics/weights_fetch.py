@@ -25,6 +25,7 @@ from typing import IO, Any
 from filelock import FileLock
 from tqdm.auto import tqdm
 
+from fidesr.errors import disk_full_error, is_disk_full
 from fidesr.metrics.specs import parse_metric_config
 from fidesr.metrics.weights_registry import WeightFile, canonical_target, files_for
 from fidesr.metrics.weights_store import (
@@ -100,6 +101,8 @@ def _download(url: str, out: IO[bytes], name: str, timeout: float, progress: boo
             raise FetchError(f"{url}: not in the mirror folder ({err.reason})") from None
         raise OfflineError(f"{url}: no route to the server ({err.reason})") from None
     except (http.client.HTTPException, OSError) as err:  # IncompleteRead, reset, timeout mid-stream
+        if is_disk_full(err):  # our write failed, not the connection: fetch_file names the file
+            raise
         raise FetchError(f"{url}: connection dropped ({type(err).__name__}: {err})") from None
     if total is not None and got != total:
         raise FetchError(f"{url}: connection dropped after {got} of {total} bytes")
@@ -134,8 +137,13 @@ def fetch_file(
         url = source_url(f, mirror)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{f.filename}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out:
-                _download(url, out, f.filename, timeout, progress)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    _download(url, out, f.filename, timeout, progress)
+            except OSError as err:
+                if is_disk_full(err):
+                    raise disk_full_error(err, dest) from err
+                raise
             found = digest(f, tmp)
             if not matches(f, found):
                 raise FetchError(

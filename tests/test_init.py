@@ -1,0 +1,25 @@
+"""fidesr/__init__.py: start-up free of third-party notices that say nothing to the user."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import fidesr  # noqa: F401  (installs the filter)
+
+
+def test_bitsandbytes_kernels_hub_notice_is_dropped_and_nothing_else(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The warning bitsandbytes logs at import (peft imports it) on CPUs with AVX512-BF16 when the optional
+    ``kernels`` package is missing; tests/cli/test_upscale.py's console-script test checks the real start-up."""
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        log.warning(
+            "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+            "`pip install kernels` and the kernels >= 0.11.1",
+            "No module named 'kernels'",
+        )
+        log.warning("some other bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["some other bitsandbytes warning"]
