@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fidesr.errors import ModelFileError
+from fidesr.errors import ConfigValueError, ModelFileError
 from fidesr.model_files import LORA_FILE, TrainedWeights
 from fidesr.pipeline import FiDeSRPipeline
 
@@ -266,6 +266,16 @@ def test_eval_checkpoint_mode_takes_an_exported_folder(exported: Path, tmp_path:
     result = run(cfg)
     rows = (tmp_path / "out" / "per_image.csv").read_text().splitlines()
     assert rows[0].startswith("name,psnr") and len(rows) == 3 and result.summary["psnr"] > 10
+    # A second run into the same folder with one LQ image scores that image alone: refused while the
+    # first run's images are there, then overwrite=true replaces them (before: "images: 2", both averaged).
+    (tmp_path / "lq" / "im1.png").unlink()
+    (tmp_path / "gt" / "im1.png").unlink()
+    with pytest.raises(ConfigValueError, match="already holds 2 SR image"):
+        run(cfg)
+    cfg.overwrite = True
+    run(cfg)
+    assert "- images: 1" in (tmp_path / "out" / "summary.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "out" / "sr").rglob("*.png")) == ["im0.png"]
 
 
 def test_a_hub_snapshot_may_link_into_its_own_repository_only(exported: Path, tmp_path: Path) -> None:

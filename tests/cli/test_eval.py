@@ -286,3 +286,23 @@ def test_a_full_disk_is_one_error_naming_the_file(
     with full_disk(200), pytest.raises(DiskFullError, match=f"^no space left writing {out / 'summary.md'} "):
         run(cfg)  # the CSVs fit, the summary does not
     assert sorted(p.name for p in out.iterdir()) == ["per_image.csv", "summary.csv"]
+
+
+def test_checkpoint_mode_refuses_an_earlier_runs_images_before_loading(tmp_path: Path) -> None:
+    """A second checkpoint-mode run into the same output_dir would score the first run's images too: refused
+    with one line naming the folder, before the (here missing) model is looked at; other files stay."""
+    from fidesr.errors import ConfigValueError
+
+    out = tmp_path / "o"
+    _images(out / "sr", ["old.png"], 0)
+    (out / "sr" / "notes.txt").write_text("kept")
+    missing = tmp_path / "missing"
+    with pytest.raises(ConfigValueError) as info:
+        run(_cfg(f"checkpoint={missing}", f"lq_dir={missing}", f"output_dir={out}"))
+    assert str(info.value) == (
+        f"{out / 'sr'} already holds 1 SR image(s) of an earlier run; nothing was computed "
+        "(overwrite=true replaces them; or give another output_dir=)"
+    )
+    assert sorted(p.name for p in (out / "sr").iterdir()) == ["notes.txt", "old.png"]
+    with pytest.raises(ConfigValueError, match=r"^overwrite='yes': must be true or false$"):
+        run(_cfg(f"checkpoint={missing}", f"lq_dir={missing}", f"output_dir={out}", "overwrite=yes"))

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS, atomic_write
 from fidesr.devices import resolve_device
 from fidesr.errors import (
+    ConfigValueError,
     FidesrError,
     MissingInputError,
     NonFiniteOutputError,
@@ -264,6 +265,25 @@ def model_spec(cfg: DictConfig) -> str | None:
     return None if spec is None else str(spec)
 
 
+def fresh_sr_dir(sr_dir: Path, overwrite: bool) -> Path:
+    """Checkpoint mode's SR folder, empty of images so that only this run's are scored: an earlier run's
+    are refused (one line naming the folder) unless ``overwrite``, which deletes them (and nothing else)."""
+    from fidesr.data.imageio import list_images as all_images
+
+    if sr_dir.exists() and not sr_dir.is_dir():
+        raise ConfigValueError(f"{sr_dir} exists and is not a folder; give another output_dir=")
+    old = all_images(sr_dir, recursive=True) if sr_dir.is_dir() else []
+    if old and not overwrite:
+        raise ConfigValueError(
+            f"{sr_dir} already holds {len(old)} SR image(s) of an earlier run; nothing was computed "
+            "(overwrite=true replaces them; or give another output_dir=)"
+        )
+    for path in old:
+        path.unlink()
+    sr_dir.mkdir(parents=True, exist_ok=True)
+    return sr_dir
+
+
 def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path, notes: list[str] | None = None) -> Path:
     """Checkpoint mode: upscale every image of ``cfg.lq_dir`` into ``sr_dir`` with the model that
     ``cfg.checkpoint`` names (any source :meth:`fidesr.pipeline.FiDeSRPipeline.from_pretrained`
@@ -336,8 +356,6 @@ def check_options(cfg: DictConfig) -> None:
     naming the key, before anything is loaded. ``null`` (the model's own value) passes."""
     import math
 
-    from fidesr.errors import ConfigValueError
-
     for key, low in _BOUNDS.items():
         value = OmegaConf.select(cfg, key)
         if value is None:
@@ -347,6 +365,9 @@ def check_options(cfg: DictConfig) -> None:
             raise ConfigValueError(f"{key}={value!r}: must be {want}")
         if not math.isfinite(value) or (low is not None and value < low):
             raise ConfigValueError(f"{key}={value}: must be {want}")
+    for key in ("overwrite", "unsafe_pickle", "vae_tiling", "progress"):
+        if not isinstance(cfg.get(key), bool):
+            raise ConfigValueError(f"{key}={cfg.get(key)!r}: must be true or false")
     if cfg.tile_size and cfg.tile_overlap >= cfg.tile_size:
         raise ConfigValueError(
             f"tile_overlap={cfg.tile_overlap} must be smaller than tile_size={cfg.tile_size} (or tile_size=0)"
@@ -358,9 +379,6 @@ def run(cfg: DictConfig) -> EvalResult:
     from fidesr.metrics import weights as W
 
     check_options(cfg)
-    # Before any image is produced or read: the metrics' weight files, fetched when online (required
-    # metrics must then be complete; optional ones without files are reported as skipped).
-    W.ensure_run_weights(OmegaConf.to_container(cfg.metrics, resolve=True), cfg.weights_dir, log=log.info)
     out = Path(cfg.output_dir)
     if cfg.get("test_set"):  # a set name (fidesr-data download) or a folder with lq/ + gt/
         from fidesr.data.benchmarks import canonical_set, resolve_set
@@ -370,8 +388,14 @@ def run(cfg: DictConfig) -> EvalResult:
         cfg.lq_dir, cfg.gt_dir = cfg.lq_dir or str(found.lq), cfg.gt_dir or str(found.gt)
         if cfg.paper_rows is None and canonical_set(cfg.test_set) in PUBLISHED:
             cfg.paper_rows = canonical_set(cfg.test_set)
+    checkpoint_mode = model_spec(cfg) is not None
+    if checkpoint_mode:  # an earlier run's images refused before anything is fetched or loaded
+        fresh_sr_dir(out / "sr", cfg.overwrite)
+    # Before any image is produced or read: the metrics' weight files, fetched when online (required
+    # metrics must then be complete; optional ones without files are reported as skipped).
+    W.ensure_run_weights(OmegaConf.to_container(cfg.metrics, resolve=True), cfg.weights_dir, log=log.info)
     notes: list[str] = []
-    if model_spec(cfg) is not None:
+    if checkpoint_mode:
         sr_dir = sr_from_checkpoint(cfg, out / "sr", notes)
     elif cfg.sr_dir is None:
         raise MissingInputError(
