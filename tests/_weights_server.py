@@ -22,8 +22,10 @@ class WeightsServer:
 
     ``drop``: names whose response announces the full length but stops after half and closes the
     connection. ``delay``: seconds waited before each response body (lets two fetches overlap).
-    ``drip``: names sent in small pieces, 0.05 s apart (a download in progress, to kill). ``gets``: the
-    names requested, in order.
+    ``drip``: names sent in small pieces, 0.05 s apart (a download in progress, to kill). ``slow``: names
+    sent one byte every 0.2 s (a server that never quite stops). ``endless``: names answered without a
+    Content-Length by a stream that never ends (zeros; one byte every 0.2 s if also ``slow``). ``gets``:
+    the names requested, in order.
     """
 
     def __init__(self, root: Path) -> None:
@@ -31,6 +33,8 @@ class WeightsServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.drop: set[str] = set()
         self.drip: set[str] = set()
+        self.slow: set[str] = set()
+        self.endless: set[str] = set()
         self.delay = 0.0
         self.gets: list[str] = []
         server = self
@@ -39,6 +43,9 @@ class WeightsServer:
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 name = self.path.rsplit("/", 1)[-1]
                 server.gets.append(name)
+                if name in server.endless:
+                    self._endless(name in server.slow)
+                    return
                 path = server.folder / name
                 if not self.path.startswith("/dir/") or not path.is_file():
                     self.send_error(404, "not on this mirror")
@@ -53,12 +60,28 @@ class WeightsServer:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                step = 256 if name in server.drip else len(data)
-                for i in range(0, len(data), step):
-                    self.wfile.write(data[i : i + step])
-                    if name in server.drip:
-                        self.wfile.flush()
-                        time.sleep(0.05)
+                step = 1 if name in server.slow else 256 if name in server.drip else len(data)
+                try:
+                    for i in range(0, len(data), step):
+                        self.wfile.write(data[i : i + step])
+                        if step < len(data):
+                            self.wfile.flush()
+                            time.sleep(0.2 if name in server.slow else 0.05)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up
+                    return
+
+            def _endless(self, slow: bool) -> None:
+                self.send_response(200)  # HTTP/1.0, no Content-Length: the body ends when the server closes
+                self.end_headers()
+                block = b"\0" * (1 if slow else 1 << 16)
+                try:
+                    while True:
+                        self.wfile.write(block)
+                        if slow:
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
 
             def log_message(self, *args: object) -> None:
                 pass

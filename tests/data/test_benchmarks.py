@@ -97,6 +97,21 @@ def test_download_from_a_mirror_url(tmp_path: Path) -> None:
     assert not list((tmp_path / "data" / "benchmarks" / ".downloads").glob("*.part"))
 
 
+def test_a_mirror_url_streaming_forever_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test-set archive's download has the weights' bounds: past the cap (8 GiB; 1 MiB here) it stops,
+    and the partial file is removed."""
+    from _weights_server import serve
+
+    monkeypatch.setattr(B, "ARCHIVE_MAX_BYTES", 1 << 20)
+    with serve(tmp_path / "srv") as srv:
+        srv.endless.add(B.HUB_FILE)
+        with pytest.raises(
+            B.BenchmarkDataError, match=r"more than 1,048,576 bytes sent; stopped, nothing saved"
+        ):
+            B.download(["div2k_val"], mirror=srv.url, root=tmp_path / "data", expected_pairs=COUNTS)
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+
+
 def test_download_from_a_hub_on_localhost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """huggingface_hub fetches the dataset file from $HF_ENDPOINT into the HF cache, then it is unpacked."""
     import huggingface_hub.constants as C

@@ -125,6 +125,24 @@ def test_digest_cache_tracks_file_changes(weights_dir: Path) -> None:
     assert W.file_status(f, weights_dir).state == "bad checksum"
 
 
+def test_digest_cache_is_not_fooled_by_same_size_and_restored_mtime(weights_dir: Path) -> None:
+    """Before, size + mtime were trusted: a file rewritten in place with its mtime put back stayed "ok".
+    The change of ctime (which no user can set back) makes it re-hashed."""
+    import os
+
+    W.install(["lpips"], weights_dir, log=lambda _: None)
+    f = W.FILES["lpips-alex-v0.1"]
+    path = W.file_path(f, weights_dir)
+    assert W.file_status(f, weights_dir).ok
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))  # same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    assert W.file_status(f, weights_dir).state == "bad checksum"
+
+
 def test_optional_missing_metrics_warn_once(weights_dir: Path) -> None:
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")

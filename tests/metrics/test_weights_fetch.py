@@ -3,6 +3,7 @@ mismatch, dropped connection, a killed download, concurrent fetches, offline and
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -91,6 +92,70 @@ def test_connection_dropped_mid_file_leaves_no_file(
     assert not W.file_path(f, weights_dir).exists() and not _leftovers(weights_dir)
     server.drop.clear()  # the next attempt starts afresh and succeeds
     assert W.fetch_file(f, weights_dir).read_bytes() == data
+
+
+@pytest.fixture
+def quick_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deadlines of seconds, not minutes: at least 1 s, at least 1 kB/s."""
+    monkeypatch.setenv(W.MIN_SECONDS_ENV, "1")
+    monkeypatch.setenv(W.MIN_RATE_ENV, "1000")
+
+
+def test_a_drip_feeding_server_is_stopped_at_the_deadline(
+    server: WeightsServer, weights_dir: Path, monkeypatch: pytest.MonkeyPatch, quick_deadline: None
+) -> None:
+    """One byte every 0.2 s never trips a per-read timeout; the overall deadline (max(1 s, 2,000 B at
+    1 kB/s) = 2 s here; 60 s and 100 kB/s by default) stops it, and nothing is left."""
+    data = os.urandom(2000)
+    f = register(monkeypatch, ALEX, data)
+    server.put(f.filename, data)
+    server.slow.add(f.filename)
+    start = time.monotonic()
+    with pytest.raises(FetchError, match=r"too slow, \d+ of 2,000 bytes after 2 s .*stopped, nothing saved"):
+        W.fetch_file(f, weights_dir)
+    assert time.monotonic() - start < 10
+    assert not W.file_path(f, weights_dir).exists() and not _leftovers(weights_dir)
+
+
+def test_an_endless_stream_stops_at_the_cap(
+    server: WeightsServer, weights_dir: Path, monkeypatch: pytest.MonkeyPatch, quick_deadline: None
+) -> None:
+    """No Content-Length and no end: the download stops past the file's cap instead of filling the disk."""
+    f = register(monkeypatch, ALEX, b"never sent")
+    f = dataclasses.replace(f, max_bytes=1 << 20)
+    server.endless.add(f.filename)
+    with pytest.raises(FetchError, match=r"more than 1,048,576 bytes sent; stopped, nothing saved"):
+        W.fetch_file(f, weights_dir)
+    assert not W.file_path(f, weights_dir).exists() and not _leftovers(weights_dir)
+    server.slow.add(f.filename)  # endless and slow: below the minimum rate once the first second is over
+    with pytest.raises(FetchError, match=r"too slow, \d+ of 1,048,576 bytes after 1 s"):
+        W.fetch_file(f, weights_dir)
+    assert not _leftovers(weights_dir)
+
+
+def test_a_size_over_the_cap_is_refused_before_the_body(
+    server: WeightsServer, weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(5000)
+    f = dataclasses.replace(register(monkeypatch, ALEX, data), max_bytes=4096)
+    server.put(f.filename, data)
+    with pytest.raises(FetchError, match=r"announces 5,000 bytes, more than the 4,096 allowed; not fetched"):
+        W.fetch_file(f, weights_dir)
+    assert not _leftovers(weights_dir)
+
+
+def test_deadline_settings_are_checked(
+    server: WeightsServer, weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fidesr.errors import ConfigValueError
+
+    f = register(monkeypatch, ALEX, b"x")
+    server.put(f.filename, b"x")
+    monkeypatch.setenv(W.MIN_RATE_ENV, "fast")
+    with pytest.raises(
+        ConfigValueError, match=r"^\$FIDESR_FETCH_MIN_RATE=fast: must be a finite number > 0$"
+    ):
+        W.fetch_file(f, weights_dir)
 
 
 def _fetch_in_child(key: str, weights_dir: str) -> None:

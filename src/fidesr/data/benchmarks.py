@@ -35,6 +35,7 @@ from fidesr.errors import FidesrError, MissingInputError
 HUB_REPO = "Iceclear/StableSR-TestSets"
 HUB_FILE = "StableSR_testsets.zip"
 HUB_REPO_TYPE = "dataset"
+ARCHIVE_MAX_BYTES = 8 << 30  # the archive is about 3 GB; a mirror sending more is stopped there
 DATA_ENV = "FIDESR_DATA_DIR"
 MARKER = ".fidesr-set.json"  # written last into an unpacked set: its presence means "complete"
 LICENCE = (
@@ -225,14 +226,14 @@ def fetch_archive(
             if not path.is_file():
                 raise MissingInputError(f"--mirror {mirror}: no {HUB_FILE} in that folder")
             return path
-        from fidesr.metrics.weights_fetch import FetchError, _download
+        from fidesr.metrics.weights_fetch import FetchError, download_to
 
         dest = benchmarks_dir(root) / ".downloads" / HUB_FILE
         url = f"{mirror.rstrip('/')}/{HUB_FILE}"
         log(f"fetching {url}")
         try:
             with atomic_write(dest) as fh:
-                _download(url, fh, HUB_FILE, timeout=60.0, progress=None)
+                download_to(url, fh, HUB_FILE, max_bytes=ARCHIVE_MAX_BYTES, progress=None)
         except FetchError as err:
             raise BenchmarkDataError(f"cannot fetch the test sets from the mirror: {err}") from None
         return dest

@@ -5,10 +5,14 @@ checksum), ``weights_store`` (the one rule for where they live; verification and
 Where files live is decided in one place, ``weights_store.resolve_weights_dir`` (its module docstring
 states the rule; docs/metrics.md explains it for users). Metric code never downloads by itself: files are
 fetched and checked by ``weights_fetch`` before a network is built, and ``no_downloads`` turns any
-download a library still attempts into ``WeightsMissingError``. No number is computed with random weights.
+download a library still attempts into ``WeightsMissingError``. No number is computed with random weights,
+and no weight file is unpickled beyond tensors and plain values (``weights_data``).
 """
 
+from fidesr.metrics.weights_data import WeightsNotDataError, data_only_loads, load_data, prove_data
 from fidesr.metrics.weights_fetch import (
+    MIN_RATE_ENV,
+    MIN_SECONDS_ENV,
     MIRROR_ENV,
     FetchError,
     OfflineError,
@@ -45,16 +49,20 @@ __all__ = [
     "ENV_VAR",
     "FILES",
     "LPIPS_VGG",
+    "MIN_RATE_ENV",
+    "MIN_SECONDS_ENV",
     "MIRROR_ENV",
     "FetchError",
     "FileStatus",
     "OfflineError",
     "WeightFile",
     "WeightsMissingError",
+    "WeightsNotDataError",
     "adopt",
     "all_targets",
     "apply_environment",
     "check_weights",
+    "data_only_loads",
     "describe_missing",
     "ensure_run_weights",
     "ensure_weights",
@@ -67,10 +75,12 @@ __all__ = [
     "hf_home",
     "import_pyiqa",
     "install",
+    "load_data",
     "metric_files",
     "niqe_mat_from_npz",
     "no_downloads",
     "offline_reason",
+    "prove_data",
     "resolve_weights_dir",
     "sha256_file",
     "source_url",

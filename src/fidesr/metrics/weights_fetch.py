@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import http.client
+import math
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -25,8 +27,9 @@ from typing import IO, Any
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from fidesr.errors import disk_full_error, is_disk_full
+from fidesr.errors import ConfigValueError, disk_full_error, is_disk_full
 from fidesr.metrics.specs import parse_metric_config
+from fidesr.metrics.weights_data import prove_data
 from fidesr.metrics.weights_registry import WeightFile, canonical_target, files_for
 from fidesr.metrics.weights_store import (
     WeightsMissingError,
@@ -41,6 +44,8 @@ from fidesr.metrics.weights_store import (
 )
 
 MIRROR_ENV = "FIDESR_WEIGHTS_MIRROR"
+MIN_RATE_ENV = "FIDESR_FETCH_MIN_RATE"
+MIN_SECONDS_ENV = "FIDESR_FETCH_MIN_SECONDS"
 OFFLINE_ENVS = ("FIDESR_OFFLINE", "HF_HUB_OFFLINE")
 _CHUNK = 1 << 20
 
@@ -74,13 +79,51 @@ def source_url(f: WeightFile, mirror: str | os.PathLike | None = None) -> str:
     return f"{mirror.rstrip('/')}/{f.filename}"
 
 
-def _download(url: str, out: IO[bytes], name: str, timeout: float, progress: bool | None) -> None:
-    """Stream ``url`` into ``out``; every failure becomes a ``FetchError`` (``OfflineError``: no route)."""
+def _setting(env: str, default: float) -> float:
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigValueError(f"${env}={raw}: must be a finite number > 0")
+    return value
+
+
+def download_to(
+    url: str,
+    out: IO[bytes],
+    name: str,
+    *,
+    max_bytes: int,
+    timeout: float = 60.0,
+    progress: bool | None = None,
+) -> int:
+    """Stream ``url`` into ``out``; returns the bytes written. Every failure is a ``FetchError``
+    (``OfflineError``: no route); the caller removes what was written.
+
+    Bounded in size and time, whatever the server does: the body may not exceed its Content-Length, nor
+    ``max_bytes`` (an endless stream stops there); the whole download must end within
+    ``max(min seconds, size / min rate)`` (the size announced, else ``max_bytes``), and with no size
+    announced it must also keep ``min rate`` on average after the first ``min seconds`` (a drip feed stops).
+    ``$FIDESR_FETCH_MIN_RATE`` (bytes/s, default 100,000) and ``$FIDESR_FETCH_MIN_SECONDS`` (default 60)
+    set them, and ``timeout`` bounds each read.
+    """
+    min_rate, min_s = _setting(MIN_RATE_ENV, 100_000.0), _setting(MIN_SECONDS_ENV, 60.0)
+    start, got = time.monotonic(), 0
     try:
         req = urllib.request.Request(url, headers={"User-Agent": "fidesr-weights"})
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=min(timeout, min_s)) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            got = 0
+            if total is not None and total > max_bytes:
+                raise FetchError(
+                    f"{url}: announces {total:,} bytes, more than the {max_bytes:,} allowed; not fetched"
+                )
+            limit = total or max_bytes
+            allowed = max(min_s, limit / min_rate)
+            read = getattr(resp, "read1", resp.read)  # returns what has arrived: the clock is checked often
             with tqdm(
                 total=total,
                 unit="B",
@@ -90,10 +133,19 @@ def _download(url: str, out: IO[bytes], name: str, timeout: float, progress: boo
                 leave=False,
                 disable=None if progress is None else not progress,
             ) as bar:
-                while block := resp.read(_CHUNK):
-                    out.write(block)
+                while block := read(min(_CHUNK, limit + 1 - got)):
                     got += len(block)
+                    if got > limit:
+                        raise FetchError(f"{url}: more than {limit:,} bytes sent; stopped, nothing saved")
+                    out.write(block)
                     bar.update(len(block))
+                    elapsed = time.monotonic() - start
+                    slow = total is None and elapsed > min_s and got < min_rate * elapsed
+                    if elapsed > allowed or slow:
+                        raise FetchError(
+                            f"{url}: too slow, {got:,} of {limit:,} bytes after {elapsed:.0f} s (at least "
+                            f"{min_rate / 1000:g} kB/s expected; ${MIN_RATE_ENV} lowers it); stopped, nothing saved"
+                        )
     except urllib.error.HTTPError as err:
         raise FetchError(f"{url}: HTTP {err.code} {err.reason}") from None
     except urllib.error.URLError as err:
@@ -106,6 +158,7 @@ def _download(url: str, out: IO[bytes], name: str, timeout: float, progress: boo
         raise FetchError(f"{url}: connection dropped ({type(err).__name__}: {err})") from None
     if total is not None and got != total:
         raise FetchError(f"{url}: connection dropped after {got} of {total} bytes")
+    return got
 
 
 def fetch_file(
@@ -139,7 +192,9 @@ def fetch_file(
         try:
             try:
                 with os.fdopen(fd, "wb") as out:
-                    _download(url, out, f.filename, timeout, progress)
+                    download_to(
+                        url, out, f.filename, max_bytes=f.max_bytes, timeout=timeout, progress=progress
+                    )
             except OSError as err:
                 if is_disk_full(err):
                     raise disk_full_error(err, dest) from err
@@ -148,6 +203,10 @@ def fetch_file(
             if not matches(f, found):
                 raise FetchError(
                     f"{url}: checksum mismatch (expected {f.hash_label}, found {found}); not saved"
+                )
+            if not f.full_hash and (why := prove_data(tmp)):  # a matching prefix alone proves nothing
+                raise FetchError(
+                    f"{url}: {why}: its sha256 prefix matches, but it is not plain data; not saved"
                 )
             os.replace(tmp, dest)
         finally:

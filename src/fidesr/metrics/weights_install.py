@@ -20,6 +20,7 @@ import numpy as np
 
 from fidesr.metrics import weights_registry as R
 from fidesr.metrics.specs import PROTOCOL
+from fidesr.metrics.weights_data import prove_data
 from fidesr.metrics.weights_registry import (
     FILES,
     Provider,
@@ -207,7 +208,7 @@ def adopt(
             raise FileNotFoundError(p)
     done: dict[str, Path] = {}
     for src in candidates:
-        matched = False
+        matched, refusal = False, ""
         sha: dict[str, str] = {}  # hash each candidate once, however many entries it is tried against
         for f in by_name.get(src.name, list(FILES.values())):
             if f.key in done:
@@ -215,7 +216,8 @@ def adopt(
                 continue
             try:
                 done[f.key] = _adopt_one(f, src, wd, mode, sha)
-            except ValueError:
+            except ValueError as err:
+                refusal = refusal or (str(err) if "not plain data" in str(err) else "")
                 continue
             matched = True
             log(
@@ -224,7 +226,11 @@ def adopt(
             )
             break
         if not matched:
-            log(f"ignored  {src}: checksum matches no registered file")
+            log(
+                f"refused  {src}: {refusal}"
+                if refusal
+                else f"ignored  {src}: checksum matches no registered file"
+            )
     return done
 
 
@@ -243,4 +249,8 @@ def _adopt_one(
         sha["bytes"] = sha256_file(src)
     if not matches(f, sha["bytes"]):
         raise ValueError("checksum")
+    if not f.full_hash and (why := prove_data(src)):  # before placing: a valid file there stays
+        raise ValueError(
+            f"not plain data, {why}; its sha256 prefix matches {f.filename}'s, which alone proves nothing"
+        )
     return _place(f, src, wd, mode)

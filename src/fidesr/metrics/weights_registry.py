@@ -62,7 +62,10 @@ class WeightFile:
         filename: the name the loader expects (also its name on a mirror).
         subdir: folder relative to the weights directory (a torch home).
         sha256: full sha256 hex digest, or its first hex digits where only those are published (the
-            torch-hub naming convention ``name-<sha256 prefix>.pth``, which is also what torch.hub checks).
+            torch-hub naming convention ``name-<sha256 prefix>.pth``, which is also what torch.hub checks);
+            a prefix-only file must also load as plain data (``fidesr.metrics.weights_data``).
+        max_bytes: a download stops with an error beyond this size (the server's Content-Length, when
+            it gives one, is the limit below it).
         url: where ``fidesr-weights download`` fetches it (a mirror replaces everything but the file name).
         note: what the file is, for listings.
         providers: how ``fidesr-weights install`` obtains it from a package registry (empty: none).
@@ -79,6 +82,7 @@ class WeightFile:
     providers: tuple[Provider, ...] = ()
     aliases: tuple[str, ...] = ()
     check: Literal["bytes", "niqe-values"] = "bytes"
+    max_bytes: int = 2 << 30  # every registered file is under 600 MB
 
     @property
     def source(self) -> str:
@@ -91,8 +95,8 @@ class WeightFile:
 
     @property
     def hash_label(self) -> str:
-        """The digest for display: ``values:<hex>`` for NIQE, ``<prefix>… (prefix)`` for prefixes."""
-        label = self.sha256 if self.full_hash else f"{self.sha256}… (prefix)"
+        """The check for display: ``values:<hex>`` for NIQE; for a prefix, that it must also be proven data."""
+        label = self.sha256 if self.full_hash else f"{self.sha256}… (prefix sha256 + proven data)"
         return f"values:{label}" if self.check == "niqe-values" else label
 
 

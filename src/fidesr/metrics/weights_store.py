@@ -35,6 +35,7 @@ import numpy as np
 
 from fidesr.errors import FidesrError
 from fidesr.metrics.specs import PROTOCOL, STANDIN_SUFFIX, canonical_name, parse_metric_config
+from fidesr.metrics.weights_data import prove_data
 from fidesr.metrics.weights_registry import WeightFile, canonical_target, metric_files
 
 ENV_VAR = "FIDESR_WEIGHTS_DIR"
@@ -209,7 +210,8 @@ def digest(f: WeightFile, path: str | os.PathLike) -> str:
 
 
 def matches(f: WeightFile, found: str) -> bool:
-    return found.startswith(f.sha256)
+    """Whether digest ``found`` is the registry's (a prefix-only entry must also be proven data)."""
+    return found == f.sha256 if f.full_hash else found.startswith(f.sha256)
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,7 @@ class FileStatus:
 
     file: WeightFile
     path: Path
-    state: Literal["ok", "missing", "bad checksum"]
+    state: Literal["ok", "missing", "bad checksum", "not plain data"]
     detail: str = ""
 
     @property
@@ -226,26 +228,40 @@ class FileStatus:
         return self.state == "ok"
 
 
+def _identity(st: os.stat_result) -> list[int]:
+    # ctime cannot be set back by a user (unlike mtime), so a file rewritten in place is always re-hashed.
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
 def file_status(f: WeightFile, weights_dir: str | os.PathLike | None = None) -> FileStatus:
-    """Check presence and checksum of one file. Digests are cached per (size, mtime) in the weights
-    directory, so the 0.5 GB checkpoints are hashed once, not at every start-up."""
+    """Check presence, checksum and, for a prefix-only entry, that the file is plain data
+    (``weights_data.prove_data``). Results are cached per file identity (size, mtime, ctime, inode,
+    device) in the weights directory, so the 0.5 GB checkpoints are hashed once, not at every start-up;
+    anything else re-hashes."""
     wd = resolve_weights_dir(weights_dir)
     path = file_path(f, wd)
     if not path.is_file():
         return FileStatus(f, path, "missing")
-    st = path.stat()  # follows symlinks (``link`` mode)
     cache = _read_cache(wd)
     key = str(path.relative_to(wd))
     entry = cache.get(key)
-    if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
-        found = entry["digest"]
-    else:
-        found = digest(f, path)
-        cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digest": found}
+    ident = _identity(path.stat())  # follows symlinks (``link`` mode)
+    if not (isinstance(entry, dict) and entry.get("id") == ident and isinstance(entry.get("digest"), str)):
+        entry = {"id": ident, "digest": digest(f, path)}
+    changed = entry is not cache.get(key)
+    found, verdict = entry["digest"], FileStatus(f, path, "ok")
+    if not matches(f, found):
+        verdict = FileStatus(f, path, "bad checksum", f"expected {f.hash_label}, found {found}")
+    elif not f.full_hash:
+        if not isinstance(entry.get("not_data"), str):  # proven once per file identity
+            entry["not_data"], changed = prove_data(path) or "", True
+        if entry["not_data"]:
+            why = f"{entry['not_data']}; a sha256 prefix alone proves nothing"
+            verdict = FileStatus(f, path, "not plain data", why)
+    if changed:
+        cache[key] = entry
         _write_cache(wd, cache)
-    if matches(f, found):
-        return FileStatus(f, path, "ok")
-    return FileStatus(f, path, "bad checksum", f"expected {f.hash_label}, found {found}")
+    return verdict
 
 
 def _read_cache(wd: Path) -> dict[str, Any]:
