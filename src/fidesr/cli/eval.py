@@ -268,11 +268,9 @@ def model_spec(cfg: DictConfig) -> str | None:
 def fresh_sr_dir(sr_dir: Path, overwrite: bool) -> Path:
     """Checkpoint mode's SR folder, empty of images so that only this run's are scored: an earlier run's
     are refused (one line naming the folder) unless ``overwrite``, which deletes them (and nothing else)."""
-    from fidesr.data.imageio import list_images as all_images
-
     if sr_dir.exists() and not sr_dir.is_dir():
         raise ConfigValueError(f"{sr_dir} exists and is not a folder; give another output_dir=")
-    old = all_images(sr_dir, recursive=True) if sr_dir.is_dir() else []
+    old = list_images(sr_dir, recursive=True) if sr_dir.is_dir() else []
     if old and not overwrite:
         raise ConfigValueError(
             f"{sr_dir} already holds {len(old)} SR image(s) of an earlier run; nothing was computed "

@@ -55,13 +55,9 @@ class PerceptualLoss(nn.Module):
             W.ensure_weights([W.LPIPS_VGG], weights_dir, error_type=PerceptualWeightsMissing)
         self.backbone = backbone
         self.net_name = net
-        # torchvision reads torch.hub's directory when it loads the backbone; no download is allowed, and
-        # the backbone and heads are read as data only (torch.hub's own torch.load gets our weights-only one).
-        with (
-            W.torch_cache_scope(weights_dir),
-            W.no_downloads(f"perceptual loss lpips_{net}"),
-            W.data_only_loads(),
-        ):
+        # torchvision reads the weights dir when it loads the backbone, downloads nothing, and the backbone
+        # and heads are read as data only (torch.hub's own torch.load gets our weights-only one).
+        with W.build_scope(f"perceptual loss lpips_{net}", weights_dir):
             self.lpips = lpips.LPIPS(net=net, spatial=True, pnet_rand=not pretrained, verbose=False)
         self.lpips.requires_grad_(False).eval()
 

@@ -72,8 +72,8 @@ def _maniqa_vit_without_imagenet_init() -> Any:
 def build_pyiqa_metric(
     spec: MetricSpec, options: Mapping[str, Any], device: torch.device, weights_dir: str | os.PathLike | None
 ) -> torch.nn.Module:
-    """``pyiqa.create_metric`` for one spec, after verifying its weights, with downloads forbidden and every
-    weight file read as data only (``weights_data.data_only_loads``).
+    """``pyiqa.create_metric`` for one spec, after verifying its weights, inside ``W.build_scope`` (downloads
+    forbidden, every weight file read as data only).
 
     Raises:
         WeightsMissingError: a file is missing or corrupt (checked before pyiqa is called).
@@ -82,9 +82,8 @@ def build_pyiqa_metric(
     W.check_weights([spec.name], required=[spec.name], weights_dir=weights_dir)
     pyiqa = W.import_pyiqa()
     with ExitStack() as stack:
-        stack.enter_context(W.torch_cache_scope(weights_dir))  # pyiqa/torchvision read the weights dir
-        stack.enter_context(W.no_downloads(spec.name))
-        stack.enter_context(W.data_only_loads())  # pyiqa's torch.load(weights_only=False) gets our data load
+        # pyiqa/torchvision read the weights dir, download nothing, and their torch.load is our data-only one.
+        stack.enter_context(W.build_scope(spec.name, weights_dir))
         if spec.name == "maniqa":
             stack.enter_context(_maniqa_vit_without_imagenet_init())
         model = pyiqa.create_metric(spec.pyiqa_name, device=device, **dict(options))

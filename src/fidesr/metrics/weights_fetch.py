@@ -29,17 +29,17 @@ from tqdm.auto import tqdm
 
 from fidesr.errors import ConfigValueError, disk_full_error, is_disk_full
 from fidesr.metrics.specs import parse_metric_config
-from fidesr.metrics.weights_data import prove_data
 from fidesr.metrics.weights_registry import WeightFile, canonical_target, files_for
 from fidesr.metrics.weights_store import (
     WeightsMissingError,
     check_weights,
     describe_missing,
-    digest,
     file_path,
     file_status,
+    inspect,
     matches,
     missing_files,
+    remember,
     resolve_weights_dir,
 )
 
@@ -199,16 +199,17 @@ def fetch_file(
                 if is_disk_full(err):
                     raise disk_full_error(err, dest) from err
                 raise
-            found = digest(f, tmp)
-            if not matches(f, found):
+            entry = inspect(f, tmp)
+            if not matches(f, entry["digest"]):
                 raise FetchError(
-                    f"{url}: checksum mismatch (expected {f.hash_label}, found {found}); not saved"
+                    f"{url}: checksum mismatch (expected {f.hash_label}, found {entry['digest']}); not saved"
                 )
-            if not f.full_hash and (why := prove_data(tmp)):  # a matching prefix alone proves nothing
+            if entry.get("not_data"):
                 raise FetchError(
-                    f"{url}: {why}: its sha256 prefix matches, but it is not plain data; not saved"
+                    f"{url}: {entry['not_data']}: its sha256 prefix matches, but it is not plain data; not saved"
                 )
             os.replace(tmp, dest)
+            remember(f, dest, entry, wd)  # checked above: not hashed again under its final name
         finally:
             Path(tmp).unlink(missing_ok=True)
     if not file_status(f, wd).ok:  # records the digest; fails only if the file changed under us

@@ -20,7 +20,6 @@ import numpy as np
 
 from fidesr.metrics import weights_registry as R
 from fidesr.metrics.specs import PROTOCOL
-from fidesr.metrics.weights_data import prove_data
 from fidesr.metrics.weights_registry import (
     FILES,
     Provider,
@@ -33,6 +32,7 @@ from fidesr.metrics.weights_store import (
     digest,
     file_path,
     file_status,
+    inspect,
     matches,
     niqe_values_digest,
     resolve_weights_dir,
@@ -216,8 +216,10 @@ def adopt(
                 continue
             try:
                 done[f.key] = _adopt_one(f, src, wd, mode, sha)
-            except ValueError as err:
-                refusal = refusal or (str(err) if "not plain data" in str(err) else "")
+            except NotPlainDataError as err:
+                refusal = refusal or str(err)
+                continue
+            except ValueError:
                 continue
             matched = True
             log(
@@ -232,6 +234,10 @@ def adopt(
                 else f"ignored  {src}: checksum matches no registered file"
             )
     return done
+
+
+class NotPlainDataError(ValueError):
+    """A candidate's sha256 prefix matches a prefix-only entry, but the file is not plain data."""
 
 
 def _adopt_one(
@@ -249,8 +255,8 @@ def _adopt_one(
         sha["bytes"] = sha256_file(src)
     if not matches(f, sha["bytes"]):
         raise ValueError("checksum")
-    if not f.full_hash and (why := prove_data(src)):  # before placing: a valid file there stays
-        raise ValueError(
+    if why := inspect(f, src, sha["bytes"]).get("not_data"):  # before placing: a valid file there stays
+        raise NotPlainDataError(
             f"not plain data, {why}; its sha256 prefix matches {f.filename}'s, which alone proves nothing"
         )
     return _place(f, src, wd, mode)

@@ -35,7 +35,7 @@ import numpy as np
 
 from fidesr.errors import FidesrError
 from fidesr.metrics.specs import PROTOCOL, STANDIN_SUFFIX, canonical_name, parse_metric_config
-from fidesr.metrics.weights_data import prove_data
+from fidesr.metrics.weights_data import data_only_loads, prove_data
 from fidesr.metrics.weights_registry import WeightFile, canonical_target, metric_files
 
 ENV_VAR = "FIDESR_WEIGHTS_DIR"
@@ -169,6 +169,15 @@ def no_downloads(what: str) -> Iterator[None]:
             setattr(obj, name, value)
 
 
+@contextmanager
+def build_scope(what: str, weights_dir: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Around the construction of a network that loads weight files (a metric, the perceptual loss):
+    torch.hub and pyiqa read the weights directory (``torch_cache_scope``), no library downloads anything
+    (``no_downloads``), and every file is read as data only (``weights_data.data_only_loads``)."""
+    with torch_cache_scope(weights_dir) as wd, no_downloads(what), data_only_loads():
+        yield wd
+
+
 # --------------------------------------------------------------------------------------------------
 # Verification and status
 # --------------------------------------------------------------------------------------------------
@@ -233,35 +242,52 @@ def _identity(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
+def inspect(f: WeightFile, path: str | os.PathLike, found: str | None = None) -> dict[str, str]:
+    """The registry's whole check of ``path`` as ``f``: ``{"digest": …}`` and, for a prefix-only entry whose
+    prefix matches, ``"not_data"``: why the file is not plain data (``weights_data.prove_data``), or "".
+    ``found``: the digest, when the caller has it already."""
+    entry = {"digest": digest(f, path) if found is None else found}
+    if not f.full_hash and matches(f, entry["digest"]):  # a matching prefix alone proves nothing
+        entry["not_data"] = prove_data(path) or ""
+    return entry
+
+
+def _verdict(f: WeightFile, path: Path, entry: Mapping[str, Any]) -> FileStatus:
+    if not matches(f, entry["digest"]):
+        return FileStatus(f, path, "bad checksum", f"expected {f.hash_label}, found {entry['digest']}")
+    if not f.full_hash and entry["not_data"]:
+        return FileStatus(
+            f, path, "not plain data", f"{entry['not_data']}; a sha256 prefix alone proves nothing"
+        )
+    return FileStatus(f, path, "ok")
+
+
+def remember(
+    f: WeightFile, path: Path, entry: Mapping[str, Any], weights_dir: str | os.PathLike | None = None
+) -> None:
+    """Record what ``inspect`` found for ``path`` (``f``'s place) under the file's current identity, so that
+    ``file_status`` need not hash a file just checked and renamed into place."""
+    wd = resolve_weights_dir(weights_dir)
+    cache = _read_cache(wd)
+    cache[str(path.relative_to(wd))] = {"id": _identity(path.stat()), **entry}
+    _write_cache(wd, cache)
+
+
 def file_status(f: WeightFile, weights_dir: str | os.PathLike | None = None) -> FileStatus:
-    """Check presence, checksum and, for a prefix-only entry, that the file is plain data
-    (``weights_data.prove_data``). Results are cached per file identity (size, mtime, ctime, inode,
-    device) in the weights directory, so the 0.5 GB checkpoints are hashed once, not at every start-up;
-    anything else re-hashes."""
+    """Check presence, checksum and, for a prefix-only entry, that the file is plain data (``inspect``).
+    Results are cached per file identity (size, mtime, ctime, inode, device) in the weights directory, so
+    the 0.5 GB checkpoints are hashed once, not at every start-up; anything else re-hashes."""
     wd = resolve_weights_dir(weights_dir)
     path = file_path(f, wd)
     if not path.is_file():
         return FileStatus(f, path, "missing")
-    cache = _read_cache(wd)
-    key = str(path.relative_to(wd))
-    entry = cache.get(key)
+    entry = _read_cache(wd).get(str(path.relative_to(wd)))
     ident = _identity(path.stat())  # follows symlinks (``link`` mode)
-    if not (isinstance(entry, dict) and entry.get("id") == ident and isinstance(entry.get("digest"), str)):
-        entry = {"id": ident, "digest": digest(f, path)}
-    changed = entry is not cache.get(key)
-    found, verdict = entry["digest"], FileStatus(f, path, "ok")
-    if not matches(f, found):
-        verdict = FileStatus(f, path, "bad checksum", f"expected {f.hash_label}, found {found}")
-    elif not f.full_hash:
-        if not isinstance(entry.get("not_data"), str):  # proven once per file identity
-            entry["not_data"], changed = prove_data(path) or "", True
-        if entry["not_data"]:
-            why = f"{entry['not_data']}; a sha256 prefix alone proves nothing"
-            verdict = FileStatus(f, path, "not plain data", why)
-    if changed:
-        cache[key] = entry
-        _write_cache(wd, cache)
-    return verdict
+    cached = isinstance(entry, dict) and entry.get("id") == ident and isinstance(entry.get("digest"), str)
+    if not cached or (not f.full_hash and matches(f, entry["digest"]) and "not_data" not in entry):
+        entry = inspect(f, path, entry["digest"] if cached else None)
+        remember(f, path, entry, wd)
+    return _verdict(f, path, entry)
 
 
 def _read_cache(wd: Path) -> dict[str, Any]:
