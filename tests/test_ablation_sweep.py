@@ -70,11 +70,8 @@ def test_baseline_configs(compose, experiment: str, timestep: int, prediction: s
         assert cfg.backbone._target_.endswith(backbone)
         assert cfg.lrrb is None and cfg.daw is None and cfg.lfim is None
         # The distillation term of each: OSEDiff's VSD, PiSA-SR's CSD (docs/baselines.md).
-        assert (
-            (cfg.vsd is not None and cfg.csd is None)
-            if experiment == "osediff_like"
-            else (cfg.csd is not None)
-        )
+        term = "vsd.Variational" if experiment == "osediff_like" else "csd.Classifier"
+        assert f"fidesr.components.distill.{term}" in cfg.distill._target_
         assert cfg.backbone.timestep == timestep and cfg.backbone.prediction == prediction
         expected = compose([f"degradation={degradation}"]).degradation
         assert cfg.degradation == expected

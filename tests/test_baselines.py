@@ -84,14 +84,20 @@ def test_osediff_like_trains_with_vsd_and_resumes_exactly(compose, fast_train_ov
     assert all(torch.equal(again.state[k], weights.state[k]) for k in weights.state)
 
 
-def test_csd_and_vsd_together_are_refused(compose, tiny_backbone_folder):
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["experiment=[demo,pisasr_like]", "stages=none"], "needs a stage schedule"),
+        (["experiment=[demo,osediff_like]", "stages=pisasr"], r"names LoRA sets \['pix'\]"),
+        (["experiment=[demo,pisasr_like]", "daw=short"], "has no perceptual loss"),
+    ],
+)
+def test_a_schedule_that_does_not_fit_the_model_is_refused(compose, tiny_backbone_folder, overrides, message):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    cfg = compose(
-        ["experiment=[demo,osediff_like]", "csd=on", "backbone.ae_warmup_steps=10", "paths.output_dir=/tmp/x"]
-    )
-    with pytest.raises(InstantiationException, match="choose one distillation term"):
+    cfg = compose([*overrides, "backbone.ae_warmup_steps=10", "paths.output_dir=/tmp/x"])
+    with pytest.raises(InstantiationException, match=message):
         instantiate(cfg.model)
 
 
@@ -103,7 +109,7 @@ def pisa_run(tmp_path_factory, session_train_setup) -> Path:
     _compose, FAST_TRAIN_OVERRIDES, _ = session_train_setup
 
     run = tmp_path_factory.mktemp("pisa")
-    over = [*_fast(FAST_TRAIN_OVERRIDES, "[demo,pisasr_like]"), "model.pix_steps=2"]
+    over = [*_fast(FAST_TRAIN_OVERRIDES, "[demo,pisasr_like]"), "first_stage_steps=2"]
     train(_compose([*over, "trainer.max_steps=2", f"paths.output_dir={run}"]))
     (run / "stage1.ckpt").write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
     train(_compose([*over, "trainer.max_steps=4", f"paths.output_dir={run}", "ckpt_path=last"]))
@@ -137,7 +143,7 @@ def _tiny_two_set_backbone_state(session_train_setup) -> dict[str, torch.Tensor]
     _compose, _, TINY_OVERRIDES = session_train_setup
 
     cfg = _compose(
-        ["experiment=[demo,pisasr_like]", *TINY_OVERRIDES, "paths.output_dir=/tmp/x", "model.pix_steps=2"]
+        ["experiment=[demo,pisasr_like]", *TINY_OVERRIDES, "paths.output_dir=/tmp/x", "first_stage_steps=2"]
     )
     L.seed_everything(cfg.seed, workers=True)
     model = instantiate(cfg.model)
@@ -174,7 +180,10 @@ def test_pisasr_strengths_combine_the_two_sets_as_pisasr_does(make_tiny_backbone
     assert not torch.allclose(eps_pix, eps_both)
     for lp, ls in [(0.3, 0.7), (1.0, 0.0), (0.0, 0.0), (1.0, 1.0), (1.5, 0.5)]:
         out = pipe(
-            lq, lambda_pix=lp, lambda_sem=ls, generator=torch.Generator().manual_seed(0), return_latents=True
+            lq,
+            strengths={"pix": lp, "sem": ls},
+            generator=torch.Generator().manual_seed(0),
+            return_latents=True,
         )
         expected = z_lq - (lp * eps_pix + ls * (eps_both - eps_pix))
         torch.testing.assert_close(out.latents.z_sr, expected, rtol=1e-5, atol=1e-6, msg=f"{lp}, {ls}")
@@ -189,8 +198,8 @@ def test_strengths_need_a_two_set_model(make_tiny_backbone):
     from fidesr.pipeline import FiDeSRPipeline
 
     pipe = FiDeSRPipeline(make_tiny_backbone(), None, None, min_lq_size=16)
-    with pytest.raises(ValueError, match="two LoRA sets"):
-        pipe(torch.rand(1, 3, 16, 16), lambda_sem=0.5)
+    with pytest.raises(ValueError, match="several LoRA sets"):
+        pipe(torch.rand(1, 3, 16, 16), strengths={"sem": 0.5})
 
 
 def test_two_set_export_writes_one_lora_file_per_set_and_reloads(
@@ -229,8 +238,8 @@ def test_two_set_export_writes_one_lora_file_per_set_and_reloads(
     loaded = FiDeSRPipeline.from_pretrained(folder, device="cpu")
     assert loaded.backbone.lora_sets == ("pix", "sem")  # not fused: the strengths stay free
     for lp, ls in [(1.0, 0.0), (0.5, 1.0)]:
-        a = live(lq, lambda_pix=lp, lambda_sem=ls, generator=torch.Generator().manual_seed(0)).sr
-        b = loaded(lq, lambda_pix=lp, lambda_sem=ls, generator=torch.Generator().manual_seed(0)).sr
+        a = live(lq, strengths={"pix": lp, "sem": ls}, generator=torch.Generator().manual_seed(0)).sr
+        b = loaded(lq, strengths={"pix": lp, "sem": ls}, generator=torch.Generator().manual_seed(0)).sr
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 

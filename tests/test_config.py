@@ -39,7 +39,7 @@ def test_every_experiment_composes_and_instantiates(experiment, compose, cache_d
     check_stored_config({**stored, "model": {k: run["model"][k] for k in ("color_fix", "min_lq_size")}}, "x")
     assert cfg.task_name
     cfg = compose([f"experiment={experiment}", *LOCAL])
-    for group in ("lrrb", "daw", "csd", "lfim", "perceptual", "degradation"):
+    for group in ("lrrb", "daw", "distill", "stages", "lfim", "perceptual", "degradation"):
         node = cfg.get(group)
         obj = instantiate(node) if node is not None else None
         assert (obj is None) == (node is None), group
@@ -61,7 +61,7 @@ def test_paper_experiment_has_the_papers_values(compose):
     opt = cfg.model.optimizer
     assert (opt.lr, list(opt.betas), opt.weight_decay, opt.eps) == (5e-5, [0.9, 0.999], 0.01, 1e-8)
     assert cfg.model.scheduler is None
-    assert (cfg.model.lambda_mse, cfg.model.lambda_lpips, cfg.model.lambda_csd) == (1.0, 2.0, 1.0)
+    assert (cfg.model.lambda_mse, cfg.model.lambda_lpips, cfg.model.lambda_distill) == (1.0, 2.0, 1.0)
     assert cfg.model.null_text_ratio == 0.5 and cfg.seed == 123
     assert (cfg.trainer.precision, cfg.trainer.gradient_clip_val, cfg.trainer.max_steps) == (
         "16-mixed",
@@ -70,7 +70,7 @@ def test_paper_experiment_has_the_papers_values(compose):
     )
     assert cfg.trainer.devices * cfg.data.batch_size == 8
     assert (cfg.daw.alpha, cfg.daw.warmup_steps, cfg.daw.ramp_steps) == (0.6, 2000, 1000)
-    assert (cfg.csd.cfg_scale, cfg.csd.t_min, cfg.csd.t_max) == (7.5, 20, 500)
+    assert (cfg.distill.cfg_scale, cfg.distill.t_min, cfg.distill.t_max) == (7.5, 20, 500)
     assert (cfg.lfim.lf_scale, cfg.lfim.hf_scale, cfg.lfim.grid) == (0.2, 0.2, "official")
     assert cfg.perceptual.backbone == "pretrained" and cfg.perceptual.net == "vgg"
 
@@ -103,7 +103,7 @@ def test_memory_presets_override_the_experiment(memory, expected, compose, cache
     assert {p.dtype for p in model.trainable_parameters()} == {torch.float32}
 
 
-@pytest.mark.parametrize("group", ["lrrb", "daw", "csd", "lfim"])
+@pytest.mark.parametrize("group", ["lrrb", "daw", "distill", "lfim"])
 def test_switched_off_component_is_absent(group, compose):
     on = compose(["experiment=demo"])
     off = compose(["experiment=demo", f"{group}=off"])

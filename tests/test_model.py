@@ -10,8 +10,8 @@ import torch
 from hydra.utils import instantiate
 
 from fidesr.cli.train import train
-from fidesr.components.csd import add_noise, csd_loss
 from fidesr.components.daw import detail_map, error_map, resize_weights
+from fidesr.components.distill.csd import add_noise, csd_loss
 
 
 def _model(compose, overrides):
@@ -124,10 +124,10 @@ def test_losses_weighted_and_csd_uses_tags_negative_prompt_and_frozen_teacher(co
     assert w is not None and torch.allclose(w.mean(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)
     mse = (resize_weights(w, gt.shape[-2:]) * (sr - gt) ** 2).mean()
     lpips = (resize_weights(w, lp.shape[-2:]) * lp).mean()
-    t, eps = model.csd.sample(out.z_sr, g_dev)
+    t, eps = model.distill.sample(out.z_sr, g_dev)
     z_t = add_noise(out.z_sr.detach(), eps, t, model.backbone.alphas_cumprod)
     pos = model.backbone.encode_prompt(batch["prompt"])
-    neg = model.backbone.encode_prompt([model.csd.negative_prompt] * 2)
+    neg = model.backbone.encode_prompt([model.distill.negative_prompt] * 2)
     eps_neg, eps_pos = teacher(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([neg, pos])).chunk(2)
     csd = csd_loss(
         out.z_sr,

@@ -178,7 +178,7 @@ def test_pisasr_file_runs_both_sets_with_pisasr_strengths(
     torch.testing.assert_close(
         default.z_sr, z_lq - (1 * eps_pix + 1 * (eps_sem - eps_pix)), rtol=1e-4, atol=1e-5
     )
-    mixed = pipe(_lq(), generator=_seeded(), return_latents=True, lambda_pix=0.5, lambda_sem=0.25).latents
+    mixed = pipe(_lq(), generator=_seeded(), return_latents=True, strengths={"pix": 0.5, "sem": 0.25}).latents
     torch.testing.assert_close(
         mixed.z_sr, z_lq - (0.5 * eps_pix + 0.25 * (eps_sem - eps_pix)), rtol=1e-4, atol=1e-5
     )

@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         "full (LRRB + DAW + CSD)": ["daw.warmup_steps=0", "daw.ramp_steps=1"],
         "without DAW": ["daw=off"],
         "without LRRB": ["lrrb=off", "daw.warmup_steps=0", "daw.ramp_steps=1"],
-        "without CSD": ["csd=off", "daw.warmup_steps=0", "daw.ramp_steps=1"],
-        "plain (no LRRB, DAW, CSD)": ["daw=off", "lrrb=off", "csd=off"],
+        "without CSD": ["distill=off", "daw.warmup_steps=0", "daw.ramp_steps=1"],
+        "plain (no LRRB, DAW, CSD)": ["daw=off", "lrrb=off", "distill=off"],
     }
     results = {name: time_steps(build(ov), batch, args.steps) for name, ov in configs.items()}
     full = results["full (LRRB + DAW + CSD)"]

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference import Bench, build_backbone, cap_memory, random_lrrb, setup_device  # noqa: E402
 
-from fidesr.components.csd import ClassifierScoreDistillation  # noqa: E402
 from fidesr.components.daw import DetailAwareWeighting  # noqa: E402
+from fidesr.components.distill.csd import ClassifierScoreDistillation  # noqa: E402
 from fidesr.components.perceptual import PerceptualLoss  # noqa: E402
 from fidesr.model import FiDeSRModule  # noqa: E402
 
@@ -161,11 +161,11 @@ def build_module(tiny: bool, device: torch.device) -> FiDeSRModule:
         optimizer=functools.partial(torch.optim.AdamW, lr=5e-5),
         lrrb=random_lrrb(device),
         daw=DetailAwareWeighting(warmup_steps=0, ramp_steps=0),
-        csd=ClassifierScoreDistillation(),
+        distill=ClassifierScoreDistillation(),
         perceptual=PerceptualLoss(net="vgg", backbone="random"),
         lambda_mse=1.0,
         lambda_lpips=2.0,
-        lambda_csd=1.0,
+        lambda_distill=1.0,
         null_text_ratio=0.5,
     ).to(device)
     module.train()

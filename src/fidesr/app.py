@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fidesr.backbone.adapters import pisasr_strengths
 from fidesr.data.imageio import ImageLoadError, load_image, open_image, save_image, to_uint8
 from fidesr.errors import DiskFullError, NonFiniteOutputError
 from fidesr.pipeline import COLOR_FIXES, FiDeSRPipeline
@@ -187,7 +188,8 @@ def upscale_request(
         lq = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
     generator = torch.Generator(device=pipe.device).manual_seed(seed)
     start = time.perf_counter()
-    strengths = {"lambda_pix": lambda_pix, "lambda_sem": lambda_sem} if pipe.backbone.lora_sets else {}
+    two_sets = bool(pipe.backbone.lora_sets)
+    strengths = pisasr_strengths(lambda_pix, lambda_sem) if two_sets else None
     with time_limit(pipe, seconds):
         out = pipe(
             lq[None],
@@ -195,14 +197,14 @@ def upscale_request(
             hf_scale=hf_scale,
             color_fix=color_fix,
             generator=generator,
-            **strengths,
+            strengths=strengths,
         )
     sr, bicubic = out.sr[0].cpu(), out.lq_up[0].cpu()  # .cpu() waits for the device: the time is complete
     seconds = time.perf_counter() - start
     tag = "nolfim"
     if pipe.lfim is not None:
         tag = f"lf{_strength(pipe, 'lf_scale', lf_scale):.2f}_hf{_strength(pipe, 'hf_scale', hf_scale):.2f}"
-    if strengths:
+    if two_sets:
         tag += f"_pix{1.0 if lambda_pix is None else lambda_pix:.2f}_sem{1.0 if lambda_sem is None else lambda_sem:.2f}"
     png = save_image(sr, Path(out_dir) / f"{name}_x{pipe.scale}_{tag}_{color_fix}.png")
     return AppResult(sr=to_uint8(sr), bicubic=to_uint8(bicubic), seconds=seconds, png=png)

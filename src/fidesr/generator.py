@@ -29,17 +29,10 @@ def one_step(
     lrrb: nn.Module | None,
     z_lq: torch.Tensor,
     prompt_embeds: torch.Tensor,
-    lora_strengths: tuple[float, float] | None = None,
 ) -> OneStepOutput:
-    """Residual prediction and refinement in latent space (decoding is left to the caller).
-
-    ``lora_strengths``: PiSA-SR's ``(lambda_pix, lambda_sem)`` for a two-set model
-    (:meth:`StableDiffusionBackbone.mixed_residual`); None: the UNet with its active adapters, one call.
-    """
-    if lora_strengths is None:
-        residual = backbone.residual(z_lq, prompt_embeds)
-    else:
-        residual = backbone.mixed_residual(z_lq, prompt_embeds, *lora_strengths)
+    """Residual prediction and refinement in latent space (decoding is left to the caller). The residual
+    is the backbone's (its active adapters, or their mix under inference-time set strengths)."""
+    residual = backbone.residual(z_lq, prompt_embeds)
     refined = residual if lrrb is None else residual + lrrb(z_lq, residual).to(residual.dtype)
     return OneStepOutput(
         z_lq=z_lq, residual=residual, refined_residual=refined, z_sr=backbone.sr_latent(z_lq, refined)

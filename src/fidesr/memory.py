@@ -97,7 +97,7 @@ class LiveBytes(TorchDispatchMode):
 @contextlib.contextmanager
 def label_modules(tracker: LiveBytes, root: nn.Module, names: dict[str, str]) -> Iterator[None]:
     """While a module named in ``names`` (qualified name -> label) runs forward, new storages get its label.
-    The outermost named module wins: the UNet called by the CSD module counts as the CSD teacher pass."""
+    The outermost named module wins: the UNet called by the distillation term counts as its teacher pass."""
     modules = dict(root.named_modules())
     stack: list[str] = []  # the labels in force before each named module still running
     handles = []
@@ -310,7 +310,7 @@ PARTS = {
     "backbone.unet": "unet",
     "lrrb": "lrrb",
     "perceptual": "lpips",
-    "csd": "csd teacher",
+    "distill": "distillation teacher",
     "backbone.text_encoder": "text encoder",
 }
 

@@ -1,12 +1,14 @@
 """FiDeSRModule: composes the backbone and the optional paper components, owns the losses.
 
-Loss (DESIGN section 2): ``lambda_mse * MSE_w + lambda_lpips * LPIPS_w + lambda_csd * CSD_w`` where the
-``_w`` terms are weighted by DAW's per-pixel map once its schedule starts (plain means otherwise). A
-component switched off in the config is ``None`` here and simply absent from the computation.
+Loss (DESIGN section 2): ``lambda_mse * MSE_w + lambda_lpips * LPIPS_w + lambda_distill * D_w`` where the
+``_w`` terms are weighted by DAW's per-pixel map once its schedule starts (plain means otherwise) and ``D``
+is the configured distillation term (FiDeSR: CSD). A component switched off in the config is ``None`` here
+and simply absent from the computation.
 
-The compared systems (docs/baselines.md) use the same module: OSEDiff's VSD (``vsd``, in place of CSD,
-``+ lambda_vsd * VSD`` with a fake-score adapter trained by its own optimiser inside the step) and PiSA-SR's
-two LoRA sets (``pix_steps``: the pixel set alone with the MSE until then, the semantic set after it).
+The module names no method: a compared system (docs/baselines.md) is its parts, built from its config and
+handed in: a distillation term (:mod:`fidesr.components.distill`: the term owns whatever state and
+optimiser of its own it needs) and a stage schedule (:mod:`fidesr.stages`: which LoRA sets train and which
+losses act, step by step).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import lightning as L
 import torch
 from torch import nn
 
-from fidesr.backbone.lora import LORA_SETS
 from fidesr.backbone.sd import StableDiffusionBackbone
-from fidesr.components.daw import resize_weights, weighted_mean
+from fidesr.components.daw import weighted_mean
+from fidesr.components.distill.base import DistillationTerm
 from fidesr.components.perceptual import PerceptualLoss
 from fidesr.generator import OneStepOutput, one_step
 from fidesr.pipeline import FiDeSRPipeline
+from fidesr.stages import Stage, StageSchedule
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +43,12 @@ class FiDeSRModule(L.LightningModule):
         scheduler: a partial LR scheduler or None (constant LR, as the paper).
         lrrb: ``LatentResidualRefinementBlock`` or None.
         daw: ``DetailAwareWeighting`` or None (plain losses).
-        csd: ``ClassifierScoreDistillation`` or None (no distillation loss).
+        distill: the distillation term (:class:`~fidesr.components.distill.base.DistillationTerm`: CSD,
+            VSD, ...) or None (no distillation loss); attached to the backbone here.
         lfim: ``LatentFrequencyInjection`` (inference only: validation and export) or None.
         perceptual: the LPIPS(VGG) loss network or None (``lambda_lpips`` must then be 0 and DAW off).
         degradation: applied on the device in ``on_after_batch_transfer`` (see fidesr.data.degradations).
-        lambda_mse, lambda_lpips, lambda_csd: loss weights (1, 2, 1 in the paper).
+        lambda_mse, lambda_lpips, lambda_distill: loss weights (1, 2, 1 in the paper).
         null_text_ratio: probability that the whole batch uses the empty prompt for the generator.
         color_fix, min_lq_size: validation inference settings (see ``FiDeSRPipeline``).
         seed: base seed of the per-step random streams (dropout of prompts, VAE sampling, CSD noise), so
@@ -56,12 +60,9 @@ class FiDeSRModule(L.LightningModule):
             ``unet``, ``vae_decoder``, ``lpips``, ``lrrb``: the decoder's fp32 GroupNorm + SiLU at full
             resolution are memory-bound in eager mode, which fusion addresses.
         compile_options: keyword arguments of ``torch.compile`` (e.g. ``mode``, ``dynamic``, ``backend``).
-        vsd: ``VariationalScoreDistillation`` (OSEDiff) or None; excludes ``csd``. Adds the fake-score
-            adapter to the backbone's UNet and trains it in each step with its own optimiser.
-        lambda_vsd: weight of the VSD loss (OSEDiff 1).
-        pix_steps: PiSA-SR's two-stage schedule (needs ``backbone.lora_sets``): before this step only the
-            pixel LoRA set is active and trained, with the MSE alone; from it on both sets are active, the
-            pixel set frozen and the semantic set trained with the full loss. None: no stages.
+        stages: a :class:`~fidesr.stages.StageSchedule` (which LoRA sets are active and trained, and
+            whether the perceptual and distillation losses act, per step; needed by a backbone with
+            several LoRA sets) or None: one stage, everything on.
     """
 
     def __init__(
@@ -71,13 +72,13 @@ class FiDeSRModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         lrrb: nn.Module | None = None,
         daw: Any | None = None,
-        csd: nn.Module | None = None,
+        distill: DistillationTerm | None = None,
         lfim: nn.Module | None = None,
         perceptual: PerceptualLoss | None = None,
         degradation: Any | None = None,
         lambda_mse: float = 1.0,
         lambda_lpips: float = 2.0,
-        lambda_csd: float = 1.0,
+        lambda_distill: float = 1.0,
         null_text_ratio: float = 0.5,
         color_fix: str = "adain",
         min_lq_size: int = 128,
@@ -85,43 +86,29 @@ class FiDeSRModule(L.LightningModule):
         loss_chunk: int | None = None,
         compile_parts: Sequence[str] = (),
         compile_options: dict[str, Any] | None = None,
-        vsd: nn.Module | None = None,
-        lambda_vsd: float = 1.0,
-        pix_steps: int | None = None,
+        stages: StageSchedule | None = None,
     ) -> None:
         super().__init__()
-        if vsd is not None and csd is not None:
+        if backbone.lora_sets and stages is None:
             raise ValueError(
-                "model.csd and model.vsd are both on: choose one distillation term (csd=off or vsd=off)"
+                f"backbone.lora_sets={list(backbone.lora_sets)} needs a stage schedule saying which set "
+                "trains when (stages=pisasr, conf/stages/)"
             )
-        if (pix_steps is not None) != (backbone.lora_sets == LORA_SETS):
-            raise ValueError(
-                "PiSA-SR's two-stage schedule needs both: model.pix_steps and backbone.lora_sets=[pix, sem] "
-                f"(got pix_steps={pix_steps}, lora_sets={list(backbone.lora_sets)})"
-            )
-        if pix_steps is not None and (pix_steps < 0 or daw is not None):
-            raise ValueError(
-                "model.pix_steps must be >= 0 and needs daw=off (the pixel stage has no LPIPS map)"
-            )
-        self.vsd, self.lambda_vsd, self.pix_steps = vsd, lambda_vsd, pix_steps
-        if vsd is not None:
-            backbone.add_fake_score_adapter(
-                int(vsd.fake_rank or backbone.lora_rank),
-                float(vsd.fake_alpha or backbone.lora_alpha),
-                vsd.fake_modules,
-            )
-        self._fake_optimizer: torch.optim.Optimizer | None = None
-        self._fake_scaler: torch.amp.GradScaler | None = None
-        self._fake_state: dict | None = None  # from a checkpoint, until the optimiser exists
+        if stages is not None:
+            stages.check(backbone.lora_sets, daw is not None)
+        self.stages = stages
+        if distill is not None:
+            distill.attach(backbone)
         if perceptual is None and (lambda_lpips > 0 or daw is not None):
             raise ValueError(
                 "model.perceptual is null but lambda_lpips > 0 or DAW is on (DAW's error map needs the "
                 "spatial LPIPS map): set perceptual=lpips_vgg (or perceptual=standin offline)"
             )
-        self.backbone, self.lrrb, self.csd, self.lfim, self.perceptual = backbone, lrrb, csd, lfim, perceptual
+        self.backbone, self.lrrb, self.lfim, self.perceptual = backbone, lrrb, lfim, perceptual
+        self.distill = distill
         self.daw, self.degradation = daw, degradation
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.lambda_mse, self.lambda_lpips, self.lambda_csd = lambda_mse, lambda_lpips, lambda_csd
+        self.lambda_mse, self.lambda_lpips, self.lambda_distill = lambda_mse, lambda_lpips, lambda_distill
         self.null_text_ratio, self.seed = null_text_ratio, seed
         if loss_chunk is not None and loss_chunk < 1:
             raise ValueError(
@@ -165,17 +152,20 @@ class FiDeSRModule(L.LightningModule):
         return g
 
     @property
-    def pix_stage(self) -> bool:
-        """PiSA-SR's pixel stage (only the pixel LoRA set, MSE alone) at the current step."""
-        return self.pix_steps is not None and self.global_step < self.pix_steps
+    def stage(self) -> Stage | None:
+        """The training stage of the current step (None without a schedule: everything on)."""
+        return None if self.stages is None else self.stages.at(self.global_step)
+
+    def _acts(self, loss: str) -> bool:
+        """Whether ``loss`` (``"perceptual"`` or ``"distill"``) acts in the current stage."""
+        stage = self.stage
+        return stage is None or bool(getattr(stage, loss))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # The PiSA-SR stage follows the step (so a resumed run is in the right one).
-        if self.pix_steps is not None:
-            if self.pix_stage:
-                self.backbone.set_lora_sets(["pix"])
-            else:
-                self.backbone.set_lora_sets(LORA_SETS, trained=["sem"])
+        # The stage follows the step (so a resumed run is in the right one).
+        stage = self.stage
+        if stage is not None and self.backbone.lora_sets:
+            self.backbone.set_lora_sets(stage.lora_sets or self.backbone.lora_sets, trained=stage.trained)
 
     # ------------------------------------------------------------------ data
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
@@ -212,7 +202,9 @@ class FiDeSRModule(L.LightningModule):
         detached loss parts. Every term is a per-image mean, so chunks of a batch combine exactly."""
         sr = self.backbone.decode(z_sr).float()
         parts: dict[str, torch.Tensor] = {}
-        lpips_map = self.perceptual(sr, gt) if self.perceptual is not None and not self.pix_stage else None
+        lpips_map = (
+            self.perceptual(sr, gt) if self.perceptual is not None and self._acts("perceptual") else None
+        )
         weights = self.daw(sr, gt, lpips_map, self.global_step) if self.daw is not None else None
         loss_mse = weighted_mean((sr - gt) ** 2, weights)
         loss = self.lambda_mse * loss_mse
@@ -277,80 +269,22 @@ class FiDeSRModule(L.LightningModule):
             logs["daw/alpha"] = self.daw.alpha_at(self.global_step)
             if weights is not None:
                 logs["daw/w_mean"], logs["daw/w_max"] = weights.mean(), weights.max()
-        if self.csd is not None and not self.pix_stage:
-            pos = self.backbone.encode_prompt(tags)
-            neg = self.backbone.encode_prompt([self.csd.negative_prompt] * len(tags))
-            w_lat = None if weights is None else resize_weights(weights, out.z_sr.shape[-2:])
-            loss_csd = self.csd(
-                out.z_sr.float(),
-                self.backbone.teacher_eps,
-                pos,
-                neg,
-                self.backbone.alphas_cumprod,
-                weight_map=w_lat,
-                generator=g_dev,
+        if self.distill is not None and self._acts("distill"):
+            term = self.distill.training_loss(
+                out.z_sr, self.backbone, tags, weight_map=weights, generator=g_dev, fp16=self._fp16()
             )
-            loss = loss + self.lambda_csd * loss_csd
-            logs["loss/csd"] = loss_csd.detach()
-        if self.vsd is not None:
-            pos = self.backbone.encode_prompt(tags)
-            neg = self.backbone.encode_prompt([self.vsd.negative_prompt] * len(tags))
-            loss_vsd = self.vsd(
-                out.z_sr.float(),
-                self.backbone.teacher_eps,
-                self.backbone.fake_eps,
-                pos,
-                neg,
-                self.backbone.alphas_cumprod,
-                generator=g_dev,
-            )
-            loss = loss + self.lambda_vsd * loss_vsd
-            logs["loss/vsd"] = loss_vsd.detach()
-            logs["loss/vsd_fake_score"] = self.fake_score_step(out.z_sr, pos, g_dev)
+            loss = loss + self.lambda_distill * term.loss
+            logs[f"loss/{self.distill.name}"] = term.loss.detach()
+            logs.update({f"loss/{k}": v for k, v in term.logs.items()})
         logs["loss/total"] = loss.detach()
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=gt.shape[0])
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=gt.shape[0])
         return loss
 
-    def fake_score_step(
-        self, z_sr: torch.Tensor, pos: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
-        """One optimiser step of the VSD fake score on the generator's detached latents ``z_sr``
-        ``[B,C,h,w]`` (OSEDiff trains it after the generator's step; its loss does not depend on the
-        generator's new weights, and the generator's VSD term used the fake score before this step either
-        way). Returns the detached diffusion loss."""
-        from fidesr.backbone.lora import FAKE_SCORE_ADAPTER
-
-        opt, scaler = self._fake_score_optimizer()
-        params = self.backbone.fake_score_parameters()
-        # The adapter must be active (and require grad) through the backward as well as the forward.
-        with self.backbone.adapters_active([FAKE_SCORE_ADAPTER]), torch.enable_grad():
-            loss = self.vsd.fake_score_loss(
-                z_sr, self.backbone.fake_eps, pos, self.backbone.alphas_cumprod, generator
-            )
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(z_sr.device.type, enabled=False):
-                scaler.scale(loss).backward()
-            if self.vsd.grad_clip is not None:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, self.vsd.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    def _fake_score_optimizer(self) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler]:
-        """The fake score's optimiser and fp16 loss scaler, made on first use (state from a checkpoint)."""
-        if self._fake_optimizer is None:
-            self._fake_optimizer = self.vsd.make_optimizer(self.backbone.fake_score_parameters())
-            plugin = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
-            fp16 = getattr(plugin, "scaler", None) is not None
-            self._fake_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
-            if self._fake_state is not None:
-                self._fake_optimizer.load_state_dict(self._fake_state["optimizer"])
-                self._fake_scaler.load_state_dict(self._fake_state["scaler"])
-                self._fake_state = None
-        return self._fake_optimizer, self._fake_scaler
+    def _fp16(self) -> bool:
+        """Whether the trainer scales the losses (fp16 mixed precision): a term's own step does too."""
+        plugin = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
+        return getattr(plugin, "scaler", None) is not None
 
     def setup(self, stage: str) -> None:
         """Validation set names (dataloader index -> name) from the datamodule, for the outputs' ``set``."""
@@ -393,9 +327,7 @@ class FiDeSRModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def trainable_state_keys(self) -> set[str]:
         keys = {f"backbone.unet.{k}" for k in self.backbone.lora_state_dict()}
-        keys |= {
-            f"backbone.unet.{k}" for k in self.backbone.fake_score_state_dict()
-        }  # resume, never exported
+        keys |= {f"backbone.unet.{k}" for k in self.backbone.auxiliary_state_dict()}  # resume, never exported
         keys |= {f"backbone.vae.{k}" for k in self.backbone.vae_lora_state_dict()}
         if self.lrrb is not None:
             keys |= {f"lrrb.{k}" for k in self.lrrb.state_dict()}
@@ -414,9 +346,8 @@ class FiDeSRModule(L.LightningModule):
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["fidesr"] = {"config": self.run_config, "trainable_keys": sorted(keep)}
-        if self.vsd is not None:
-            opt, scaler = self._fake_score_optimizer()
-            checkpoint["fidesr_fake_score"] = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict()}
+        if self.distill is not None and self.distill.state_key:
+            checkpoint[self.distill.state_key] = self.distill.checkpoint_state(self._fp16())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
@@ -425,7 +356,8 @@ class FiDeSRModule(L.LightningModule):
                 f"checkpoint lacks {len(missing)} trainable tensors of this model (e.g. {missing[:3]}); "
                 "was it trained with another lrrb / LoRA configuration?"
             )
-        if self.vsd is not None:
-            if "fidesr_fake_score" not in checkpoint:
-                raise KeyError("checkpoint lacks the VSD fake-score optimiser state (fidesr_fake_score)")
-            self._fake_optimizer, self._fake_state = None, checkpoint["fidesr_fake_score"]
+        term = self.distill
+        if term is not None and term.state_key:
+            if term.state_key not in checkpoint:
+                raise KeyError(f"checkpoint lacks the {term.name} term's training state ({term.state_key})")
+            term.load_checkpoint_state(checkpoint[term.state_key])

@@ -59,7 +59,9 @@ def model_card(
     run = weights.info.get("run_config") or {}
     if run:
         keep = {
-            k: run.get(k) for k in ("seed", "trainer", "data", "daw", "csd", "lrrb", "perceptual") if k in run
+            k: run.get(k)
+            for k in ("seed", "trainer", "data", "daw", "distill", "stages", "lrrb", "perceptual")
+            if k in run
         }
         lines += [
             "",

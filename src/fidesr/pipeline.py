@@ -16,7 +16,7 @@ and, for inference only, :meth:`FiDeSRPipeline.from_pretrained`, the one loader 
 with :meth:`~FiDeSRPipeline.save_pretrained`. It merges the LoRA into the UNet weights and drops the
 adapter layers (diffusers' ``fuse_lora`` + ``unload_lora``): a plain diffusers UNet, the fastest and the
 friendliest to ``torch.compile``. A model with PiSA-SR's two LoRA sets (``backbone.lora_sets``) stays
-unfused, so that ``lambda_pix`` / ``lambda_sem`` can weigh the sets per call: the adapter layers cost some
+unfused, so that the sets can be weighed per call (``strengths``): the adapter layers cost some
 speed, and strengths other than (1, 1) two UNet calls per tile (PiSA-SR's own inference does the same).
 """
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -282,21 +282,15 @@ class FiDeSRPipeline:
             in_factor=f,
         )
 
-    def denoise(
-        self,
-        z_lq: torch.Tensor,
-        prompt_embeds: torch.Tensor,
-        lora_strengths: tuple[float, float] | None = None,
-    ) -> OneStepOutput:
-        """The one-step generator (UNet + LRRB), on latent tiles when ``tile_size`` is set
-        (``lora_strengths``: see :func:`fidesr.generator.one_step`)."""
+    def denoise(self, z_lq: torch.Tensor, prompt_embeds: torch.Tensor) -> OneStepOutput:
+        """The one-step generator (UNet + LRRB), on latent tiles when ``tile_size`` is set."""
         if not self.tile_size:
-            return one_step(self.backbone, self.lrrb, z_lq, prompt_embeds, lora_strengths)
+            return one_step(self.backbone, self.lrrb, z_lq, prompt_embeds)
         b, c = z_lq.shape[:2]
 
         def step(tiles: torch.Tensor) -> torch.Tensor:
             embeds = prompt_embeds.repeat(tiles.shape[0] // b, 1, 1)
-            out = one_step(self.backbone, self.lrrb, tiles, embeds, lora_strengths)
+            out = one_step(self.backbone, self.lrrb, tiles, embeds)
             return torch.cat([out.residual, out.refined_residual], dim=1)
 
         both = tiled_apply(step, z_lq, self.tile_size, self.tile_overlap, tiles_per_call=self.tiles_per_call)
@@ -335,8 +329,7 @@ class FiDeSRPipeline:
         color_fix: str | None = None,
         generator: torch.Generator | None = None,
         return_latents: bool = False,
-        lambda_pix: float | None = None,
-        lambda_sem: float | None = None,
+        strengths: Mapping[str, float] | None = None,
     ) -> PipelineOutput:
         """LQ [B,3,h,w] in [0,1] (any device) -> SR [B,3,scale*h,scale*w] in [0,1] on the pipeline's device.
 
@@ -346,20 +339,11 @@ class FiDeSRPipeline:
             color_fix: colour correction for this call (None: the pipeline's).
             generator: for the VAE posterior sample (reproducible outputs).
             return_latents: also return the latents (z_L, r, r', z_r; before LFIM).
-            lambda_pix, lambda_sem: PiSA-SR's strengths of its pixel and semantic LoRA sets (models with
-                ``backbone.lora_sets`` only): ``eps = lambda_pix * eps_pix + lambda_sem * (eps_both -
-                eps_pix)``, ``z = z_L - eps``; None counts as 1 (the merged model, PiSA-SR's default).
+            strengths: inference-time strengths of a model's LoRA sets (``{"pix": 1.0, "sem": 0.5}`` for
+                PiSA-SR's pixel and semantic sets; a set not named counts 1), mixed as
+                :meth:`~fidesr.backbone.adapters.AdapterMixin.set_strengths` says. None: the model as
+                loaded (every set active).
         """
-        strengths = None
-        if lambda_pix is not None or lambda_sem is not None:
-            if not self.backbone.lora_sets:
-                raise ValueError(
-                    "lambda_pix / lambda_sem need a model with two LoRA sets (PiSA-SR, backbone.lora_sets)"
-                )
-            strengths = (
-                1.0 if lambda_pix is None else float(lambda_pix),
-                1.0 if lambda_sem is None else float(lambda_sem),
-            )
         if self.lfim is None and (lf_scale or hf_scale):
             raise ValueError("LFIM strengths were given but this pipeline has no LFIM (lfim: null)")
         mode = self.color_fix if color_fix is None else color_fix
@@ -371,7 +355,8 @@ class FiDeSRPipeline:
         x = up * 2 - 1
         z_lq = self.encode(x, generator)
         embeds = self.prompt_embeds(self.prompt if prompt is None else prompt, lq.shape[0])
-        out = self.denoise(z_lq, embeds.to(z_lq.dtype), strengths)
+        with self.backbone.set_strengths(strengths):
+            out = self.denoise(z_lq, embeds.to(z_lq.dtype))
         z = out.z_sr
         if self.lfim is not None:
             z = self.lfim(z, out.z_lq, out.refined_residual, x, lf_scale=lf_scale, hf_scale=hf_scale)

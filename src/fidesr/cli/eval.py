@@ -24,6 +24,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fidesr.backbone.adapters import pisasr_strengths
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS, atomic_write
 from fidesr.devices import resolve_device
 from fidesr.errors import (
@@ -319,15 +320,18 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path, notes: list[str] | None = 
     lfim = cfg.get("lfim") or {}
     # LFIM strengths per call (None: the checkpoint's own), and a seeded VAE sample per image, so that the
     # jobs of an LFIM sweep differ only in the strengths.
-    strengths = {"lf_scale": lfim.get("lf_scale"), "hf_scale": lfim.get("hf_scale")}
     # PiSA-SR's LoRA-set strengths (two-set models only; null: 1, the merged model).
     lora = cfg.get("lora_strengths") or {}
-    strengths.update({k: lora.get(k) for k in ("lambda_pix", "lambda_sem") if lora.get(k) is not None})
+    call = {
+        "lf_scale": lfim.get("lf_scale"),
+        "hf_scale": lfim.get("hf_scale"),
+        "strengths": pisasr_strengths(lora.get("lambda_pix"), lora.get("lambda_sem")),
+    }
     for lq_path in tqdm(lqs, desc="upscale", disable=not cfg.progress):
         generator = torch.Generator(device=pipe.device).manual_seed(0)
         try:
             with torch.no_grad():
-                sr = pipe(read_for_metrics(lq_path, cfg.max_pixels), generator=generator, **strengths).sr
+                sr = pipe(read_for_metrics(lq_path, cfg.max_pixels), generator=generator, **call).sr
         except NonFiniteOutputError as err:  # no black PNG scored as a result
             raise NonFiniteOutputError(f"{lq_path}: {err}", err.indices) from None
         save_image(sr.cpu(), sr_dir / f"{lq_path.stem}.png")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from fidesr.backbone.adapters import pisasr_strengths
 from fidesr.cli.options import (
     add_model_options,
     add_tiling_options,
@@ -284,8 +285,7 @@ def _upscale(args: argparse.Namespace) -> int:
                                 lf_scale=args.lf_scale,
                                 hf_scale=args.hf_scale,
                                 generator=generator,
-                                lambda_pix=args.lambda_pix,
-                                lambda_sem=args.lambda_sem,
+                                strengths=pisasr_strengths(args.lambda_pix, args.lambda_sem),
                             ).sr.cpu()
                         except NonFiniteOutputError as err:
                             # Those images fail (no black PNG); the rest of the batch is fine.

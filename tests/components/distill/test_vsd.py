@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fidesr.backbone.lora import FAKE_SCORE_ADAPTER
-from fidesr.components import vsd as V
-from fidesr.components.csd import add_noise
+from fidesr.components.distill import vsd as V
+from fidesr.components.distill.csd import add_noise
 
 
 def test_vsd_gradient_and_loss_match_a_hand_computed_case():

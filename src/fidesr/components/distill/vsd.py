@@ -23,15 +23,16 @@ calls the backbone's two views. It holds no network: the fake score is an adapte
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from fidesr.components.csd import (
+from fidesr.components.distill.base import DistillationTerm, DistillOutput
+from fidesr.components.distill.csd import (
     DEFAULT_NEGATIVE_PROMPT,
     Teacher,
     add_noise,
@@ -119,8 +120,12 @@ class VSDOutput:
 FakeScore = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-class VariationalScoreDistillation(nn.Module):
+class VariationalScoreDistillation(DistillationTerm):
     """Samples ``t`` and noise, queries the real and fake scores, and trains the fake score.
+    As a :class:`~fidesr.components.distill.base.DistillationTerm` (``distill=vsd``): :meth:`attach` adds
+    the fake-score adapter to the backbone's UNet, :meth:`training_loss` returns the generator's VSD loss
+    and then takes one step of the fake score with the term's own optimiser (state in the checkpoint
+    under ``fidesr_fake_score``). DAW's weights are not used (OSEDiff has none).
 
     Args:
         cfg_scale: guidance scale of the real score (OSEDiff 7.5).
@@ -133,8 +138,11 @@ class VariationalScoreDistillation(nn.Module):
         grad_clip: max gradient norm of the fake-score step (OSEDiff 1.0; None: no clipping).
         negative_prompt: the real score's negative prompt (the same list as CSD's, OSEDiff's script).
 
-    Parameter-free: the fake score is an adapter on the backbone's UNet, added by the model.
+    Parameter-free: the fake score is an adapter on the backbone's UNet, added by :meth:`attach`.
     """
+
+    name = "vsd"
+    state_key = "fidesr_fake_score"
 
     def __init__(
         self,
@@ -164,6 +172,12 @@ class VariationalScoreDistillation(nn.Module):
         )
         self.grad_clip = grad_clip
         self.negative_prompt = negative_prompt
+        # The backbone whose fake-score adapter this term trains (kept out of the module tree: it is
+        # the model's backbone, not a part of this term), and the fake score's optimiser state.
+        self.__dict__["_backbone"] = None
+        self._fake_optimizer: torch.optim.Optimizer | None = None
+        self._fake_scaler: torch.amp.GradScaler | None = None
+        self._fake_state: dict | None = None  # from a checkpoint, until the optimiser exists
 
     def extra_repr(self) -> str:
         return (
@@ -231,3 +245,90 @@ class VariationalScoreDistillation(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         """:meth:`compute`'s loss."""
         return self.compute(*args, **kwargs).loss
+
+    # ------------------------------------------------------------------ the distillation-term interface
+    def attach(self, backbone: Any) -> None:
+        """Add the fake-score adapter (rank / alpha: this term's, else the generator LoRA's) to
+        ``backbone``'s UNet; this term trains it."""
+        backbone.add_fake_score_adapter(
+            int(self.fake_rank or backbone.lora_rank),
+            float(self.fake_alpha or backbone.lora_alpha),
+            self.fake_modules,
+        )
+        self.__dict__["_backbone"] = backbone
+
+    def training_loss(
+        self,
+        z_sr: Tensor,
+        backbone: Any,
+        tags: Sequence[str],
+        weight_map: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        fp16: bool = False,
+    ) -> DistillOutput:
+        """The generator's VSD loss on ``z_sr`` ``[B, C, h, w]``, then one fake-score step on its
+        detached latents (logged as ``vsd_fake_score``); ``weight_map`` is ignored."""
+        pos, neg = self.prompt_embeds(backbone, tags)
+        loss = self(
+            z_sr.float(),
+            backbone.teacher_eps,
+            backbone.fake_eps,
+            pos,
+            neg,
+            backbone.alphas_cumprod,
+            generator=generator,
+        )
+        fake = self.fake_score_step(z_sr, backbone, pos, generator, fp16)
+        return DistillOutput(loss, {"vsd_fake_score": fake})
+
+    def fake_score_step(
+        self,
+        z_sr: Tensor,
+        backbone: Any,
+        pos: Tensor,
+        generator: torch.Generator | None = None,
+        fp16: bool = False,
+    ) -> Tensor:
+        """One optimiser step of the fake score on the generator's detached latents ``z_sr``
+        ``[B,C,h,w]`` (OSEDiff trains it after the generator's step; its loss does not depend on the
+        generator's new weights, and the generator's VSD term used the fake score before this step either
+        way). Returns the detached diffusion loss."""
+        opt, scaler = self._optimizer(fp16)
+        params = backbone.fake_score_parameters()
+        # The adapter must be active (and require grad) through the backward as well as the forward.
+        with backbone.fake_score_active(), torch.enable_grad():
+            loss = self.fake_score_loss(z_sr, backbone.fake_eps, pos, backbone.alphas_cumprod, generator)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(z_sr.device.type, enabled=False):
+                scaler.scale(loss).backward()
+            if self.grad_clip is not None:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def _optimizer(self, fp16: bool) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler]:
+        """The fake score's optimiser and fp16 loss scaler, made on first use (state from a checkpoint)."""
+        if self._fake_optimizer is None:
+            backbone = self.__dict__["_backbone"]
+            if backbone is None:
+                raise RuntimeError("VariationalScoreDistillation.attach(backbone) was not called")
+            params = backbone.fake_score_parameters()
+            self._fake_optimizer = self.make_optimizer(params)
+            self._fake_scaler = torch.amp.GradScaler(params[0].device.type, enabled=fp16)
+            if self._fake_state is not None:
+                self._fake_optimizer.load_state_dict(self._fake_state["optimizer"])
+                self._fake_scaler.load_state_dict(self._fake_state["scaler"])
+                self._fake_state = None
+        return self._fake_optimizer, self._fake_scaler
+
+    def checkpoint_state(self, fp16: bool = False) -> dict | None:
+        """The fake score's optimiser and loss-scaler state (its LoRA tensors are in the state dict)."""
+        opt, scaler = self._optimizer(fp16)
+        return {"optimizer": opt.state_dict(), "scaler": scaler.state_dict()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        """The optimiser is rebuilt from ``state`` on its next use."""
+        self._fake_optimizer, self._fake_state = None, state

@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from fidesr.components import csd
 from fidesr.components.daw import daw_weights
+from fidesr.components.distill import csd
 
 
 def sd21_scheduler() -> DDPMScheduler:

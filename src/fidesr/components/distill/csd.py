@@ -16,13 +16,15 @@ The functional core (:func:`csd_loss`, :func:`add_noise`) is separated from the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fidesr.components.daw import resize_weights
+from fidesr.components.distill.base import DistillationTerm, DistillOutput
 
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
@@ -173,8 +175,10 @@ def sample_timesteps_and_noise(
     return t.to(latents.device), eps.to(latents.device)
 
 
-class ClassifierScoreDistillation(nn.Module):
+class ClassifierScoreDistillation(DistillationTerm):
     """Samples ``t`` and ``eps``, runs the teacher once on ``[neg; pos]`` and returns :func:`csd_loss`.
+    As a :class:`~fidesr.components.distill.base.DistillationTerm` (``distill=csd``): the teacher is the
+    backbone's adapters-off UNet, and DAW's weights (when on) weigh the loss in latent space.
 
     Args:
         cfg_scale: guidance scale of the "real" score (official 7.5).
@@ -185,6 +189,8 @@ class ClassifierScoreDistillation(nn.Module):
     Parameter-free. The teacher callable runs under ``torch.no_grad()`` here, so no graph is built
     through the teacher whatever it does.
     """
+
+    name = "csd"
 
     def __init__(
         self,
@@ -266,3 +272,28 @@ class ClassifierScoreDistillation(nn.Module):
         return self.compute(
             latents, teacher, pos_embeds, neg_embeds, alphas_cumprod, weight_map, generator
         ).loss
+
+    def training_loss(
+        self,
+        z_sr: Tensor,
+        backbone: Any,
+        tags: Sequence[str],
+        weight_map: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        fp16: bool = False,
+    ) -> DistillOutput:
+        """The term's step (:mod:`fidesr.components.distill.base`): CSD of ``z_sr`` against
+        ``backbone.teacher_eps`` with the tag and negative prompts, DAW's ``weight_map`` ``[B,1,H,W]``
+        resized to the latent."""
+        pos, neg = self.prompt_embeds(backbone, tags)
+        w_lat = None if weight_map is None else resize_weights(weight_map, z_sr.shape[-2:])
+        loss = self(
+            z_sr.float(),
+            backbone.teacher_eps,
+            pos,
+            neg,
+            backbone.alphas_cumprod,
+            weight_map=w_lat,
+            generator=generator,
+        )
+        return DistillOutput(loss)
