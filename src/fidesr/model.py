@@ -92,7 +92,7 @@ class FiDeSRModule(L.LightningModule):
         if backbone.lora_sets and stages is None:
             raise ValueError(
                 f"backbone.lora_sets={list(backbone.lora_sets)} needs a stage schedule saying which set "
-                "trains when (stages=pisasr, conf/stages/)"
+                "trains when (stages=<schedule>, conf/stages/)"
             )
         if stages is not None:
             stages.check(backbone.lora_sets, daw is not None)
