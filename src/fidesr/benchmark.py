@@ -35,8 +35,8 @@ from fidesr.data import benchmarks as B
 from fidesr.errors import FidesrError, MissingInputError
 from fidesr.metrics.images import list_images, read_for_metrics, save_image
 from fidesr.metrics.published import PUBLISHED
-from fidesr.metrics.specs import PROTOCOL, canonical_name
 from fidesr.metrics.tables import markdown_table, read_csv, write_csv
+from fidesr.protocol import PROTOCOL, canonical_name
 
 log = logging.getLogger(__name__)
 

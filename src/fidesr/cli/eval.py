@@ -43,9 +43,9 @@ from fidesr.metrics.images import (
     size_mismatches,
 )
 from fidesr.metrics.published import published_rows
-from fidesr.metrics.specs import PROTOCOL, get_spec, parse_metric_config
 from fidesr.metrics.suite import MetricSuite
 from fidesr.metrics.tables import markdown_table, write_csv
+from fidesr.protocol import PROTOCOL, get_spec, parse_metric_config
 
 log = logging.getLogger(__name__)
 

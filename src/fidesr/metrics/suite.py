@@ -1,4 +1,4 @@
-"""``MetricSuite``: the protocol metrics (``fidesr.metrics.specs``), built once, fed batch by batch.
+"""``MetricSuite``: the protocol metrics (``fidesr.protocol``), built once, fed batch by batch.
 
 Images are ``[B,3,H,W]`` float in ``[0,1]`` (GT same shape for full-reference metrics). Every metric is
 pyiqa's, built with the protocol options, except SSIM, which by default runs a separable-filter
@@ -28,7 +28,8 @@ import torch
 
 from fidesr.devices import resolve_device
 from fidesr.metrics import weights as W
-from fidesr.metrics.specs import (
+from fidesr.metrics.ssim import SeparableSSIM
+from fidesr.protocol import (
     PROTOCOL,
     STANDIN_SUFFIX,
     SUITE_WIDE_OPTIONS,
@@ -36,7 +37,6 @@ from fidesr.metrics.specs import (
     canonical_name,
     parse_metric_config,
 )
-from fidesr.metrics.ssim import SeparableSSIM
 
 NA_WEIGHTS = "n/a (weights missing)"
 

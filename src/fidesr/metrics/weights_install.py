@@ -19,7 +19,6 @@ from typing import Literal
 import numpy as np
 
 from fidesr.metrics import weights_registry as R
-from fidesr.metrics.specs import PROTOCOL
 from fidesr.metrics.weights_registry import (
     FILES,
     Provider,
@@ -38,6 +37,7 @@ from fidesr.metrics.weights_store import (
     resolve_weights_dir,
     sha256_file,
 )
+from fidesr.protocol import PROTOCOL
 
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from fidesr.metrics.specs import PROTOCOL, STANDIN_SUFFIX, canonical_name
+from fidesr.protocol import PROTOCOL, STANDIN_SUFFIX, canonical_name
 
 _HF = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
 _TORCHVISION = "https://download.pytorch.org/models/"

@@ -34,9 +34,9 @@ from typing import Any, Literal
 import numpy as np
 
 from fidesr.errors import FidesrError
-from fidesr.metrics.specs import PROTOCOL, STANDIN_SUFFIX, canonical_name, parse_metric_config
 from fidesr.metrics.weights_data import data_only_loads, prove_data
 from fidesr.metrics.weights_registry import WeightFile, canonical_target, metric_files
+from fidesr.protocol import PROTOCOL, STANDIN_SUFFIX, canonical_name, parse_metric_config
 
 ENV_VAR = "FIDESR_WEIGHTS_DIR"
 

@@ -8,7 +8,8 @@ different formula, 1.32 dB off) without border crop, ``lpips`` (AlexNet), ``dist
 folder-to-folder (SR folder vs GT folder). Per-image values are averaged; FID is computed once per set.
 
 Everything else (``MetricSuite``, the validation callback, ``fidesr-eval``, ``fidesr-weights``) reads
-these specs, so changing the protocol means changing this file only.
+these specs, so changing the protocol means changing this file only. It imports nothing of fidesr and
+lives outside ``fidesr.metrics`` because the weight-file registry reads it too (which files a metric needs).
 """
 
 from __future__ import annotations
