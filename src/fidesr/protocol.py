@@ -36,7 +36,7 @@ class MetricSpec:
         kind: ``full-reference`` (needs GT per image), ``no-reference`` or ``distribution`` (set-level,
             folder to folder: FID).
         lower_better: direction; ``monitor_mode()`` turns it into ModelCheckpoint's ``mode``.
-        weights: keys into ``fidesr.metrics.weights.FILES`` of every file the metric needs.
+        weights: keys into ``fidesr.weights.FILES`` of every file the metric needs.
         options: protocol options passed to ``pyiqa.create_metric``.
         description: one line for tables and ``fidesr-weights status``.
     """

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch.distributed as dist
 
-from fidesr.metrics import weights as W
+from fidesr import weights as W
 from fidesr.metrics.images import quantize, safe_stem, save_image, thumbnail
 from fidesr.metrics.suite import MetricSuite
 from fidesr.metrics.tables import markdown_table, write_csv

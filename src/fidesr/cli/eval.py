@@ -374,7 +374,7 @@ def check_options(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> EvalResult:
     """The app without Hydra's wrapper (tests call it with a composed config)."""
-    from fidesr.metrics import weights as W
+    from fidesr import weights as W
 
     check_options(cfg)
     out = Path(cfg.output_dir)

@@ -19,8 +19,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from fidesr import weights as W
 from fidesr.errors import report_errors
-from fidesr.metrics import weights as W
 from fidesr.protocol import PROTOCOL
 
 

@@ -26,8 +26,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from fidesr import weights as W
 from fidesr.devices import resolve_device
-from fidesr.metrics import weights as W
 from fidesr.metrics.ssim import SeparableSSIM
 from fidesr.protocol import (
     PROTOCOL,
@@ -161,7 +161,7 @@ class MetricSuite:
         crop_border: pixels cropped on each side for PSNR, SSIM and NIQE (protocol: 0).
         test_y_channel: PSNR/SSIM on the Y channel (protocol) or on RGB.
         color_space: Y of which space for PSNR/SSIM (protocol: ``ycbcr``; pyiqa's own default is ``yiq``).
-        weights_dir: see ``fidesr.metrics.weights_store.resolve_weights_dir``.
+        weights_dir: see ``fidesr.weights.store.resolve_weights_dir``.
         required: metrics that must have their weights (``WeightsMissingError`` otherwise); other
             metrics with missing weights are skipped (one warning) and tabulated as ``n/a``.
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device``; models live there.

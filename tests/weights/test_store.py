@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fidesr.metrics import weights as W
+from fidesr import weights as W
 
 
 @pytest.fixture

@@ -28,8 +28,9 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from fidesr.errors import ConfigValueError, disk_full_error, is_disk_full
-from fidesr.metrics.weights_registry import WeightFile, canonical_target, files_for
-from fidesr.metrics.weights_store import (
+from fidesr.protocol import parse_metric_config
+from fidesr.weights.registry import WeightFile, canonical_target, files_for
+from fidesr.weights.store import (
     WeightsMissingError,
     check_weights,
     describe_missing,
@@ -41,7 +42,6 @@ from fidesr.metrics.weights_store import (
     remember,
     resolve_weights_dir,
 )
-from fidesr.protocol import parse_metric_config
 
 MIRROR_ENV = "FIDESR_WEIGHTS_MIRROR"
 MIN_RATE_ENV = "FIDESR_FETCH_MIN_RATE"

@@ -18,8 +18,9 @@ from typing import Literal
 
 import numpy as np
 
-from fidesr.metrics import weights_registry as R
-from fidesr.metrics.weights_registry import (
+from fidesr.protocol import PROTOCOL
+from fidesr.weights import registry as R
+from fidesr.weights.registry import (
     FILES,
     Provider,
     WeightFile,
@@ -27,7 +28,7 @@ from fidesr.metrics.weights_registry import (
     canonical_target,
     files_for,
 )
-from fidesr.metrics.weights_store import (
+from fidesr.weights.store import (
     digest,
     file_path,
     file_status,
@@ -37,7 +38,6 @@ from fidesr.metrics.weights_store import (
     resolve_weights_dir,
     sha256_file,
 )
-from fidesr.protocol import PROTOCOL
 
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
 

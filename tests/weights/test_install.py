@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import scipy.io
 import torch
-from _metrics_shared import NIQE_NPZ, needs_niqe_npz
 
-from fidesr.metrics import WeightsMissingError, check_weights
-from fidesr.metrics import weights as W
-from fidesr.metrics import weights_registry as R
+from _metrics_shared import NIQE_NPZ, needs_niqe_npz
+from fidesr import weights as W
 from fidesr.metrics.suite import MetricSuite, build_pyiqa_metric
-from fidesr.metrics.weights_install import wheel_path
 from fidesr.protocol import PROTOCOL
+from fidesr.weights import WeightsMissingError, check_weights
+from fidesr.weights import registry as R
+from fidesr.weights.install import wheel_path
 
 
 def test_registry_covers_the_protocol() -> None:
