@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fidesr.metrics import weights_registry as R
+from fidesr.weights import registry as R
 
 
 class WeightsServer:

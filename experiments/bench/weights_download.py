@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from _weights_server import serve  # noqa: E402
 from fidesr.cli.weights import main  # noqa: E402
-from fidesr.metrics import weights_registry as R  # noqa: E402
-from fidesr.metrics.weights_install import niqe_mat_from_npz  # noqa: E402
+from fidesr.weights import registry as R  # noqa: E402
+from fidesr.weights.install import niqe_mat_from_npz  # noqa: E402
 
 # Sizes of the published files in bytes (rounded), what a real `download --all` transfers.
 SIZES = {

@@ -13,7 +13,7 @@ Outputs: ``OUT/table.csv`` (model, set, n_images, one column per metric, seconds
 
 Before any work, a pre-flight resolves every model (:func:`fidesr.released.locate_model`), every set
 (:func:`fidesr.data.benchmarks.resolve_set`, downloading missing standard sets when online) and the
-metrics' weight files (:func:`fidesr.metrics.weights.ensure_run_weights`); whatever is still missing is
+metrics' weight files (:func:`fidesr.weights.ensure_run_weights`); whatever is still missing is
 listed in one :class:`BenchmarkPreflightError` with the command that fetches each thing.
 """
 
@@ -35,8 +35,8 @@ from fidesr.data import benchmarks as B
 from fidesr.errors import FidesrError, MissingInputError
 from fidesr.metrics.images import list_images, read_for_metrics, save_image
 from fidesr.metrics.published import PUBLISHED
-from fidesr.metrics.specs import PROTOCOL, canonical_name
 from fidesr.metrics.tables import markdown_table, read_csv, write_csv
+from fidesr.protocol import PROTOCOL, canonical_name
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def preflight(
 
     Returns the models, the sets and the canonical metric names.
     """
-    from fidesr.metrics import weights as W
+    from fidesr import weights as W
     from fidesr.released import locate_model
 
     if not models or not sets:

@@ -17,9 +17,9 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch.utils.data import DataLoader
 
 from fidesr.callbacks.metrics import ValidationMetrics, monitor_mode
-from fidesr.metrics import WeightsMissingError
 from fidesr.metrics.images import read_for_metrics
 from fidesr.metrics.tables import read_csv
+from fidesr.weights import WeightsMissingError
 
 REALSR = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "realsr"
 

@@ -28,7 +28,7 @@ def test_export(trained_model: dict, tmp_path: Path, full_disk, capsys: pytest.C
 
 def test_weights(tmp_path: Path, full_disk, capsys: pytest.CaptureFixture[str]) -> None:
     from fidesr.cli.weights import main
-    from fidesr.metrics.weights_registry import files_for
+    from fidesr.weights.registry import files_for
 
     mirror, wd = tmp_path / "mirror", tmp_path / "weights"
     mirror.mkdir()

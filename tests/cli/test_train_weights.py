@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from fidesr import weights as W
 from fidesr.cli.train import train
-from fidesr.metrics import weights as W
 
 
 @pytest.fixture

@@ -119,7 +119,7 @@ def test_download_all_fetches_every_registered_file(
 ) -> None:
     """--all covers the protocol and the training loss's VGG16; a 404 makes the exit status 1."""
     from _weights_server import register
-    from fidesr.metrics import weights as W
+    from fidesr import weights as W
 
     for key, f in W.FILES.items():
         data = f"test bytes for {key}".encode()

@@ -1,33 +1,12 @@
-"""Fixtures of the metric tests: an isolated weights directory per test, the shared RealSR data."""
+"""Fixtures of the metric tests: an isolated weights directory per test and NIQE's parameters (from
+``_metrics_shared``, shared with the weight tests), the shared RealSR data."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from _metrics_shared import NIQE_NPZ, REALSR
 
-
-@pytest.fixture(autouse=True)
-def weights_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty weights directory as $FIDESR_WEIGHTS_DIR (metric builds read it; nothing process-wide
-    changes, so nothing needs restoring)."""
-    wd = tmp_path_factory.mktemp("weights")
-    monkeypatch.setenv("FIDESR_WEIGHTS_DIR", str(wd))
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    return wd
-
-
-@pytest.fixture
-def niqe_weights(weights_dir: Path) -> Path:
-    """The test's weights directory with NIQE's parameters adopted from the shared .npz."""
-    if not NIQE_NPZ.is_file():
-        pytest.skip(f"{NIQE_NPZ} absent")
-    from fidesr.metrics import weights as W
-
-    W.adopt([NIQE_NPZ], weights_dir, log=lambda _: None)
-    return weights_dir
+from _metrics_shared import REALSR, niqe_weights, weights_dir  # noqa: F401 (fixtures, used by name)
 
 
 @pytest.fixture(scope="session")

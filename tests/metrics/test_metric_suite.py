@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fidesr.metrics import NA_WEIGHTS, MetricSuite, SeparableSSIM, WeightsMissingError
-from fidesr.metrics import weights as W
+from fidesr import weights as W
+from fidesr.metrics import NA_WEIGHTS, MetricSuite, SeparableSSIM
+from fidesr.weights import WeightsMissingError
 
 
 def _pyiqa(name: str, **opts: object) -> torch.nn.Module:

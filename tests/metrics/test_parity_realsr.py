@@ -15,8 +15,8 @@ from pathlib import Path
 from _metrics_shared import NIQE_NPZ, REALSR, needs_niqe_npz, needs_realsr
 from hydra import compose, initialize_config_module
 
+from fidesr import weights as W
 from fidesr.cli.eval import run
-from fidesr.metrics import weights as W
 from fidesr.metrics.tables import read_csv
 
 _LINE = re.compile(r"results_osediff/(\S+) \| PSNR: ([\d.]+); SSIM: ([\d.]+);.*NIQE: ([\d.]+);")

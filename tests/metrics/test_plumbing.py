@@ -13,9 +13,11 @@ import pytest
 import torch
 import torchvision
 
-from fidesr.metrics import NA_WEIGHTS, MetricSuite, WeightsMissingError, fid_folders, monitor_mode
-from fidesr.metrics import weights as W
+from fidesr import weights as W
+from fidesr.metrics import NA_WEIGHTS, MetricSuite, fid_folders
 from fidesr.metrics.images import save_image
+from fidesr.protocol import monitor_mode
+from fidesr.weights import WeightsMissingError
 
 
 def _random_backbones(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,11 +33,11 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch.distributed as dist
 
-from fidesr.metrics import weights as W
+from fidesr import weights as W
 from fidesr.metrics.images import quantize, safe_stem, save_image, thumbnail
-from fidesr.metrics.specs import PROTOCOL, canonical_name, get_spec, monitor_mode, parse_metric_config
 from fidesr.metrics.suite import MetricSuite
 from fidesr.metrics.tables import markdown_table, write_csv
+from fidesr.protocol import PROTOCOL, canonical_name, get_spec, monitor_mode, parse_metric_config
 
 # monitor_mode is re-exported: ModelCheckpoint(monitor=key, mode=monitor_mode(key)) for any logged key.
 __all__ = ["ValidationMetrics", "monitor_mode"]

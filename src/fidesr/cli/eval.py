@@ -44,9 +44,9 @@ from fidesr.metrics.images import (
     size_mismatches,
 )
 from fidesr.metrics.published import published_rows
-from fidesr.metrics.specs import PROTOCOL, get_spec, parse_metric_config
 from fidesr.metrics.suite import MetricSuite
 from fidesr.metrics.tables import markdown_table, write_csv
+from fidesr.protocol import PROTOCOL, get_spec, parse_metric_config
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ def check_options(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> EvalResult:
     """The app without Hydra's wrapper (tests call it with a composed config)."""
-    from fidesr.metrics import weights as W
+    from fidesr import weights as W
 
     check_options(cfg)
     out = Path(cfg.output_dir)

@@ -112,7 +112,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # Before any model is built: one weights directory for the whole process (and its DDP ranks); missing
     # files of the metrics and of LPIPS-VGG fetched when online, else one error listing them all.
-    from fidesr.metrics import weights as W
+    from fidesr import weights as W
 
     W.apply_environment(cfg.paths.weights_dir)
     lpips_vgg = OmegaConf.select(cfg, "perceptual.backbone") == "pretrained"

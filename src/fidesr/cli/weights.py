@@ -19,9 +19,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from fidesr import weights as W
 from fidesr.errors import report_errors
-from fidesr.metrics import weights as W
-from fidesr.metrics.specs import PROTOCOL
+from fidesr.protocol import PROTOCOL
 
 
 def format_status(metrics: Sequence[str] | None = None, weights_dir: str | None = None) -> tuple[str, bool]:

@@ -3,7 +3,7 @@
 LPIPS needs two sets of weights: the linear heads (shipped inside the ``lpips`` wheel) and torchvision's
 VGG16 ImageNet backbone (``vgg16-397923af.pth``). The backbone is found, and fetched when missing and
 online, through the same weights directory and checks as every other weight file
-(``fidesr.metrics.weights_store``; ``fidesr-weights download --metrics lpips_vgg``); offline, a missing file
+(``fidesr.weights.store``; ``fidesr-weights download --metrics lpips_vgg``); offline, a missing file
 stops construction with the path and that command. Where the backbone cannot be had (the CPU demo),
 ``backbone="random"`` builds the same network with a random VGG: a *stand-in* that is named as such
 everywhere (``name``), never presented as LPIPS.
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fidesr.metrics import weights as W
+from fidesr import weights as W
 
 VGG16_FILE = W.FILES["vgg16-imagenet"].filename
 
@@ -39,7 +39,7 @@ class PerceptualLoss(nn.Module):
         backbone: ``"pretrained"`` (ImageNet weights from the weights directory, fetched when missing and
             online; offline it fails naming the file and the command) or ``"random"`` (the stand-in for
             offline demos and tests).
-        weights_dir: see ``fidesr.metrics.weights_store.resolve_weights_dir`` (default: the shared rule).
+        weights_dir: see ``fidesr.weights.store.resolve_weights_dir`` (default: the shared rule).
     """
 
     def __init__(

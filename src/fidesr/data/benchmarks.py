@@ -195,7 +195,7 @@ def status(root: str | os.PathLike | None = None) -> list[dict[str, object]]:
 
 
 def _offline() -> str | None:
-    from fidesr.metrics.weights_fetch import OFFLINE_ENVS
+    from fidesr.weights.fetch import OFFLINE_ENVS
 
     for env in OFFLINE_ENVS:
         if os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on"):
@@ -226,7 +226,7 @@ def fetch_archive(
             if not path.is_file():
                 raise MissingInputError(f"--mirror {mirror}: no {HUB_FILE} in that folder")
             return path
-        from fidesr.metrics.weights_fetch import FetchError, download_to
+        from fidesr.weights.fetch import FetchError, download_to
 
         dest = benchmarks_dir(root) / ".downloads" / HUB_FILE
         url = f"{mirror.rstrip('/')}/{HUB_FILE}"

@@ -3,7 +3,7 @@
 Sources: FiDeSR (CVPR 2026, arXiv 2603.02692) main table and DIV2K ablation, as transcribed in
 DESIGN.md section 3; OSEDiff's own per-image log of its released RealSR outputs (the file
 ``../shared/datasets/realsr/osediff_metrics.log``, pyiqa 0.1.10), whose averages our parity test
-reproduces. All numbers were computed with the protocol of ``fidesr.metrics.specs``.
+reproduces. All numbers were computed with the protocol of ``fidesr.protocol``.
 """
 
 from __future__ import annotations

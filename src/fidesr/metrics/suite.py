@@ -1,4 +1,4 @@
-"""``MetricSuite``: the protocol metrics (``fidesr.metrics.specs``), built once, fed batch by batch.
+"""``MetricSuite``: the protocol metrics (``fidesr.protocol``), built once, fed batch by batch.
 
 Images are ``[B,3,H,W]`` float in ``[0,1]`` (GT same shape for full-reference metrics). Every metric is
 pyiqa's, built with the protocol options, except SSIM, which by default runs a separable-filter
@@ -26,9 +26,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from fidesr import weights as W
 from fidesr.devices import resolve_device
-from fidesr.metrics import weights as W
-from fidesr.metrics.specs import (
+from fidesr.metrics.ssim import SeparableSSIM
+from fidesr.protocol import (
     PROTOCOL,
     STANDIN_SUFFIX,
     SUITE_WIDE_OPTIONS,
@@ -36,7 +37,6 @@ from fidesr.metrics.specs import (
     canonical_name,
     parse_metric_config,
 )
-from fidesr.metrics.ssim import SeparableSSIM
 
 NA_WEIGHTS = "n/a (weights missing)"
 
@@ -161,7 +161,7 @@ class MetricSuite:
         crop_border: pixels cropped on each side for PSNR, SSIM and NIQE (protocol: 0).
         test_y_channel: PSNR/SSIM on the Y channel (protocol) or on RGB.
         color_space: Y of which space for PSNR/SSIM (protocol: ``ycbcr``; pyiqa's own default is ``yiq``).
-        weights_dir: see ``fidesr.metrics.weights_store.resolve_weights_dir``.
+        weights_dir: see ``fidesr.weights.store.resolve_weights_dir``.
         required: metrics that must have their weights (``WeightsMissingError`` otherwise); other
             metrics with missing weights are skipped (one warning) and tabulated as ``n/a``.
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device``; models live there.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fidesr.data.imageio import atomic_write
-from fidesr.metrics.specs import get_spec
+from fidesr.protocol import get_spec
 
 
 def header(metric: str) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fidesr.metrics.images import safe_stem
-from fidesr.metrics.specs import PROTOCOL, get_spec
 from fidesr.metrics.tables import read_csv
+from fidesr.protocol import PROTOCOL, get_spec
 from fidesr.runinfo import ERROR_FILE, config_hash, read_run_info
 
 #: Columns of the validation tables that are not metrics.

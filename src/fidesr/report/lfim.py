@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fidesr.metrics.specs import PROTOCOL
 from fidesr.metrics.tables import header, write_csv
+from fidesr.protocol import PROTOCOL
 from fidesr.report import tracker
 from fidesr.report.aggregate import mark_best
 from fidesr.report.jobs import FIDELITY, PERCEPTUAL, Job, discover_jobs, is_real_metric, metric_order

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from _weights_server import WeightsServer, register, serve
-from fidesr.metrics import weights as W
-from fidesr.metrics.weights_fetch import FetchError, OfflineError
+from fidesr import weights as W
+from fidesr.weights.fetch import FetchError, OfflineError
 
 ALEX = "alexnet-imagenet"  # any registered torch-hub file; the tests register their own bytes for it
 

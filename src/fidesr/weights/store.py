@@ -34,9 +34,9 @@ from typing import Any, Literal
 import numpy as np
 
 from fidesr.errors import FidesrError
-from fidesr.metrics.specs import PROTOCOL, STANDIN_SUFFIX, canonical_name, parse_metric_config
-from fidesr.metrics.weights_data import data_only_loads, prove_data
-from fidesr.metrics.weights_registry import WeightFile, canonical_target, metric_files
+from fidesr.protocol import PROTOCOL, STANDIN_SUFFIX, canonical_name, parse_metric_config
+from fidesr.weights.data import data_only_loads, prove_data
+from fidesr.weights.registry import WeightFile, canonical_target, metric_files
 
 ENV_VAR = "FIDESR_WEIGHTS_DIR"
 
@@ -143,7 +143,7 @@ def no_downloads(what: str) -> Iterator[None]:
     """Make every download path the metric code could take raise ``WeightsMissingError`` instead.
 
     Guards torch.hub (torchvision backbones), pyiqa's ``download_url_to_file`` and ``urllib`` (CLIP) for
-    a model construction. Files are fetched (with checksums) by ``fidesr.metrics.weights_fetch`` before;
+    a model construction. Files are fetched (with checksums) by ``fidesr.weights.fetch`` before;
     this guarantees that a library's own unchecked download, or random weights, can never happen instead.
     """
     import torch.hub
@@ -173,7 +173,7 @@ def no_downloads(what: str) -> Iterator[None]:
 def build_scope(what: str, weights_dir: str | os.PathLike | None = None) -> Iterator[Path]:
     """Around the construction of a network that loads weight files (a metric, the perceptual loss):
     torch.hub and pyiqa read the weights directory (``torch_cache_scope``), no library downloads anything
-    (``no_downloads``), and every file is read as data only (``weights_data.data_only_loads``)."""
+    (``no_downloads``), and every file is read as data only (``fidesr.weights.data.data_only_loads``)."""
     with torch_cache_scope(weights_dir) as wd, no_downloads(what), data_only_loads():
         yield wd
 
@@ -244,7 +244,7 @@ def _identity(st: os.stat_result) -> list[int]:
 
 def inspect(f: WeightFile, path: str | os.PathLike, found: str | None = None) -> dict[str, str]:
     """The registry's whole check of ``path`` as ``f``: ``{"digest": …}`` and, for a prefix-only entry whose
-    prefix matches, ``"not_data"``: why the file is not plain data (``weights_data.prove_data``), or "".
+    prefix matches, ``"not_data"``: why the file is not plain data (``fidesr.weights.data.prove_data``), or "".
     ``found``: the digest, when the caller has it already."""
     entry = {"digest": digest(f, path) if found is None else found}
     if not f.full_hash and matches(f, entry["digest"]):  # a matching prefix alone proves nothing
@@ -369,7 +369,7 @@ def check_weights(
     A *required* metric with a missing or corrupt file raises ``WeightsMissingError`` naming every such
     file, its expected path, its source and the command that fetches them. Optional metrics with missing
     files are dropped from the returned list, with a single warning per process listing them all; tables
-    show them as "n/a (weights missing)". ``fidesr.metrics.weights_fetch.ensure_weights`` fetches first.
+    show them as "n/a (weights missing)". ``fidesr.weights.fetch.ensure_weights`` fetches first.
 
     Args:
         metrics: metric names (aliases and stand-in names accepted; stand-ins need no weights), or the

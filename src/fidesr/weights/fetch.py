@@ -28,9 +28,9 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from fidesr.errors import ConfigValueError, disk_full_error, is_disk_full
-from fidesr.metrics.specs import parse_metric_config
-from fidesr.metrics.weights_registry import WeightFile, canonical_target, files_for
-from fidesr.metrics.weights_store import (
+from fidesr.protocol import parse_metric_config
+from fidesr.weights.registry import WeightFile, canonical_target, files_for
+from fidesr.weights.store import (
     WeightsMissingError,
     check_weights,
     describe_missing,

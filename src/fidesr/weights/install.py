@@ -18,9 +18,9 @@ from typing import Literal
 
 import numpy as np
 
-from fidesr.metrics import weights_registry as R
-from fidesr.metrics.specs import PROTOCOL
-from fidesr.metrics.weights_registry import (
+from fidesr.protocol import PROTOCOL
+from fidesr.weights import registry as R
+from fidesr.weights.registry import (
     FILES,
     Provider,
     WeightFile,
@@ -28,7 +28,7 @@ from fidesr.metrics.weights_registry import (
     canonical_target,
     files_for,
 )
-from fidesr.metrics.weights_store import (
+from fidesr.weights.store import (
     digest,
     file_path,
     file_status,

@@ -1,107 +1,86 @@
-"""Weights registry, verification, status, install from wheels / sdist, adopting user files, offline guard,
+"""The one weights rule: resolution order, what start-up changes in the environment, and nothing else;
+verification (checksums, the digest cache), what check_weights warns and raises, the no-downloads guard,
 and the process-wide state a suite build leaves alone."""
 
 from __future__ import annotations
 
-import hashlib
-import io
+import os
 import socket
-import tarfile
 import urllib.request
 import warnings
 from pathlib import Path
 
 import pytest
-import scipy.io
 import torch
-from _metrics_shared import NIQE_NPZ, needs_niqe_npz
 
-from fidesr.metrics import PROTOCOL, WeightsMissingError, check_weights
-from fidesr.metrics import weights as W
-from fidesr.metrics import weights_registry as R
+from fidesr import weights as W
 from fidesr.metrics.suite import MetricSuite, build_pyiqa_metric
-from fidesr.metrics.weights_install import wheel_path
+from fidesr.protocol import PROTOCOL
+from fidesr.weights import WeightsMissingError, check_weights
 
 
-def test_registry_covers_the_protocol() -> None:
-    assert W.metric_files("psnr") == [] and W.metric_files("ssim") == []
-    for name, spec in PROTOCOL.items():
-        files = W.metric_files(name)
-        assert [f.key for f in files] == list(spec.weights)
-        for f in files:  # torch-hub style names carry the sha256 prefix the registry checks
-            stem_hash = f.filename.rsplit("-", 1)[-1].split(".")[0]
-            if len(stem_hash) == 8 and all(c in "0123456789abcdef" for c in stem_hash):
-                assert f.sha256.startswith(stem_hash), f.filename
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    for name in ("FIDESR_WEIGHTS_DIR", "TORCH_HOME", "XDG_CACHE_HOME", "HF_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return monkeypatch
 
 
-def test_wheel_files_are_byte_identical_to_pyiqa_files() -> None:
-    # The evidence behind the providers: lpips' alex.pth and torchmetrics' DISTS weights.pt hash to the
-    # sha256 prefixes in pyiqa's file names (LPIPS_v0.1_alex-df73285e.pth, DISTS_weights-f5e65c96.pth).
-    for key in ("lpips-alex-v0.1", "dists-alpha-beta"):
-        f = W.FILES[key]
-        for p in f.providers:
-            src = wheel_path(p)
-            assert src is not None, p
-            assert W.sha256_file(src) == f.sha256
+def test_resolution_order(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert (W.resolve_weights_dir(), W.weights_dir_origin()) == (
+        home / ".cache/torch",
+        "torch's default cache",
+    )
+    clean_env.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert W.resolve_weights_dir() == tmp_path / "xdg/torch"
+    clean_env.setenv("TORCH_HOME", str(tmp_path / "th"))
+    assert (W.resolve_weights_dir(), W.weights_dir_origin()) == (tmp_path / "th", "$TORCH_HOME")
+    clean_env.setenv("FIDESR_WEIGHTS_DIR", str(tmp_path / "fw"))
+    assert (W.resolve_weights_dir(), W.weights_dir_origin()) == (tmp_path / "fw", "$FIDESR_WEIGHTS_DIR")
+    assert (W.resolve_weights_dir(tmp_path / "arg"), W.weights_dir_origin(tmp_path / "arg")) == (
+        tmp_path / "arg",
+        "argument",
+    )
 
 
-def test_install_from_wheels_places_heads_where_pyiqa_looks(weights_dir: Path) -> None:
-    logs: list[str] = []
-    done = W.install(["lpips", "dists"], weights_dir, log=logs.append)
-    assert set(done) == {"lpips-alex-v0.1", "dists-alpha-beta"}
-    assert (weights_dir / "hub/pyiqa/LPIPS_v0.1_alex-df73285e.pth").is_file()
-    st = W.status(["lpips", "dists"], weights_dir)
-    assert [s.state for s in st["lpips"]] == ["missing", "ok"]  # the AlexNet backbone is user-supplied
-    assert any("manual" in line and "alexnet-owt-7be5be79.pth" in line for line in logs)
-    # inside a build's scope pyiqa looks exactly there; outside, its own cache is untouched
-    import pyiqa.utils.download_util as dl
-
-    outside = dl.DEFAULT_CACHE_DIR
-    with W.torch_cache_scope(weights_dir):
-        assert Path(dl.DEFAULT_CACHE_DIR) == weights_dir / "hub" / "pyiqa"
-        assert Path(torch.hub.get_dir()) == weights_dir / "hub"
-    assert dl.DEFAULT_CACHE_DIR == outside
-    assert W.install(["lpips"], weights_dir, log=logs.append) == {}  # idempotent
+def test_start_up_changes_nothing_for_the_standard_caches(clean_env: pytest.MonkeyPatch) -> None:
+    before = dict(os.environ)
+    assert W.apply_environment() == W.resolve_weights_dir()
+    assert dict(os.environ) == before
 
 
-@needs_niqe_npz
-def test_adopt_npz_converts_to_pyiqa_mat(weights_dir: Path) -> None:
-    import numpy as np
-
-    done = W.adopt([NIQE_NPZ.parent], weights_dir, log=lambda _: None)
-    mat = scipy.io.loadmat(done["niqe-params"])
-    npz = np.load(NIQE_NPZ)
-    np.testing.assert_array_equal(mat["mu_prisparam"], npz["mu_pris_param"])
-    np.testing.assert_array_equal(mat["cov_prisparam"], npz["cov_pris_param"])
-    assert W.file_status(W.FILES["niqe-params"], weights_dir).ok
-
-
-def _fake_sdist(tmp_path: Path, npz_bytes: bytes) -> Path:
-    tar_path = tmp_path / "index" / "basicsr" / R.BASICSR_SDIST
-    tar_path.parent.mkdir(parents=True)
-    with tarfile.open(tar_path, "w:gz") as tar:
-        info = tarfile.TarInfo(R.NIQE_NPZ_MEMBER)
-        info.size = len(npz_bytes)
-        tar.addfile(info, io.BytesIO(npz_bytes))
-    (tar_path.parent / "index.html").write_text(f'<a href="{R.BASICSR_SDIST}#sha256=x">{R.BASICSR_SDIST}</a>')
-    return tar_path
-
-
-@needs_niqe_npz
-def test_install_niqe_from_simple_index(
-    tmp_path: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+def test_start_up_puts_everything_under_fidesr_weights_dir(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The sdist path end to end against a local PEP 503 index (file://), no network: a tarball with the
-    wrong sha256 is refused; with its hash pinned, the npz inside is converted and verified."""
-    tar_path = _fake_sdist(tmp_path, NIQE_NPZ.read_bytes())
-    index = (tmp_path / "index").as_uri()
-    logs: list[str] = []
-    assert W.install(["niqe"], weights_dir, index_url=index, log=logs.append) == {}
-    assert "FAILED" in logs[-1] and "pinned" in logs[-1]
-    monkeypatch.setattr(R, "BASICSR_SDIST_SHA256", hashlib.sha256(tar_path.read_bytes()).hexdigest())
-    done = W.install(["niqe"], weights_dir, index_url=index, log=logs.append)
-    assert done["niqe-params"] == weights_dir / "hub/pyiqa/niqe_modelparameters.mat"
-    assert W.file_status(W.FILES["niqe-params"], weights_dir).ok
+    import huggingface_hub  # noqa: F401  (imported already in most processes: the warning case below)
+
+    clean_env.setenv("FIDESR_WEIGHTS_DIR", str(tmp_path / "fw"))
+    with pytest.warns(UserWarning, match="huggingface_hub was imported before"):
+        W.apply_environment()
+    assert "HF_HOME" not in os.environ  # not half applied: huggingface_hub has read its cache already
+    clean_env.setenv("HF_HOME", str(tmp_path / "hf"))  # a user's own HF_HOME is kept
+    W.apply_environment(tmp_path / "other")
+    assert os.environ["FIDESR_WEIGHTS_DIR"] == str(tmp_path / "other")
+    assert os.environ["HF_HOME"] == str(tmp_path / "hf") and "TORCH_HOME" not in os.environ
+
+
+def test_every_command_applies_the_rule_at_start_up(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A fresh process importing fidesr.cli (what every fidesr-* script does first) gets HF_HOME under
+    $FIDESR_WEIGHTS_DIR, and huggingface_hub then uses it."""
+    import subprocess
+    import sys
+
+    clean_env.setenv("FIDESR_WEIGHTS_DIR", str(tmp_path / "fw"))
+    code = (
+        "import fidesr.cli, os, huggingface_hub.constants as c; "
+        "print(os.environ['HF_HOME']); print(c.HF_HUB_CACHE)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(tmp_path / "fw/huggingface"), str(tmp_path / "fw/huggingface/hub")]
 
 
 def test_bad_checksum_is_reported_and_fatal_when_required(weights_dir: Path) -> None:
@@ -163,20 +142,6 @@ def test_check_weights_takes_the_conf_mapping(weights_dir: Path) -> None:
         check_weights({"psnr": {"required": True}, "niqe": {"required": True}}, weights_dir=weights_dir)
     with pytest.warns(UserWarning, match="niqe"):
         assert check_weights({"psnr": {"required": True}, "niqe": None}, weights_dir=weights_dir) == ["psnr"]
-
-
-def test_adopt_link_and_refuse_wrong_files(tmp_path: Path, weights_dir: Path) -> None:
-    src = tmp_path / "downloads"
-    src.mkdir()
-    lpips_src = wheel_path(W.FILES["lpips-alex-v0.1"].providers[0])
-    (src / "alex.pth").write_bytes(lpips_src.read_bytes())  # known alias, right bytes
-    (src / "RN50.pt").write_bytes(b"truncated download")  # right name, wrong bytes
-    logs: list[str] = []
-    done = W.adopt([src], weights_dir, mode="link", log=logs.append)
-    assert list(done) == ["lpips-alex-v0.1"]
-    assert done["lpips-alex-v0.1"].is_symlink()
-    assert any(line.startswith("ignored") and "RN50.pt" in line for line in logs)
-    assert not W.file_path(W.FILES["clip-rn50"], weights_dir).exists()
 
 
 def test_no_downloads_guard_blocks_every_download_path() -> None:

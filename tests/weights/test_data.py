@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from _weights_server import serve
-from fidesr.metrics import weights as W
-from fidesr.metrics import weights_registry as R
-from fidesr.metrics.specs import PROTOCOL
+from fidesr import weights as W
 from fidesr.metrics.suite import build_pyiqa_metric
-from fidesr.metrics.weights_fetch import FetchError
+from fidesr.protocol import PROTOCOL
+from fidesr.weights import registry as R
+from fidesr.weights.fetch import FetchError
 
 MUSIQ = "musiq-koniq"  # registered, as published, with the 8 hex digits of its file name only
 

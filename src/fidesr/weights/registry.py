@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from fidesr.metrics.specs import PROTOCOL, STANDIN_SUFFIX, canonical_name
+from fidesr.protocol import PROTOCOL, STANDIN_SUFFIX, canonical_name
 
 _HF = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
 _TORCHVISION = "https://download.pytorch.org/models/"
@@ -63,7 +63,7 @@ class WeightFile:
         subdir: folder relative to the weights directory (a torch home).
         sha256: full sha256 hex digest, or its first hex digits where only those are published (the
             torch-hub naming convention ``name-<sha256 prefix>.pth``, which is also what torch.hub checks);
-            a prefix-only file must also load as plain data (``fidesr.metrics.weights_data``).
+            a prefix-only file must also load as plain data (``fidesr.weights.data``).
         max_bytes: a download stops with an error beyond this size (the server's Content-Length, when
             it gives one, is the limit below it).
         url: where ``fidesr-weights download`` fetches it (a mirror replaces everything but the file name).

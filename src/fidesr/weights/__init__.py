@@ -1,16 +1,19 @@
-"""Metric and loss weights: the public face of ``weights_registry`` (what files, from where, which
-checksum), ``weights_store`` (the one rule for where they live; verification and status),
-``weights_fetch`` (download, mirror, offline) and ``weights_install`` (package registries, user files).
+"""Metric and loss weight files: the public face of ``registry`` (what files, from where, which checksum),
+``store`` (the one rule for where they live; verification and status), ``fetch`` (download, mirror,
+offline), ``install`` (package registries, user files) and ``data`` (weights-only loading).
 
-Where files live is decided in one place, ``weights_store.resolve_weights_dir`` (its module docstring
-states the rule; docs/metrics.md explains it for users). Metric code never downloads by itself: files are
-fetched and checked by ``weights_fetch`` before a network is built, and ``no_downloads`` turns any
-download a library still attempts into ``WeightsMissingError``. No number is computed with random weights,
-and no weight file is unpickled beyond tensors and plain values (``weights_data``).
+Where files live is decided in one place, ``store.resolve_weights_dir`` (its module docstring states the
+rule; docs/metrics.md explains it for users). Metric code never downloads by itself: files are fetched and
+checked by ``fetch`` before a network is built, and ``no_downloads`` turns any download a library still
+attempts into ``WeightsMissingError``. No number is computed with random weights, and no weight file is
+unpickled beyond tensors and plain values (``data``).
+
+The metrics (``fidesr.metrics``) and the LPIPS-VGG training loss (``fidesr.components.perceptual``) both
+import this package; it imports nothing of theirs (which files a metric needs comes from ``fidesr.protocol``).
 """
 
-from fidesr.metrics.weights_data import WeightsNotDataError, data_only_loads, load_data, prove_data
-from fidesr.metrics.weights_fetch import (
+from fidesr.weights.data import WeightsNotDataError, data_only_loads, load_data, prove_data
+from fidesr.weights.fetch import (
     MIN_RATE_ENV,
     MIN_SECONDS_ENV,
     MIRROR_ENV,
@@ -23,9 +26,9 @@ from fidesr.metrics.weights_fetch import (
     offline_reason,
     source_url,
 )
-from fidesr.metrics.weights_install import adopt, install, niqe_mat_from_npz
-from fidesr.metrics.weights_registry import FILES, LPIPS_VGG, WeightFile, all_targets, files_for, metric_files
-from fidesr.metrics.weights_store import (
+from fidesr.weights.install import adopt, install, niqe_mat_from_npz
+from fidesr.weights.registry import FILES, LPIPS_VGG, WeightFile, all_targets, files_for, metric_files
+from fidesr.weights.store import (
     ENV_VAR,
     FileStatus,
     WeightsMissingError,

@@ -8,7 +8,8 @@ different formula, 1.32 dB off) without border crop, ``lpips`` (AlexNet), ``dist
 folder-to-folder (SR folder vs GT folder). Per-image values are averaged; FID is computed once per set.
 
 Everything else (``MetricSuite``, the validation callback, ``fidesr-eval``, ``fidesr-weights``) reads
-these specs, so changing the protocol means changing this file only.
+these specs, so changing the protocol means changing this file only. It imports nothing of fidesr and
+lives outside ``fidesr.metrics`` because the weight-file registry reads it too (which files a metric needs).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class MetricSpec:
         kind: ``full-reference`` (needs GT per image), ``no-reference`` or ``distribution`` (set-level,
             folder to folder: FID).
         lower_better: direction; ``monitor_mode()`` turns it into ModelCheckpoint's ``mode``.
-        weights: keys into ``fidesr.metrics.weights.FILES`` of every file the metric needs.
+        weights: keys into ``fidesr.weights.FILES`` of every file the metric needs.
         options: protocol options passed to ``pyiqa.create_metric``.
         description: one line for tables and ``fidesr-weights status``.
     """

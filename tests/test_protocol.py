@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fidesr.metrics import PROTOCOL, canonical_name, get_spec, monitor_mode
+from fidesr.protocol import PROTOCOL, canonical_name, get_spec, monitor_mode
 
 
 def test_protocol_has_the_nine_metrics() -> None:
@@ -45,8 +45,8 @@ def test_aliases() -> None:
 
 def test_every_weight_key_a_metric_names_is_registered() -> None:
     """A typo in a spec's weight keys would otherwise surface as a KeyError in a user's run."""
-    from fidesr.metrics.specs import PROTOCOL
-    from fidesr.metrics.weights_registry import FILES
+    from fidesr.protocol import PROTOCOL
+    from fidesr.weights.registry import FILES
 
     unknown = {name: [k for k in spec.weights if k not in FILES] for name, spec in PROTOCOL.items()}
     assert not any(unknown.values()), unknown
