@@ -11,7 +11,6 @@ two LoRA sets (``pix_steps``: the pixel set alone with the MSE until then, the s
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from fidesr.components.daw import resize_weights, weighted_mean
 from fidesr.components.perceptual import PerceptualLoss
 from fidesr.generator import OneStepOutput, one_step
 from fidesr.pipeline import FiDeSRPipeline
+from fidesr.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,9 @@ class FiDeSRModule(L.LightningModule):
 
     # ------------------------------------------------------------------ randomness
     def step_seed(self, stream: int = 0) -> int:
-        """A 63-bit seed from (seed, global step, rank, stream): reproducible across resumes."""
-        key = f"{self.seed}/{self.global_step}/{self.global_rank}/{stream}".encode()
-        return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
+        """A 63-bit seed from (seed, global step, rank, stream) (:func:`fidesr.seeding.derive_seed`):
+        reproducible across resumes."""
+        return derive_seed(self.seed, self.global_step, self.global_rank, stream)
 
     def step_generator(self, device: torch.device, stream: int = 0) -> torch.Generator:
         """A torch generator on ``device`` seeded with :meth:`step_seed`."""
