@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fidesr.files import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 RUN_INFO = "run_info.json"
@@ -238,12 +240,7 @@ def collect_run_info(cfg: DictConfig, status: str = "running") -> dict[str, Any]
 
 def write_run_info(out_dir: str | os.PathLike, info: Mapping[str, Any]) -> Path:
     """Write ``<out_dir>/run_info.json`` atomically."""
-    path = Path(out_dir) / RUN_INFO
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(dict(info), indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(out_dir) / RUN_INFO, json.dumps(dict(info), indent=2, default=str) + "\n")
 
 
 def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any] | None:

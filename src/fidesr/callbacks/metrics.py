@@ -33,6 +33,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch.distributed as dist
 
+from fidesr.files import atomic_write_text
 from fidesr.metrics import weights as W
 from fidesr.metrics.images import quantize, safe_stem, save_image, thumbnail
 from fidesr.metrics.specs import PROTOCOL, canonical_name, get_spec, monitor_mode, parse_metric_config
@@ -315,9 +316,7 @@ class ValidationMetrics(pl.Callback):
         best = self._best(metrics)
         if best:
             md += ["## Best per set", "", markdown_table(best, ["set", "metric", "step"], ["value"]), ""]
-        tmp = self.table_path(".md.part")
-        tmp.write_text("\n".join(md))
-        tmp.replace(self.table_path(".md"))
+        atomic_write_text(self.table_path(".md"), "\n".join(md))
 
     def _best(self, metrics: Sequence[str]) -> list[dict[str, Any]]:
         out = []

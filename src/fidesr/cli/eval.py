@@ -24,7 +24,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fidesr.data.imageio import DEFAULT_MAX_PIXELS, atomic_write
+from fidesr.data.imageio import DEFAULT_MAX_PIXELS
 from fidesr.devices import resolve_device
 from fidesr.errors import (
     ConfigValueError,
@@ -34,6 +34,7 @@ from fidesr.errors import (
     PickleRefusedError,
     report_errors,
 )
+from fidesr.files import atomic_write_text
 from fidesr.metrics.images import (
     check_images,
     list_images,
@@ -248,8 +249,7 @@ def write_reports(
     if paper_rows:
         md += ["Published rows: " + "; ".join(f"{r['label']}: {r['source']}" for r in rows[1:]), ""]
     files["summary_md"] = out / "summary.md"
-    with atomic_write(files["summary_md"]) as fh:
-        fh.write("\n".join(md).encode())
+    atomic_write_text(files["summary_md"], "\n".join(md))
     return files
 
 
