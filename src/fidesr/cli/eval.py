@@ -427,11 +427,9 @@ def run(cfg: DictConfig) -> EvalResult:
 
 @hydra.main(config_path="pkg://fidesr.conf", config_name="eval", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    from fidesr.runinfo import hydra_multirun
+    from fidesr.runinfo import use_job_dir
 
-    multirun, job_dir, _ = hydra_multirun()
-    if multirun and job_dir is not None:
-        cfg.output_dir = str(job_dir)  # each sweep job writes into its own folder
+    use_job_dir(cfg, "output_dir")  # each sweep job writes into its own folder
     # The user's input errors are one line (the traceback with HYDRA_FULL_ERROR=1).
     report_errors("fidesr-eval", lambda: run(cfg), advice=EVAL_ADVICE)
 
