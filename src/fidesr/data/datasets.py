@@ -22,12 +22,13 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from fidesr.data.imageio import ImageLoadError, is_image_file, list_images, load_image
+from fidesr.errors import FidesrError
 from fidesr.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
 
-class DataSourceError(ValueError):
+class DataSourceError(FidesrError, ValueError):
     """A configured data source is unusable (missing folder, no images, unmatched pairs)."""
 
 
