@@ -80,6 +80,20 @@ def test_baseline_configs(compose, experiment: str, timestep: int, prediction: s
 # ------------------------------------------------------------------------------------------- run_info
 
 
+def test_one_multirun_output_rule_for_train_and_eval(tmp_path: Path, monkeypatch) -> None:
+    """A sweep job writes into its job folder: train's ``paths.output_dir`` and eval's ``output_dir`` from
+    the one rule (runinfo.use_job_dir); outside a multirun the config is left as it is."""
+    from fidesr import runinfo
+
+    cfg = OmegaConf.create({"paths": {"output_dir": "${oc.env:HOME}/run"}, "output_dir": None})
+    OmegaConf.set_struct(cfg, True)
+    assert runinfo.use_job_dir(cfg) is None and cfg.paths.output_dir == os.environ["HOME"] + "/run"
+    job = tmp_path / "sweep" / "0_lrrb=off"
+    monkeypatch.setattr(runinfo, "hydra_multirun", lambda: (True, job, tmp_path / "sweep"))
+    assert runinfo.use_job_dir(cfg) == job and cfg.paths.output_dir == str(job)
+    assert runinfo.use_job_dir(cfg, "output_dir") == job and cfg.output_dir == str(job)
+
+
 def test_run_job_outside_a_sweep_records_and_reraises(tmp_path: Path) -> None:
     cfg = OmegaConf.create({"seed": 3, "task_name": "t", "paths": {"output_dir": str(tmp_path)}, "lr": 1})
     assert run_job(lambda c: {"ok": 1.0}, cfg) == {"ok": 1.0}

@@ -73,3 +73,31 @@ def test_pickle_advice_names_only_what_the_command_has(tmp_path: Path, capsys) -
     assert err.startswith(f"fidesr-train: error: {path}: refusing to load this training checkpoint")
     assert "unsafe" not in err and "ckpt_path must be a checkpoint fidesr-train wrote" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_input_errors_of_data_prompts_and_app_are_one_line(tmp_path: Path, capsys) -> None:
+    """What a user's data source, tags file or upload gets wrong is a FidesrError (one line in every CLI),
+    and still the built-in type code catches."""
+    from fidesr.app import AppInputError, RequestTimeoutError
+    from fidesr.data.datasets import DataSourceError, read_file_list
+    from fidesr.data.prompts import PromptsError, RAMUnavailableError
+    from fidesr.errors import FidesrError
+
+    for cls, base in [
+        (DataSourceError, ValueError),
+        (PromptsError, KeyError),
+        (RAMUnavailableError, RuntimeError),
+        (AppInputError, ValueError),
+        (RequestTimeoutError, RuntimeError),
+    ]:
+        assert issubclass(cls, FidesrError) and issubclass(cls, base), cls
+    assert str(PromptsError("no tags for 'a'")) == "no tags for 'a'"  # not KeyError's quoted repr
+
+    with pytest.raises(SystemExit) as stop:
+        report_errors("fidesr-train", lambda: read_file_list(tmp_path / "nope"))
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"fidesr-train: error: data source does not exist or is not a folder/list: {tmp_path / 'nope'}\n"
+    )

@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from fidesr.data.datasets import read_file_list
 from fidesr.data.imageio import ImageLoadError
 from fidesr.data.prompts import RAMPrompts, RAMUnavailableError
+from fidesr.files import atomic_write_text
 
 
 def _write(path: Path, tags: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(dict(sorted(tags.items())), indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(dict(sorted(tags.items())), indent=1, ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from fidesr.backbone.adapters import pisasr_strengths
 from fidesr.data.imageio import ImageLoadError, load_image, open_image, save_image, to_uint8
-from fidesr.errors import DiskFullError, NonFiniteOutputError
+from fidesr.errors import DiskFullError, FidesrError, NonFiniteOutputError
 from fidesr.pipeline import COLOR_FIXES, FiDeSRPipeline
 
 if TYPE_CHECKING:
@@ -53,11 +53,11 @@ EXAMPLE_PHOTOS = (
 STRENGTH_MAX = 1.0
 
 
-class AppInputError(ValueError):
+class AppInputError(FidesrError, ValueError):
     """An upload the app cannot process; the message is shown in the page as it is."""
 
 
-class RequestTimeoutError(RuntimeError):
+class RequestTimeoutError(FidesrError, RuntimeError):
     """A request ran past the app's time limit and was stopped; the message is shown in the page."""
 
 

@@ -186,10 +186,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from fidesr.data.imageio import atomic_write
+    from fidesr.files import atomic_write_text
 
-    with atomic_write(path) as fh:
-        fh.write(json.dumps(data, indent=1).encode())
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 class _LazyPipeline:

@@ -13,7 +13,6 @@ losses act, step by step).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from fidesr.components.distill.base import DistillationTerm
 from fidesr.components.perceptual import PerceptualLoss
 from fidesr.generator import OneStepOutput, one_step
 from fidesr.pipeline import FiDeSRPipeline
+from fidesr.seeding import derive_seed
 from fidesr.stages import Stage, StageSchedule
 
 log = logging.getLogger(__name__)
@@ -141,9 +141,9 @@ class FiDeSRModule(L.LightningModule):
 
     # ------------------------------------------------------------------ randomness
     def step_seed(self, stream: int = 0) -> int:
-        """A 63-bit seed from (seed, global step, rank, stream): reproducible across resumes."""
-        key = f"{self.seed}/{self.global_step}/{self.global_rank}/{stream}".encode()
-        return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
+        """A 63-bit seed from (seed, global step, rank, stream) (:func:`fidesr.seeding.derive_seed`):
+        reproducible across resumes."""
+        return derive_seed(self.seed, self.global_step, self.global_rank, stream)
 
     def step_generator(self, device: torch.device, stream: int = 0) -> torch.Generator:
         """A torch generator on ``device`` seeded with :meth:`step_seed`."""

@@ -177,7 +177,7 @@ def check_checkpoint_tensors(ckpt_path: str, state: Mapping[str, Any], expected:
 
 
 def remove_stale_parts(folder: Path) -> list[Path]:
-    """Remove the temporary files (``.<name>.ckpt.<random>.part``, :func:`fidesr.data.imageio.atomic_write`)
+    """Remove the temporary files (``.<name>.ckpt.<random>.part``, :func:`fidesr.files.atomic_write`)
     that a killed checkpoint write left in ``folder``; called before training starts, when nothing writes
     there. Returns the removed paths."""
     removed = []

@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fidesr.files import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 RUN_INFO = "run_info.json"
@@ -191,8 +193,8 @@ def _is_rank_zero() -> bool:
 
 
 def hydra_multirun() -> tuple[bool, Path | None, Path | None]:
-    """(is multirun, job dir, sweep dir) from Hydra's runtime config, if a Hydra app is running. The one
-    place the multirun output rule lives: a sweep job writes into its job dir (``fidesr-train``, ``fidesr-eval``)."""
+    """(is multirun, job dir, sweep dir) from Hydra's runtime config, if a Hydra app is running (the job
+    dir is None outside a multirun). What a sweep job writes where: :func:`use_job_dir`."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -238,12 +240,7 @@ def collect_run_info(cfg: DictConfig, status: str = "running") -> dict[str, Any]
 
 def write_run_info(out_dir: str | os.PathLike, info: Mapping[str, Any]) -> Path:
     """Write ``<out_dir>/run_info.json`` atomically."""
-    path = Path(out_dir) / RUN_INFO
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(dict(info), indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(out_dir) / RUN_INFO, json.dumps(dict(info), indent=2, default=str) + "\n")
 
 
 def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -255,13 +252,15 @@ def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
-def _output_dir(cfg: DictConfig, job_dir: Path | None) -> Path:
-    # Same rule as the train app: a multirun job writes into its own job folder.
+def use_job_dir(cfg: DictConfig, key: str = "paths.output_dir") -> Path | None:
+    """The multirun output rule, the one place it lives: a sweep job writes into its own job folder
+    (``hydra.sweep.dir/<num>_<overrides>``), so ``cfg``'s ``key`` is set to it (``paths.output_dir``:
+    fidesr-train and :func:`run_job`; ``output_dir``: fidesr-eval). Returns the job folder; None outside a
+    multirun, ``cfg`` untouched."""
+    _, job_dir, _ = hydra_multirun()
     if job_dir is not None:
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(job_dir)
-        return job_dir
-    return Path(cfg.paths.output_dir)
+        OmegaConf.update(cfg, key, str(job_dir), force_add=True)
+    return job_dir
 
 
 def _name_sweep_job(cfg: DictConfig, sweep_dir: Path, job_dir: Path) -> None:
@@ -294,7 +293,8 @@ def run_job(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
     multirun, job_dir, sweep_dir = hydra_multirun()
     if multirun and sweep_dir is not None and job_dir is not None:
         _name_sweep_job(cfg, sweep_dir, job_dir)
-    out_dir = _output_dir(cfg, job_dir)
+    use_job_dir(cfg)
+    out_dir = Path(cfg.paths.output_dir)
     writer = _is_rank_zero()
     info = collect_run_info(cfg) if writer else {}
     if writer:

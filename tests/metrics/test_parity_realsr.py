@@ -12,9 +12,9 @@ import re
 import time
 from pathlib import Path
 
-from _metrics_shared import NIQE_NPZ, REALSR, needs_niqe_npz, needs_realsr
 from hydra import compose, initialize_config_module
 
+from _metrics_shared import NIQE_NPZ, REALSR, needs_niqe_npz, needs_realsr
 from fidesr import weights as W
 from fidesr.cli.eval import run
 from fidesr.metrics.tables import read_csv

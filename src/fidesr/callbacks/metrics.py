@@ -34,6 +34,7 @@ import lightning.pytorch as pl
 import torch.distributed as dist
 
 from fidesr import weights as W
+from fidesr.files import atomic_write_text
 from fidesr.metrics.images import quantize, safe_stem, save_image, thumbnail
 from fidesr.metrics.suite import MetricSuite
 from fidesr.metrics.tables import markdown_table, write_csv
@@ -315,9 +316,7 @@ class ValidationMetrics(pl.Callback):
         best = self._best(metrics)
         if best:
             md += ["## Best per set", "", markdown_table(best, ["set", "metric", "step"], ["value"]), ""]
-        tmp = self.table_path(".md.part")
-        tmp.write_text("\n".join(md))
-        tmp.replace(self.table_path(".md"))
+        atomic_write_text(self.table_path(".md"), "\n".join(md))
 
     def _best(self, metrics: Sequence[str]) -> list[dict[str, Any]]:
         out = []

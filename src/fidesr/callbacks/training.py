@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from fidesr.data.imageio import atomic_write
+from fidesr.files import atomic_write
 
 log = logging.getLogger(__name__)
 

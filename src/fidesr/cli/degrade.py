@@ -12,7 +12,6 @@ the exit status is 1.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
@@ -23,12 +22,13 @@ from fidesr.cli.options import int_at_least
 from fidesr.data.degradations import PRESETS, load_preset
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image, save_image
 from fidesr.errors import report_errors
+from fidesr.seeding import derive_seed
 
 
 def image_seed(seed: int, name: str) -> int:
-    """Deterministic 63-bit seed from the run seed and a file name (stable across runs and platforms)."""
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    """Deterministic 63-bit seed from the run seed and a file name (stable across runs and platforms):
+    :func:`fidesr.seeding.derive_seed` of ``"<seed>:<name>"``."""
+    return derive_seed(seed, name, sep=":")
 
 
 def build_parser() -> argparse.ArgumentParser:

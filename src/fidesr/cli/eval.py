@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fidesr.backbone.adapters import pisasr_strengths
-from fidesr.data.imageio import DEFAULT_MAX_PIXELS, atomic_write
+from fidesr.data.imageio import DEFAULT_MAX_PIXELS
 from fidesr.devices import resolve_device
 from fidesr.errors import (
     ConfigValueError,
@@ -35,6 +35,7 @@ from fidesr.errors import (
     PickleRefusedError,
     report_errors,
 )
+from fidesr.files import atomic_write_text
 from fidesr.metrics.images import (
     check_images,
     list_images,
@@ -249,8 +250,7 @@ def write_reports(
     if paper_rows:
         md += ["Published rows: " + "; ".join(f"{r['label']}: {r['source']}" for r in rows[1:]), ""]
     files["summary_md"] = out / "summary.md"
-    with atomic_write(files["summary_md"]) as fh:
-        fh.write("\n".join(md).encode())
+    atomic_write_text(files["summary_md"], "\n".join(md))
     return files
 
 
@@ -431,11 +431,9 @@ def run(cfg: DictConfig) -> EvalResult:
 
 @hydra.main(config_path="pkg://fidesr.conf", config_name="eval", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    from fidesr.runinfo import hydra_multirun
+    from fidesr.runinfo import use_job_dir
 
-    multirun, job_dir, _ = hydra_multirun()
-    if multirun and job_dir is not None:
-        cfg.output_dir = str(job_dir)  # each sweep job writes into its own folder
+    use_job_dir(cfg, "output_dir")  # each sweep job writes into its own folder
     # The user's input errors are one line (the traceback with HYDRA_FULL_ERROR=1).
     report_errors("fidesr-eval", lambda: run(cfg), advice=EVAL_ADVICE)
 

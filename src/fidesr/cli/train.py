@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("fidesr.train")
 
@@ -57,16 +57,6 @@ def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(v) for v in cfg.values() if v is not None and "_target_" in v]
 
 
-def resolve_output_dir(cfg: DictConfig) -> None:
-    """Multirun jobs write into their own job folder (``hydra.sweep.dir/<num>_<overrides>``)."""
-    from fidesr.runinfo import hydra_multirun
-
-    multirun, job_dir, _ = hydra_multirun()
-    if multirun and job_dir is not None:
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(job_dir)
-
-
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """The checkpoint to resume from: ``ckpt_path=last`` is the run's newest (:mod:`fidesr.resume`)."""
     if cfg.get("ckpt_path") in (None, ""):
@@ -99,11 +89,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     from fidesr.config_types import check_config_types
     from fidesr.loggers import finish_wandb
+    from fidesr.runinfo import use_job_dir
     from fidesr.trust import load_torch_file
 
     # A wrong type in an override names its key here, not as a TypeError deep inside Lightning.
     check_config_types(OmegaConf.to_container(cfg, resolve=True))
-    resolve_output_dir(cfg)
+    use_job_dir(cfg)  # a multirun job writes into its own job folder
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)

@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from fidesr.data.imageio import atomic_write, is_image_file, list_images
+from fidesr.data.imageio import is_image_file, list_images
 from fidesr.errors import FidesrError, MissingInputError
+from fidesr.files import atomic_write
 
 HUB_REPO = "Iceclear/StableSR-TestSets"
 HUB_FILE = "StableSR_testsets.zip"

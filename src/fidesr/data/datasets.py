@@ -11,7 +11,6 @@ construction, naming the folder.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,17 +22,14 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from fidesr.data.imageio import ImageLoadError, is_image_file, list_images, load_image
+from fidesr.errors import FidesrError
+from fidesr.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
 
-class DataSourceError(ValueError):
+class DataSourceError(FidesrError, ValueError):
     """A configured data source is unusable (missing folder, no images, unmatched pairs)."""
-
-
-def _seed_of(*parts: object) -> int:
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def read_file_list(source: str | os.PathLike) -> list[Path]:
@@ -159,7 +155,7 @@ class HQImageDataset(Dataset):
         return img.contiguous()
 
     def __getitem__(self, index: int) -> dict:
-        g = torch.Generator().manual_seed(_seed_of(self.seed, index))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, index))
         for attempt in range(self.max_retries + 1):
             s = int(torch.multinomial(self.weights, 1, generator=g))
             path = self.files[s][int(torch.randint(len(self.files[s]), (1,), generator=g))]

@@ -21,17 +21,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from fidesr.errors import FidesrError, disk_full_error, is_disk_full
+from fidesr.errors import FidesrError
+from fidesr.files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -184,36 +183,6 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """[3, H, W] float in [0, 1] -> uint8 [H, W, 3], rounded (not truncated)."""
     return (img.detach().float().clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, fsync: bool = False) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path`` for writing; rename it into place only on success.
-
-    An interrupted write (Ctrl-C, crash, full disk) never leaves a partial file under the final name and
-    removes the temporary one. The file gets the usual permissions (0666 minus the umask).
-
-    Raises:
-        DiskFullError: no space (or quota, or file-size limit) for the file; the message names ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if is_disk_full(err):
-            raise disk_full_error(err, path) from err
-        raise
 
 
 def save_image(img: torch.Tensor, path: str | os.PathLike) -> Path:

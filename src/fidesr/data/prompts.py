@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from fidesr.errors import FidesrError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -46,14 +48,14 @@ RAM_INSTALL = (
 )
 
 
-class PromptsError(KeyError):
+class PromptsError(FidesrError, KeyError):
     """A prompt could not be provided (unknown image name, unreadable tags file)."""
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0]) if self.args else ""
 
 
-class RAMUnavailableError(RuntimeError):
+class RAMUnavailableError(FidesrError, RuntimeError):
     """The ``ram`` package or its weights are missing."""
 
 

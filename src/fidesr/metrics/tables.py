@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fidesr.data.imageio import atomic_write
+from fidesr.files import atomic_write_text
 from fidesr.protocol import get_spec
 
 
@@ -46,9 +46,7 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], column
     w.writerow(columns)
     for r in rows:
         w.writerow(["" if r.get(c) is None else cell(r.get(c), markdown=False) for c in columns])
-    with atomic_write(path) as fh:  # a full disk: DiskFullError naming the file
-        fh.write(text.getvalue().encode())
-    return path
+    return atomic_write_text(path, text.getvalue())  # a full disk: DiskFullError naming the file
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
