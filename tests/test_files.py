@@ -72,3 +72,29 @@ def test_imageio_uses_the_same_writer() -> None:
     import fidesr.data.imageio as imageio
 
     assert imageio.atomic_write is atomic_write
+
+
+def test_the_block_can_check_what_it_wrote_before_it_is_renamed_in(tmp_path: Path) -> None:
+    """The file object's name is the temporary path (a download hashes it there); a failed check keeps
+    the old file."""
+    path = atomic_write_text(tmp_path / "w.pth", "old")
+    with pytest.raises(ValueError, match="bad digest"), atomic_write(path) as fh:
+        fh.write(b"new")
+        fh.flush()
+        assert Path(fh.name).parent == tmp_path and Path(fh.name).read_bytes() == b"new"
+        raise ValueError("bad digest")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["w.pth"]
+
+
+def test_atomic_symlink_replaces_a_file_or_a_link_and_leaves_no_temporary(tmp_path: Path) -> None:
+    from fidesr.files import atomic_symlink
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("A")
+    b.write_text("B")
+    link = atomic_write_text(tmp_path / "link", "plain file")
+    atomic_symlink(a, link)
+    assert link.is_symlink() and link.read_text() == "A"
+    atomic_symlink(b, link)
+    assert link.read_text() == "B" and a.read_text() == "A"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "link"]

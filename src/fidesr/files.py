@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from fidesr.errors import disk_full_error, is_disk_full
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_symlink", "atomic_write", "atomic_write_bytes", "atomic_write_text"]
 
 
 @contextlib.contextmanager
@@ -36,7 +36,9 @@ def atomic_write(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Bi
     The parent folders are created. An interrupted write never leaves a partial file under the final name
     and removes the temporary one. The file gets the usual permissions (0666 minus the umask), as
     ``open(path, "w")`` gives. ``fsync``: flush the data to disk before the rename (checkpoints: a power
-    cut after the rename finds the new file whole).
+    cut after the rename finds the new file whole). The file object's ``name`` is the temporary path, so
+    the block may read back what it wrote (a download checks its digest before it is renamed in); an
+    exception raised in the block (the check failing) leaves the final name as it was.
 
     Raises:
         DiskFullError: no space (or quota, or file-size limit) for the file; the message names ``path``.
@@ -45,7 +47,8 @@ def atomic_write(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Bi
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        # Opened through the descriptor mkstemp created (never by name again); `name` is the path.
+        with open(tmp, "wb", opener=lambda _path, _flags: fd) as fh:
             yield fh
             if fsync:
                 fh.flush()
@@ -72,3 +75,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Fa
 def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
     """Write ``text`` (UTF-8, newlines as given) to ``path`` with :func:`atomic_write`; returns ``path``."""
     return atomic_write_bytes(path, text.encode(), fsync=fsync)
+
+
+def atomic_symlink(target: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Make ``path`` a symlink to ``target``, atomically: the link is made under a fresh temporary name
+    beside ``path`` (``os.symlink`` never replaces an existing name) and renamed onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.part")
+        try:
+            os.symlink(target, tmp)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 collisions of 48 random bits
+        raise FileExistsError(f"no free temporary name beside {path}")
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -16,7 +16,6 @@ from __future__ import annotations
 import http.client
 import math
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +26,8 @@ from typing import IO, Any
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from fidesr.errors import ConfigValueError, disk_full_error, is_disk_full
+from fidesr.errors import ConfigValueError, is_disk_full
+from fidesr.files import atomic_write
 from fidesr.protocol import parse_metric_config
 from fidesr.weights.registry import WeightFile, canonical_target, files_for
 from fidesr.weights.store import (
@@ -188,18 +188,11 @@ def fetch_file(
         for stale in dest.parent.glob(f".{f.filename}.*.part"):  # left by a killed fetch; we hold the lock
             stale.unlink(missing_ok=True)
         url = source_url(f, mirror)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{f.filename}.", suffix=".part")
-        try:
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    download_to(
-                        url, out, f.filename, max_bytes=f.max_bytes, timeout=timeout, progress=progress
-                    )
-            except OSError as err:
-                if is_disk_full(err):
-                    raise disk_full_error(err, dest) from err
-                raise
-            entry = inspect(f, tmp)
+        # Checked under its temporary name; a file that fails the check is never renamed in.
+        with atomic_write(dest) as out:
+            download_to(url, out, f.filename, max_bytes=f.max_bytes, timeout=timeout, progress=progress)
+            out.flush()
+            entry = inspect(f, Path(out.name))
             if not matches(f, entry["digest"]):
                 raise FetchError(
                     f"{url}: checksum mismatch (expected {f.hash_label}, found {entry['digest']}); not saved"
@@ -208,10 +201,7 @@ def fetch_file(
                 raise FetchError(
                     f"{url}: {entry['not_data']}: its sha256 prefix matches, but it is not plain data; not saved"
                 )
-            os.replace(tmp, dest)
-            remember(f, dest, entry, wd)  # checked above: not hashed again under its final name
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        remember(f, dest, entry, wd)  # checked above: not hashed again under its final name
     if not file_status(f, wd).ok:  # records the digest; fails only if the file changed under us
         raise FetchError(f"{dest}: changed after it was fetched")
     return dest

@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from fidesr.files import atomic_symlink, atomic_write
 from fidesr.protocol import PROTOCOL
 from fidesr.weights import registry as R
 from fidesr.weights.registry import (
@@ -52,10 +53,8 @@ def niqe_mat_from_npz(npz: str | os.PathLike | bytes, dest: str | os.PathLike) -
     if niqe_values_digest(mu, cov) != R.NIQE_VALUES_SHA256:
         raise ValueError("NIQE parameters do not match the published pristine model (value checksum)")
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    scipy.io.savemat(tmp, {"mu_prisparam": mu, "cov_prisparam": cov})
-    os.replace(tmp, dest)
+    with atomic_write(dest) as fh:
+        scipy.io.savemat(fh, {"mu_prisparam": mu, "cov_prisparam": cov})
     return dest
 
 
@@ -105,15 +104,11 @@ def _place(f: WeightFile, src: Path, wd: Path, mode: Literal["copy", "link"]) ->
     if dest.exists() and dest.resolve() == src.resolve():  # already in place (e.g. `link` of the weights dir)
         _verify_placed(f, wd)
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    if tmp.exists() or tmp.is_symlink():
-        tmp.unlink()
     if mode == "link":
-        tmp.symlink_to(src.resolve())
+        atomic_symlink(src.resolve(), dest)
     else:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+        with atomic_write(dest) as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out)
     _verify_placed(f, wd)
     return dest
 

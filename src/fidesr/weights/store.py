@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import urllib.request
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -33,7 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fidesr.errors import FidesrError
+from fidesr.errors import DiskFullError, FidesrError
+from fidesr.files import atomic_write_text
 from fidesr.protocol import PROTOCOL, STANDIN_SUFFIX, canonical_name, parse_metric_config
 from fidesr.weights.data import data_only_loads, prove_data
 from fidesr.weights.registry import WeightFile, canonical_target, metric_files
@@ -300,12 +300,8 @@ def _read_cache(wd: Path) -> dict[str, Any]:
 def _write_cache(wd: Path, cache: dict[str, Any]) -> None:
     # Atomic replace: several DDP ranks may verify at once. A read-only weights dir is fine (no cache).
     try:
-        wd.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=wd, prefix=".verified-")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(cache, fh, indent=1, sort_keys=True)
-        os.replace(tmp, wd / _VERIFIED_CACHE)
-    except OSError:
+        atomic_write_text(wd / _VERIFIED_CACHE, json.dumps(cache, indent=1, sort_keys=True))
+    except (OSError, DiskFullError):
         pass
 
 
