@@ -50,3 +50,23 @@ def test_every_weight_key_a_metric_names_is_registered() -> None:
 
     unknown = {name: [k for k in spec.weights if k not in FILES] for name, spec in PROTOCOL.items()}
     assert not any(unknown.values()), unknown
+
+
+def test_protocol_options_are_one_object_for_training_and_eval(compose):
+    """conf/protocol/default.yaml builds the same ProtocolOptions for the validation callback and
+    fidesr-eval; its defaults are the protocol's, and bad values are refused naming the key."""
+    import pytest
+    from hydra.utils import instantiate
+
+    from fidesr.protocol import ProtocolOptions
+
+    train = compose(["experiment=demo"])
+    built = instantiate(train.protocol)
+    assert built == ProtocolOptions() and train.callbacks.validation_metrics.protocol == train.protocol
+    evaluated = compose(["protocol.crop_border=4", "output_dir=/tmp/x"], config_name="eval")
+    assert instantiate(evaluated.protocol) == ProtocolOptions(crop_border=4)
+    assert ProtocolOptions().describe() == "PSNR/SSIM on Y of ycbcr, crop_border 0"
+    assert ProtocolOptions(test_y_channel=False).describe() == "PSNR/SSIM on RGB, crop_border 0"
+    for bad, key in ((dict(crop_border=-1), "crop_border"), (dict(ssim_impl="fast"), "ssim_impl")):
+        with pytest.raises(ValueError, match=f"protocol.{key}"):
+            ProtocolOptions(**bad)

@@ -129,6 +129,53 @@ SUITE_WIDE_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class ProtocolOptions:
+    """The suite-wide protocol options, declared once: ``conf/protocol/default.yaml`` builds this for
+    ``fidesr-train``'s validation and for ``fidesr-eval`` alike, and ``MetricSuite`` takes it. Per-metric
+    options in ``conf/metrics`` (e.g. ``+metrics.psnr.crop_border=4``) override it for one metric.
+
+    Attributes:
+        crop_border: pixels cropped on each side for PSNR, SSIM and NIQE (protocol: 0; 4 reproduces
+            BasicSR-style tables).
+        test_y_channel: PSNR/SSIM on the Y channel (protocol) or on RGB.
+        color_space: the Y of which space (protocol: ``ycbcr``; pyiqa's own default is ``yiq``, 1.32 dB off).
+        ssim_impl: ``"separable"`` (fidesr's separable-filter SSIM, pyiqa's value within 1e-6, faster) or
+            ``"pyiqa"``.
+    """
+
+    crop_border: int = 0
+    test_y_channel: bool = True
+    color_space: str = "ycbcr"
+    ssim_impl: Literal["separable", "pyiqa"] = "separable"
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.crop_border, bool)
+            or not isinstance(self.crop_border, int)
+            or self.crop_border < 0
+        ):
+            raise ValueError(f"protocol.crop_border must be a whole number >= 0, got {self.crop_border!r}")
+        if not isinstance(self.test_y_channel, bool):
+            raise ValueError(f"protocol.test_y_channel must be true or false, got {self.test_y_channel!r}")
+        if self.ssim_impl not in ("separable", "pyiqa"):
+            raise ValueError(f"protocol.ssim_impl must be 'separable' or 'pyiqa', got {self.ssim_impl!r}")
+
+    def pixel_options(self) -> dict[str, Any]:
+        """The pyiqa options these set for the pixel metrics (``crop_border``, ``test_y_channel``,
+        ``color_space``)."""
+        return {
+            "crop_border": self.crop_border,
+            "test_y_channel": self.test_y_channel,
+            "color_space": self.color_space,
+        }
+
+    def describe(self) -> str:
+        """One line for reports: ``PSNR/SSIM on Y of ycbcr, crop_border 0``."""
+        on = f"Y of {self.color_space}" if self.test_y_channel else "RGB"
+        return f"PSNR/SSIM on {on}, crop_border {self.crop_border}"
+
+
 def canonical_name(name: str) -> str:
     """Our name for ``name`` (accepts aliases, any case, and a stand-in suffix is kept).
 

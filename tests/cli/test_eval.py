@@ -63,7 +63,8 @@ def test_default_config_is_the_protocol() -> None:
         "clipiqa",
     ]
     assert [m for m, o in cfg.metrics.items() if o.required] == ["psnr", "ssim"]
-    assert cfg.crop_border == 0 and cfg.test_y_channel and cfg.color_space == "ycbcr"
+    p = cfg.protocol
+    assert p.crop_border == 0 and p.test_y_channel and p.color_space == "ycbcr" and p.ssim_impl == "separable"
     assert list(_cfg("metrics=fast").metrics) == ["psnr", "ssim", "niqe"]
 
 

@@ -11,6 +11,7 @@ import torch
 
 from fidesr import weights as W
 from fidesr.metrics import NA_WEIGHTS, MetricSuite, SeparableSSIM
+from fidesr.protocol import ProtocolOptions
 from fidesr.weights import WeightsMissingError
 
 
@@ -46,7 +47,7 @@ def test_protocol_psnr_is_pyiqa_ycbcr_not_default(image_pair: tuple[torch.Tensor
     )
     yiq = _pyiqa("psnr", test_y_channel=True)(sr, gt).double()  # pyiqa's default Y: a different number
     assert (s["psnr"] - yiq).abs().max() > 1e-3
-    rgb = MetricSuite(["psnr", "ssim"], test_y_channel=False, crop_border=4).score(sr, gt)
+    rgb = MetricSuite(["psnr", "ssim"], ProtocolOptions(test_y_channel=False, crop_border=4)).score(sr, gt)
     ref = _pyiqa("psnr", test_y_channel=False, crop_border=4)(sr, gt).double()
     torch.testing.assert_close(rgb["psnr"], ref)
     assert not torch.allclose(rgb["ssim"], s["ssim"])
@@ -54,7 +55,7 @@ def test_protocol_psnr_is_pyiqa_ycbcr_not_default(image_pair: tuple[torch.Tensor
 
 def test_pyiqa_ssim_impl_selectable(image_pair: tuple[torch.Tensor, torch.Tensor]) -> None:
     sr, gt = image_pair
-    a = MetricSuite(["ssim"], ssim_impl="pyiqa").score(sr, gt)["ssim"]
+    a = MetricSuite(["ssim"], ProtocolOptions(ssim_impl="pyiqa")).score(sr, gt)["ssim"]
     b = MetricSuite(["ssim"]).score(sr, gt)["ssim"]
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 

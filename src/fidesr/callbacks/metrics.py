@@ -28,7 +28,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch.distributed as dist
@@ -38,7 +38,14 @@ from fidesr.files import atomic_write_text
 from fidesr.metrics.images import quantize, safe_stem, save_image, thumbnail
 from fidesr.metrics.suite import MetricSuite
 from fidesr.metrics.tables import markdown_table, write_csv
-from fidesr.protocol import PROTOCOL, canonical_name, get_spec, monitor_mode, parse_metric_config
+from fidesr.protocol import (
+    PROTOCOL,
+    ProtocolOptions,
+    canonical_name,
+    get_spec,
+    monitor_mode,
+    parse_metric_config,
+)
 
 # monitor_mode is re-exported: ModelCheckpoint(monitor=key, mode=monitor_mode(key)) for any logged key.
 __all__ = ["ValidationMetrics", "monitor_mode"]
@@ -53,7 +60,7 @@ class ValidationMetrics(pl.Callback):
         metrics: metric names or the ``conf/metrics`` mapping (name -> options, ``required: true``).
         required: metrics whose weights must be present (checked in ``setup``, before any step); others
             with missing weights are skipped with one warning and tabulated as ``n/a (weights missing)``.
-        crop_border, test_y_channel, color_space, ssim_impl: protocol options (``MetricSuite``).
+        protocol: the suite-wide protocol options (:class:`fidesr.protocol.ProtocolOptions`; None: defaults).
         weights_dir: metric weights directory (default ``$FIDESR_WEIGHTS_DIR`` or ``~/.cache/fidesr``).
         fid: ``None`` = compute FID if it is among ``metrics``; ``True``/``False`` force it on/off.
         save_images: keep the SR images of every validation (they are written anyway when FID needs
@@ -72,9 +79,7 @@ class ValidationMetrics(pl.Callback):
         self,
         metrics: Sequence[str] | Mapping[str, Mapping[str, Any] | None] = tuple(PROTOCOL),
         required: Iterable[str] = ("psnr", "ssim"),
-        crop_border: int = 0,
-        test_y_channel: bool = True,
-        color_space: str = "ycbcr",
+        protocol: ProtocolOptions | None = None,
         weights_dir: str | None = None,
         fid: bool | None = None,
         save_images: bool = True,
@@ -82,7 +87,6 @@ class ValidationMetrics(pl.Callback):
         wandb_max_images: int = 16,
         thumbnail_size: int = 128,
         quantize: bool = True,
-        ssim_impl: Literal["separable", "pyiqa"] = "separable",
         fid_batch_size: int = 8,
         fid_num_workers: int = 0,
         stand_ins: Mapping[str, Any] | None = None,
@@ -97,11 +101,8 @@ class ValidationMetrics(pl.Callback):
         self.metric_names = names
         self.required = sorted({*(canonical_name(str(r)) for r in required), *cfg_required})
         self.suite_kwargs = dict(
-            crop_border=crop_border,
-            test_y_channel=test_y_channel,
-            color_space=color_space,
+            protocol=protocol,
             weights_dir=weights_dir,
-            ssim_impl=ssim_impl,
             fid_batch_size=fid_batch_size,
             fid_num_workers=fid_num_workers,
         )

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import hydra
 import torch
@@ -47,7 +47,7 @@ from fidesr.metrics.images import (
 from fidesr.metrics.published import published_rows
 from fidesr.metrics.suite import MetricSuite
 from fidesr.metrics.tables import markdown_table, write_csv
-from fidesr.protocol import PROTOCOL, get_spec, parse_metric_config
+from fidesr.protocol import PROTOCOL, ProtocolOptions, get_spec, parse_metric_config
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,7 @@ def evaluate_folders(
     *,
     label: str | None = None,
     paper_rows: str | None = None,
-    crop_border: int = 0,
-    test_y_channel: bool = True,
-    color_space: str = "ycbcr",
-    ssim_impl: Literal["separable", "pyiqa"] = "separable",
+    protocol: ProtocolOptions | None = None,
     weights_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = "auto",
     batch_size: int = 1,
@@ -175,13 +172,10 @@ def evaluate_folders(
         )
     suite = MetricSuite(
         selection,
-        crop_border=crop_border,
-        test_y_channel=test_y_channel,
-        color_space=color_space,
+        protocol=protocol,
         weights_dir=weights_dir,
         required=(),
         device=device,
-        ssim_impl=ssim_impl,
         stand_ins=stand_ins,
         fid_num_workers=num_workers,
     )
@@ -201,17 +195,17 @@ def evaluate_folders(
         label=label or sr_dir.name,
         n_images=len(pairs),
         paper_rows=paper_rows,
-        context=[*_context(sr_dir, gt_dir, suite, crop_border, test_y_channel, color_space), *notes],
+        context=[*_context(sr_dir, gt_dir, suite), *notes],
     )
     return result
 
 
-def _context(sr_dir: Path, gt_dir: Any, suite: MetricSuite, crop: int, y: bool, space: str) -> list[str]:
+def _context(sr_dir: Path, gt_dir: Any, suite: MetricSuite) -> list[str]:
     import pyiqa  # imported (after configure) by MetricSuite
 
     return [
         f"SR: `{sr_dir}`" + (f"; GT: `{gt_dir}`" if gt_dir is not None else "; no GT (no-reference only)"),
-        f"PSNR/SSIM on {'Y of ' + space if y else 'RGB'}, crop_border {crop}; pyiqa {pyiqa.__version__}; "
+        f"{suite.protocol.describe()}; pyiqa {pyiqa.__version__}; "
         f"device {suite.device}; weights `{suite.weights_dir}`",
     ]
 
@@ -345,12 +339,24 @@ _BOUNDS: dict[str, float | None] = {
     "batch_size": 1,
     "num_workers": 0,
     "max_pixels": 1,
-    "crop_border": 0,
     "lfim.lf_scale": 0,
     "lfim.hf_scale": 0,
     "lora_strengths.lambda_pix": None,
     "lora_strengths.lambda_sem": None,
 }
+
+
+def protocol_options(cfg: DictConfig) -> ProtocolOptions:
+    """The ``protocol`` node (``conf/protocol/default.yaml``) as the built options; a bad value is one line
+    naming its key."""
+    node = OmegaConf.to_container(cfg.protocol, resolve=True) if cfg.get("protocol") is not None else {}
+    node.pop("_target_", None)
+    try:
+        return ProtocolOptions(**node)
+    except TypeError as err:  # an unknown key
+        raise ConfigValueError(f"protocol: {err}") from None
+    except ValueError as err:
+        raise ConfigValueError(str(err)) from None
 
 
 def check_options(cfg: DictConfig) -> None:
@@ -370,6 +376,7 @@ def check_options(cfg: DictConfig) -> None:
     for key in ("overwrite", "unsafe_pickle", "vae_tiling", "progress"):
         if not isinstance(cfg.get(key), bool):
             raise ConfigValueError(f"{key}={cfg.get(key)!r}: must be true or false")
+    protocol_options(cfg)
     if cfg.tile_size and cfg.tile_overlap >= cfg.tile_size:
         raise ConfigValueError(
             f"tile_overlap={cfg.tile_overlap} must be smaller than tile_size={cfg.tile_size} (or tile_size=0)"
@@ -412,10 +419,7 @@ def run(cfg: DictConfig) -> EvalResult:
         OmegaConf.to_container(cfg.metrics, resolve=True),
         label=cfg.label,
         paper_rows=cfg.paper_rows,
-        crop_border=cfg.crop_border,
-        test_y_channel=cfg.test_y_channel,
-        color_space=cfg.color_space,
-        ssim_impl=cfg.ssim_impl,
+        protocol=protocol_options(cfg),
         weights_dir=cfg.weights_dir,
         device=cfg.device,
         batch_size=cfg.batch_size,

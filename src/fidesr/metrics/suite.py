@@ -21,7 +21,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from fidesr.protocol import (
     STANDIN_SUFFIX,
     SUITE_WIDE_OPTIONS,
     MetricSpec,
+    ProtocolOptions,
     canonical_name,
     parse_metric_config,
 )
@@ -158,15 +159,13 @@ class MetricSuite:
     Args:
         metrics: names (``psnr ssim lpips dists fid niqe musiq maniqa clipiqa``; aliases accepted), or the
             ``conf/metrics`` mapping (name -> options, ``required: true`` allowed).
-        crop_border: pixels cropped on each side for PSNR, SSIM and NIQE (protocol: 0).
-        test_y_channel: PSNR/SSIM on the Y channel (protocol) or on RGB.
-        color_space: Y of which space for PSNR/SSIM (protocol: ``ycbcr``; pyiqa's own default is ``yiq``).
+        protocol: the suite-wide options (:class:`fidesr.protocol.ProtocolOptions`: crop border, Y or RGB,
+            colour space, SSIM implementation); None: the protocol's defaults.
         weights_dir: see ``fidesr.weights.store.resolve_weights_dir``.
         required: metrics that must have their weights (``WeightsMissingError`` otherwise); other
             metrics with missing weights are skipped (one warning) and tabulated as ``n/a``.
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device``; models live there.
         options: per-metric extra pyiqa options, overriding the suite-wide ones.
-        ssim_impl: ``"separable"`` (default, see ``SeparableSSIM``) or ``"pyiqa"``.
         stand_ins: replace a metric's network by a callable (tests, plumbing). Stand-ins are reported as
             ``<name>-standin``. For ``fid`` the callable is the feature extractor.
         fid_batch_size, fid_num_workers: feature extraction loader settings.
@@ -175,15 +174,12 @@ class MetricSuite:
     def __init__(
         self,
         metrics: Sequence[str] | Mapping[str, Mapping[str, Any] | None] = ("psnr", "ssim"),
-        crop_border: int = 0,
-        test_y_channel: bool = True,
-        color_space: str = "ycbcr",
+        protocol: ProtocolOptions | None = None,
         weights_dir: str | os.PathLike | None = None,
         required: Iterable[str] = ("psnr", "ssim"),
         device: str | torch.device | None = "cpu",
         *,
         options: Mapping[str, Mapping[str, Any]] | None = None,
-        ssim_impl: Literal["separable", "pyiqa"] = "separable",
         stand_ins: Mapping[str, Scorer] | None = None,
         fid_batch_size: int = 8,
         fid_num_workers: int = 0,
@@ -191,8 +187,7 @@ class MetricSuite:
         names, cfg_required, cfg_options = parse_metric_config(metrics)
         if len(set(names)) != len(names):
             raise ValueError(f"metric listed twice: {names}")
-        if ssim_impl not in ("separable", "pyiqa"):
-            raise ValueError(f"ssim_impl must be 'separable' or 'pyiqa', got {ssim_impl!r}")
+        self.protocol = protocol if protocol is not None else ProtocolOptions()
         self.device = resolve_device(device)
         self.weights_dir = W.resolve_weights_dir(weights_dir)  # read per build, no process-wide change
         self.fid_batch_size, self.fid_num_workers = fid_batch_size, fid_num_workers
@@ -201,11 +196,7 @@ class MetricSuite:
             raise ValueError(f"stand-ins for metrics not selected: {sorted(set(stand_ins) - set(names))}")
         required_set = {canonical_name(r) for r in (*required, *cfg_required)}
 
-        suite_wide = {
-            "crop_border": crop_border,
-            "test_y_channel": test_y_channel,
-            "color_space": color_space,
-        }
+        suite_wide = self.protocol.pixel_options()
         self.specs: dict[str, MetricSpec] = {}  # reported name -> spec, in the given order
         self.skipped: dict[str, str] = {}  # reported name -> reason shown in tables
         self._scorers: dict[str, Scorer] = {}
@@ -234,7 +225,7 @@ class MetricSuite:
                     **cfg_options.get(name, {}),
                     **dict((options or {}).get(name, {})),
                 }
-                scorer = self._build(spec, opts, ssim_impl)
+                scorer = self._build(spec, opts, self.protocol.ssim_impl)
             if spec.kind == "distribution":
                 self._fid_extractor = scorer
             else:
