@@ -18,9 +18,11 @@ import errno
 import io
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -182,3 +184,22 @@ def report_errors(
         hint = next((text for kind, text in (advice or {}).items() if isinstance(err, kind)), None)
         print(f"{prog}: error: {err}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         raise SystemExit(1) from None
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint (raised by ``fidesr-train`` after fit). Not a
+    :class:`FidesrError`: nothing was wrong; ``fidesr-train`` says how to resume and exits 128 + signal."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path | None) -> None:
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        where = (
+            f"checkpoint saved: {checkpoint}"
+            if checkpoint
+            else "no checkpoint (stopped before the first step)"
+        )
+        super().__init__(f"{signal_name} at step {step}: {where}")
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process stopped by that signal (130, 143)."""
+        return 128 + int(getattr(signal, self.signal_name, signal.SIGINT))

@@ -33,7 +33,9 @@ from typing import Any, TypeVar
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fidesr.errors import TrainingInterrupted
 from fidesr.files import atomic_write_text
+from fidesr.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
 
@@ -299,8 +301,6 @@ def run_job(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
     info = collect_run_info(cfg) if writer else {}
     if writer:
         write_run_info(out_dir, info)
-    from fidesr.callbacks.training import TrainingInterrupted
-
     try:
         result = task(cfg)
     except TrainingInterrupted as stop:  # the user stops the whole sweep: recorded, then re-raised
@@ -314,8 +314,6 @@ def run_job(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
             info.update(status="failed", end_time=_now(), error=f"{type(err).__name__}: {err}", traceback=tb)
             write_run_info(out_dir, info)
             (out_dir / ERROR_FILE).write_text(tb)
-        from fidesr.loggers import finish_wandb
-
         finish_wandb(exit_code=1)  # the task may have failed before its own finally
         if not multirun:
             raise

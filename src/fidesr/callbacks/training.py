@@ -77,24 +77,6 @@ class DataHealth(L.Callback):
         self.skipped = int(state_dict.get("skipped", 0))
 
 
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint (raised by ``fidesr-train`` after fit)."""
-
-    def __init__(self, signal_name: str, step: int, checkpoint: Path | None) -> None:
-        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-        where = (
-            f"checkpoint saved: {checkpoint}"
-            if checkpoint
-            else "no checkpoint (stopped before the first step)"
-        )
-        super().__init__(f"{signal_name} at step {step}: {where}")
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal number, as a shell reports a process stopped by that signal (130, 143)."""
-        return 128 + int(getattr(signal, self.signal_name, signal.SIGINT))
-
-
 class SaveOnInterrupt(L.Callback):
     """Ctrl-C (SIGINT) or a scheduler's SIGTERM: finish the current step, save ``last.ckpt``, stop.
 

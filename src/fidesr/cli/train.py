@@ -17,6 +17,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from fidesr.errors import TrainingInterrupted
+
 log = logging.getLogger("fidesr.train")
 
 CONFIG_PATH = "pkg://fidesr.conf"
@@ -85,7 +87,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         AtomicCheckpointIO,
         SaveFinalStep,
         SaveOnInterrupt,
-        TrainingInterrupted,
     )
     from fidesr.config_types import check_config_types
     from fidesr.loggers import finish_wandb
@@ -219,7 +220,6 @@ def _print_summary(out_dir: Path, trainer, datamodule, seconds: float) -> None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     import sys
 
-    from fidesr.callbacks.training import TrainingInterrupted
     from fidesr.errors import report_errors
     from fidesr.runinfo import run_job
 
