@@ -70,7 +70,7 @@ def test_osediff_like_trains_with_vsd_and_resumes_exactly(compose, fast_train_ov
     assert any("mid_block.attentions.0.to_q" in k for k in vae)
     assert any(not torch.equal(first[k], a[k]) for k in vae), "the VAE-encoder LoRA did not train"
     # The model read back for inference: the fake score left out, the VAE LoRA in, also through an export.
-    from fidesr.model_files import TrainedWeights
+    from fidesr.modelio import TrainedWeights
 
     weights = TrainedWeights.load(full / "checkpoints" / "last.ckpt")
     assert weights.state and not any(FAKE_SCORE_ADAPTER in k for k in weights.state)
@@ -196,7 +196,7 @@ def test_strengths_need_a_two_set_model(make_tiny_backbone):
 def test_two_set_export_writes_one_lora_file_per_set_and_reloads(
     make_tiny_backbone, tiny_backbone_folder, tmp_path
 ):
-    from fidesr.model_files import LORA_FILE, TrainedWeights, trained_state
+    from fidesr.modelio import LORA_FILE, TrainedWeights, trained_state
     from fidesr.pipeline import FiDeSRPipeline
 
     backbone = _two_set_backbone(make_tiny_backbone)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fidesr.errors import ModelFileError
-from fidesr.model_files import TrainedWeights, trained_state
+from fidesr.modelio import TrainedWeights, trained_state
 from fidesr.pipeline import FiDeSRPipeline, load_pipeline
 from fidesr.tiling import seam_score, tile_borders, tile_starts
 

@@ -2,7 +2,7 @@
 bombs; no overwrite; output folder checked first; errors as one line.
 
 The model is the tiny backbone written as an exported folder (``--checkpoint DIR``); the checkpoint and
-official-file paths are covered in tests/test_pipeline.py and tests/test_model_files.py.
+official-file paths are covered in tests/test_pipeline.py and tests/modelio/test_read.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from PIL import Image
 from fidesr.backbone.sd import StableDiffusionBackbone
 from fidesr.cli.upscale import main
 from fidesr.components.lrrb import LatentResidualRefinementBlock
-from fidesr.model_files import TrainedWeights, trained_state
+from fidesr.modelio import TrainedWeights, trained_state
 
 
 @pytest.fixture(scope="module")

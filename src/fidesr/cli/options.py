@@ -49,7 +49,7 @@ def finite(low: float | None = None) -> Callable[[str], float]:
 
 def add_model_options(parser: argparse.ArgumentParser, title: str = "model (one of)") -> None:
     """``--model`` (``--checkpoint``) / ``--official`` / ``--pretrained`` / ``--revision`` / ``--unsafe-pickle``."""
-    from fidesr.released import DEFAULT_MODEL, RELEASED
+    from fidesr.modelio.released import DEFAULT_MODEL, RELEASED
 
     src = parser.add_argument_group(title)
     src.add_argument(
@@ -117,7 +117,7 @@ def add_tiling_options(group: argparse._ArgumentGroup) -> None:
 def check_model_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """At most one model source; none given is the released FiDeSR model (``args.model`` set to it). Then the
     checks between options (each value alone is checked by its ``type=``), before any model loads."""
-    from fidesr.released import DEFAULT_MODEL
+    from fidesr.modelio.released import DEFAULT_MODEL
 
     given = [f for f, v in (("--model", args.model), ("--checkpoint", args.checkpoint)) if v is not None]
     if len(given) + (args.official is not None) > 1:

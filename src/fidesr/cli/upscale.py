@@ -4,7 +4,7 @@
     fidesr-upscale INPUT... -o OUTPUT_DIR --official fidesr.pkl [--pretrained SD21_BASE]
 
 ``--model`` defaults to ``fidesr``, the released FiDeSR model (fetched into the Hugging Face cache; see
-:mod:`fidesr.released`); ``--checkpoint`` is its old name.
+:mod:`fidesr.modelio.released`); ``--checkpoint`` is its old name.
 
 Inputs are image files or folders (``--recursive`` descends). Each result is ``OUTPUT_DIR/<input stem>.png``,
 written atomically (a temporary file renamed into place: Ctrl-C never leaves a partial PNG). Existing

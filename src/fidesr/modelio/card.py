@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from fidesr.model_files import TrainedWeights
+if TYPE_CHECKING:  # annotations only: the reader imports the writer, which imports this module
+    from fidesr.modelio.read import TrainedWeights
 
 
 def model_card(

@@ -1,4 +1,4 @@
-"""Released models by name (fidesr.released) and the OSEDiff / PiSA-SR layouts (fidesr.released_layouts).
+"""Released models by name (fidesr.modelio.released) and the OSEDiff / PiSA-SR layouts (fidesr.modelio.layouts).
 
 Each released layout is written by the test with the key names of the official save code (OSEDiff's
 ``OSEDiff_gen.save_model``, PiSA-SR's ``PiSASR.save_model``, AdcSR's merged ``osediff.pkl``) from a tiny
@@ -17,9 +17,8 @@ import pytest
 import torch
 
 from fidesr.errors import FidesrError, ModelFileError
-from fidesr.model_files import TrainedWeights
+from fidesr.modelio import RELEASED, TrainedWeights, locate_model, model_notes
 from fidesr.pipeline import FiDeSRPipeline
-from fidesr.released import RELEASED, locate_model, model_notes
 
 PIPE_KW = dict(device="cpu", min_lq_size=16, color_fix="none")
 
