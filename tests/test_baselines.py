@@ -312,9 +312,9 @@ def test_app_request_applies_the_two_set_strengths(pisa_run, tmp_path):
     """fidesr-app's request function: PiSA-SR's strengths reach the pipeline (the page shows their sliders
     for two-set models only)."""
     from fidesr.app import upscale_request
-    from fidesr.pipeline import load_pipeline
+    from fidesr.pipeline import FiDeSRPipeline
 
-    pipe = load_pipeline(pisa_run / "checkpoints" / "last.ckpt", device="cpu")
+    pipe = FiDeSRPipeline.from_pretrained(pisa_run / "checkpoints" / "last.ckpt", device="cpu")
     img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2))
     a = upscale_request(pipe, img, None, None, "adain", tmp_path, lambda_pix=1.0, lambda_sem=0.0)
     b = upscale_request(pipe, img, None, None, "adain", tmp_path, lambda_pix=1.0, lambda_sem=1.0)

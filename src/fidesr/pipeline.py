@@ -161,10 +161,13 @@ class FiDeSRPipeline:
         lfim: nn.Module | None | str = "stored",
         **kwargs: Any,
     ) -> FiDeSRPipeline:
-        """The one loader: a released model by name (``"fidesr"``, ``"osediff"``, ``"pisasr"``:
-        :mod:`fidesr.modelio.released`), a training checkpoint, an exported folder, an official ``.pkl``, a
-        Hub repo id or a :class:`~fidesr.modelio.read.TrainedWeights` (see :mod:`fidesr.modelio.read`), read
-        as data.
+        """The one entry point that loads a trained model for inference: every command line, the app and the
+        benchmark call it. ``source``: a released model by name (``"fidesr"``, ``"osediff"``, ``"pisasr"``:
+        :mod:`fidesr.modelio.released`), a training checkpoint, an exported folder, an official ``.pkl``
+        (FiDeSR, OSEDiff or PiSA-SR, told apart by their keys), a Hub repo id or a
+        :class:`~fidesr.modelio.read.TrainedWeights` (see :mod:`fidesr.modelio.read`), read as data.
+        Underneath, :meth:`TrainedWeights.load` reads the source and :meth:`TrainedWeights.build` makes the
+        modules; call those only to handle the weights without a pipeline (``fidesr-export``).
 
         Args:
             source: where the trained weights are (resolved by :func:`fidesr.modelio.released.locate_model`).
@@ -389,23 +392,3 @@ class FiDeSRPipeline:
                 result,
             )
         return result
-
-
-def load_pipeline(
-    checkpoint: str | os.PathLike | None = None,
-    official: str | os.PathLike | None = None,
-    pretrained: str | os.PathLike | None = None,
-    **kwargs: Any,
-) -> FiDeSRPipeline:
-    """:meth:`FiDeSRPipeline.from_pretrained` with the command-line tools' two arguments: ``checkpoint``
-    (any source) or ``official`` (an official ``.pkl``, checked to be one)."""
-    from fidesr.errors import ConfigValueError
-
-    if (checkpoint is None) == (official is None):
-        raise ConfigValueError("give exactly one of a checkpoint / exported model or an official .pkl")
-    if official is not None:
-        weights = TrainedWeights.from_official(
-            official, pretrained, unsafe_pickle=kwargs.pop("unsafe_pickle", False)
-        )
-        return FiDeSRPipeline.from_pretrained(weights, pretrained=pretrained, **kwargs)
-    return FiDeSRPipeline.from_pretrained(checkpoint, pretrained=pretrained, **kwargs)

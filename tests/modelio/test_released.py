@@ -305,7 +305,7 @@ def test_released_fidesr_from_the_hf_cache_by_name(
 
 
 def test_model_options_default_and_aliases() -> None:
-    from fidesr.cli.options import check_model_choice
+    from fidesr.cli.options import check_model_choice, model_source
     from fidesr.cli.upscale import build_parser
 
     parser = build_parser()
@@ -320,6 +320,7 @@ def test_model_options_default_and_aliases() -> None:
     args = parser.parse_args(["in.png", "-o", "out", "--official", "f.pkl"])
     check_model_choice(parser, args)
     assert args.model is None
+    assert model_source(args) == "f.pkl"  # the deprecated alias loads what --model f.pkl loads
     with pytest.raises(SystemExit):
         check_model_choice(
             parser, parser.parse_args(["in.png", "-o", "o", "--model", "a", "--checkpoint", "b"])
