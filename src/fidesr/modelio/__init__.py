@@ -44,7 +44,7 @@ _EXPORTS = {
         ),
         "layout",
     ),
-    "model_card": "card",
+    **dict.fromkeys(("Exportable", "model_card"), "card"),
     **dict.fromkeys(("clean_stale_exports", "write_folder"), "write"),
     **dict.fromkeys(
         (

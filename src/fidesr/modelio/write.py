@@ -2,8 +2,9 @@
 diffusers/PEFT format written by diffusers' own ``save_lora_weights``, the LRRB as safetensors, the model
 card and ``config.json`` (layout in :mod:`fidesr.modelio.layout`).
 
-It reads only the fields of the :class:`~fidesr.modelio.read.TrainedWeights` it is given (the reader imports
-this module for ``save_pretrained``; this module imports no reader)."""
+It reads only the fields of the :class:`~fidesr.modelio.read.TrainedWeights` it is given
+(:class:`~fidesr.modelio.card.Exportable`): the reader imports this module for ``save_pretrained``, this
+module imports no reader."""
 
 from __future__ import annotations
 
@@ -17,13 +18,12 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from fidesr.backbone.lora import LORA_SETS
 from fidesr.errors import ModelFileError
-from fidesr.modelio.card import model_card
+from fidesr.modelio.card import Exportable, model_card
 from fidesr.modelio.layout import (
     ADAPTER_KEY,
     CARD_FILE,
@@ -38,9 +38,6 @@ from fidesr.modelio.layout import (
     SET_ADAPTER,
 )
 
-if TYPE_CHECKING:  # annotations only: the reader imports this module
-    from fidesr.modelio.read import TrainedWeights
-
 log = logging.getLogger(__name__)
 
 # The sibling folders an export works in, ``.<folder name>.<random><suffix>`` beside the folder: the new
@@ -49,7 +46,7 @@ _NEW, _OLD = ".export-new", ".export-old"
 
 
 def write_folder(
-    self: TrainedWeights,
+    self: Exportable,
     folder: str | os.PathLike,
     overwrite: bool = False,
     metrics: Mapping[str, float] | None = None,
@@ -91,7 +88,7 @@ def write_folder(
     return folder
 
 
-def _write_export(self: TrainedWeights, out: Path, metrics: Mapping[str, float] | None) -> None:
+def _write_export(self: Exportable, out: Path, metrics: Mapping[str, float] | None) -> None:
     """Every file of the export into the fresh folder ``out``, each flushed to disk (``fsync``)."""
     from diffusers import StableDiffusionPipeline
     from peft import LoraConfig
@@ -216,7 +213,7 @@ def clean_stale_exports(folder: Path) -> None:
 
 
 def _diffusers_lora(
-    self: TrainedWeights, lora_set: str | None = None
+    self: Exportable, lora_set: str | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], int]:
     """(LoRA tensors named as peft's ``get_peft_model_state_dict`` names them, module lists per adapter,
     rank) from the adapter-qualified names; diffusers' writer adds the ``unet.`` prefix. ``lora_set``:
