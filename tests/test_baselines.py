@@ -70,7 +70,7 @@ def test_osediff_like_trains_with_vsd_and_resumes_exactly(compose, fast_train_ov
     assert any("mid_block.attentions.0.to_q" in k for k in vae)
     assert any(not torch.equal(first[k], a[k]) for k in vae), "the VAE-encoder LoRA did not train"
     # The model read back for inference: the fake score left out, the VAE LoRA in, also through an export.
-    from fidesr.model_files import TrainedWeights
+    from fidesr.modelio import TrainedWeights
 
     weights = TrainedWeights.load(full / "checkpoints" / "last.ckpt")
     assert weights.state and not any(FAKE_SCORE_ADAPTER in k for k in weights.state)
@@ -205,7 +205,7 @@ def test_strengths_need_a_two_set_model(make_tiny_backbone):
 def test_two_set_export_writes_one_lora_file_per_set_and_reloads(
     make_tiny_backbone, tiny_backbone_folder, tmp_path
 ):
-    from fidesr.model_files import LORA_FILE, TrainedWeights, trained_state
+    from fidesr.modelio import LORA_FILE, TrainedWeights, trained_state
     from fidesr.pipeline import FiDeSRPipeline
 
     backbone = _two_set_backbone(make_tiny_backbone)
@@ -321,9 +321,9 @@ def test_app_request_applies_the_two_set_strengths(pisa_run, tmp_path):
     """fidesr-app's request function: PiSA-SR's strengths reach the pipeline (the page shows their sliders
     for two-set models only)."""
     from fidesr.app import upscale_request
-    from fidesr.pipeline import load_pipeline
+    from fidesr.pipeline import FiDeSRPipeline
 
-    pipe = load_pipeline(pisa_run / "checkpoints" / "last.ckpt", device="cpu")
+    pipe = FiDeSRPipeline.from_pretrained(pisa_run / "checkpoints" / "last.ckpt", device="cpu")
     img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2))
     a = upscale_request(pipe, img, None, None, "adain", tmp_path, lambda_pix=1.0, lambda_sem=0.0)
     b = upscale_request(pipe, img, None, None, "adain", tmp_path, lambda_pix=1.0, lambda_sem=1.0)

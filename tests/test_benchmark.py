@@ -30,7 +30,7 @@ def _folder_set(root: Path, n: int = 2) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(trained_model: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fidesr.model_files import TrainedWeights
+    from fidesr.modelio import TrainedWeights
 
     folder = tmp_path_factory.mktemp("bench_export") / "export"
     TrainedWeights.load(trained_model["ckpt"]).save_pretrained(folder)
@@ -146,7 +146,7 @@ def test_tables_put_published_rows_in_their_own_block_and_draw_the_plane(tmp_pat
 def test_models_resolve_to_what_the_loader_reads(trained_model: dict, exported: Path) -> None:
     """Local files and folders pass through; PiSA-SR's file, on Google Drive only, is named with its page."""
     from fidesr.errors import FidesrError
-    from fidesr.released import locate_model
+    from fidesr.modelio import locate_model
 
     assert locate_model(str(trained_model["ckpt"])) == str(trained_model["ckpt"])
     assert locate_model(str(exported)) == str(exported)

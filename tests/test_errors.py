@@ -44,7 +44,7 @@ def test_pickle_advice_names_only_what_the_command_has(tmp_path: Path, capsys) -
     from fidesr.cli.eval import EVAL_ADVICE
     from fidesr.cli.export import main as export
     from fidesr.cli.train import _train_advice
-    from fidesr.model_files import TrainedWeights
+    from fidesr.modelio import TrainedWeights
 
     path = _foreign_pickle(tmp_path)
     with pytest.raises(PickleRefusedError) as info:

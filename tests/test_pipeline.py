@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from fidesr.errors import ModelFileError
-from fidesr.model_files import TrainedWeights, trained_state
-from fidesr.pipeline import FiDeSRPipeline, load_pipeline
+from fidesr.modelio import TrainedWeights, trained_state
+from fidesr.pipeline import FiDeSRPipeline
 from fidesr.tiling import seam_score, tile_borders, tile_starts
 
 
@@ -128,7 +128,7 @@ def test_official_pkl_gives_the_checkpoint_output(
         },
         pkl,
     )
-    official = load_pipeline(official=pkl, pretrained=trained["folder"], device="cpu", min_lq_size=32)
+    official = FiDeSRPipeline.from_pretrained(pkl, pretrained=trained["folder"], device="cpu", min_lq_size=32)
     lq = _smooth_lq((40, 32), seed=7)
     assert (official(lq, generator=_seeded()).sr - pipe(lq, generator=_seeded()).sr).abs().max() < 1e-5
 

@@ -14,7 +14,7 @@ import yaml
 
 from fidesr.cli.upscale import main as upscale
 from fidesr.errors import ModelFileError, UntrustedConfigError
-from fidesr.model_files import TrainedWeights
+from fidesr.modelio import TrainedWeights
 from fidesr.pipeline import FiDeSRPipeline
 from fidesr.trust import ALLOWED_TARGETS, check_stored_config, load_torch_file
 

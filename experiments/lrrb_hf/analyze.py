@@ -9,8 +9,9 @@ before (``r``) and after (``r' = r + LRRB(z_L, r)``) the LRRB with the ideal res
 high-pass, cut-off 0.32, order 2, the official grid). Prints and writes ``lrrb_hf.md`` and
 ``lrrb_hf.csv`` (per image, then the data-set figure: a ratio of means, as ``HFErrorMeter`` computes it).
 
-CKPT is a training checkpoint (``*.ckpt``), an exported folder (``fidesr-export``), a Hub repo id or, with
-``--official PKL --pretrained SD21``, the released FiDeSR weights. The VAE posterior is sampled with a
+CKPT is anything ``FiDeSRPipeline.from_pretrained`` loads: a training checkpoint (``*.ckpt``), an exported
+folder (``fidesr-export``), a Hub repo id, or the released FiDeSR weights (``fidesr.pkl --pretrained SD21``;
+``--official PKL`` is the same). The VAE posterior is sampled with a
 seeded generator (``--seed``), so reruns give the same numbers.
 """
 
@@ -32,9 +33,13 @@ from fidesr.metrics.tables import write_csv
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "checkpoint", nargs="?", help="training checkpoint (.ckpt), exported folder or Hub repo id"
+        "checkpoint",
+        nargs="?",
+        help="training checkpoint (.ckpt), exported folder, official .pkl or Hub repo id",
     )
-    p.add_argument("--official", help="the released FiDeSR .pkl instead of CKPT (needs --pretrained)")
+    p.add_argument(
+        "--official", help="the released FiDeSR .pkl instead of CKPT (the same as giving it as CKPT)"
+    )
     p.add_argument("--pretrained", help="SD 2.1-base hub id or local folder (replaces the checkpoint's)")
     p.add_argument("--lq", required=True, type=Path, help="LQ images (e.g. StableSR .../test_LR)")
     p.add_argument("--gt", required=True, type=Path, help="GT images, same file stems (.../test_HR)")
@@ -97,12 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     if (args.checkpoint is None) == (args.official is None):
         print("error: give CKPT or --official PKL (with --pretrained)", file=sys.stderr)
         return 2
-    from fidesr.pipeline import load_pipeline
+    from fidesr.pipeline import FiDeSRPipeline
 
     # No LFIM: the analysis is about the residual, before any frequency editing.
-    pipe = load_pipeline(
-        args.checkpoint,
-        official=args.official,
+    pipe = FiDeSRPipeline.from_pretrained(
+        args.checkpoint or args.official,
         pretrained=args.pretrained,
         device=None if args.device == "auto" else args.device,
         dtype=args.dtype,

@@ -11,7 +11,7 @@ Outputs: ``OUT/table.csv`` (model, set, n_images, one column per metric, seconds
 ``OUT/table.md`` (our rows, then the published rows of each standard set in a separate block) and
 ``OUT/perception_distortion.png``.
 
-Before any work, a pre-flight resolves every model (:func:`fidesr.released.locate_model`), every set
+Before any work, a pre-flight resolves every model (:func:`fidesr.modelio.released.locate_model`), every set
 (:func:`fidesr.data.benchmarks.resolve_set`, downloading missing standard sets when online) and the
 metrics' weight files (:func:`fidesr.weights.ensure_run_weights`); whatever is still missing is
 listed in one :class:`BenchmarkPreflightError` with the command that fetches each thing.
@@ -109,7 +109,7 @@ def preflight(
     Returns the models, the sets and the canonical metric names.
     """
     from fidesr import weights as W
-    from fidesr.released import locate_model
+    from fidesr.modelio.released import locate_model
 
     if not models or not sets:
         raise MissingInputError("give at least one model (--models) and one test set (--sets)")

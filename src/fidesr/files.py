@@ -8,10 +8,10 @@ final name keeps what it held. Readers never see half a file.
 
 The temporary names are what the stale-file cleanups look for: ``.<name>.ckpt.<random>.part`` for
 checkpoints (:func:`fidesr.resume.remove_stale_parts`) and ``.<file>.<random>.part`` in an export folder
-(:mod:`fidesr.model_export`). A full disk (or quota, or file-size limit) is a
+(:mod:`fidesr.modelio.write`). A full disk (or quota, or file-size limit) is a
 :class:`~fidesr.errors.DiskFullError` naming the final file, not the temporary one.
 
-Whole folders are swapped by their owners (:mod:`fidesr.model_export`, :mod:`fidesr.backbone.tiny`,
+Whole folders are swapped by their owners (:mod:`fidesr.modelio.write`, :mod:`fidesr.backbone.tiny`,
 :mod:`fidesr.data.benchmarks`): each keeps its own rule for what happens to the folder it replaces.
 """
 

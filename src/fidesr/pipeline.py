@@ -12,7 +12,7 @@ implementation in :mod:`fidesr.tiling`.
 
 Constructors: the module-owned pipeline of ``FiDeSRModule`` (validation, LoRA unmerged, training goes on),
 and, for inference only, :meth:`FiDeSRPipeline.from_pretrained`, the one loader of every model source
-(training checkpoint, exported folder, official ``.pkl``, Hub repo id; :mod:`fidesr.model_files`), paired
+(training checkpoint, exported folder, official ``.pkl``, Hub repo id; :mod:`fidesr.modelio`), paired
 with :meth:`~FiDeSRPipeline.save_pretrained`. It merges the LoRA into the UNet weights and drops the
 adapter layers (diffusers' ``fuse_lora`` + ``unload_lora``): a plain diffusers UNet, the fastest and the
 friendliest to ``torch.compile``. A model with PiSA-SR's two LoRA sets (``backbone.lora_sets``) stays
@@ -28,7 +28,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +39,9 @@ from fidesr.components.color_fix import color_fix as apply_color_fix
 from fidesr.devices import resolve_device, resolve_precision
 from fidesr.errors import NonFiniteOutputError
 from fidesr.generator import OneStepOutput, one_step
+from fidesr.modelio.read import TrainedWeights
+from fidesr.modelio.released import locate_model
 from fidesr.tiling import tiled_apply
-
-if TYPE_CHECKING:
-    from fidesr.model_files import TrainedWeights
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +161,16 @@ class FiDeSRPipeline:
         lfim: nn.Module | None | str = "stored",
         **kwargs: Any,
     ) -> FiDeSRPipeline:
-        """The one loader: a released model by name (``"fidesr"``, ``"osediff"``, ``"pisasr"``:
-        :mod:`fidesr.released`), a training checkpoint, an exported folder, an official ``.pkl``, a Hub repo
-        id or a :class:`~fidesr.model_files.TrainedWeights` (see :mod:`fidesr.model_files`), read as data.
+        """The one entry point that loads a trained model for inference: every command line, the app and the
+        benchmark call it. ``source``: a released model by name (``"fidesr"``, ``"osediff"``, ``"pisasr"``:
+        :mod:`fidesr.modelio.released`), a training checkpoint, an exported folder, an official ``.pkl``
+        (FiDeSR, OSEDiff or PiSA-SR, told apart by their keys), a Hub repo id or a
+        :class:`~fidesr.modelio.read.TrainedWeights` (see :mod:`fidesr.modelio.read`), read as data.
+        Underneath, :meth:`TrainedWeights.load` reads the source and :meth:`TrainedWeights.build` makes the
+        modules; call those only to handle the weights without a pipeline (``fidesr-export``).
 
         Args:
-            source: where the trained weights are (resolved by :func:`fidesr.released.locate_model`).
+            source: where the trained weights are (resolved by :func:`fidesr.modelio.released.locate_model`).
             pretrained: base SD 2.1-base (hub id or folder), replacing the one the source names.
             device, dtype: see :meth:`for_inference`.
             revision: Hub revision for a repo id.
@@ -175,9 +178,6 @@ class FiDeSRPipeline:
             lfim: ``"stored"`` (the source's LFIM), None (off) or a module.
             kwargs: pipeline options (tiling, colour fix, ...); they win over the stored ``model`` defaults.
         """
-        from fidesr.model_files import TrainedWeights
-        from fidesr.released import locate_model
-
         weights = (
             source
             if isinstance(source, TrainedWeights)
@@ -201,7 +201,7 @@ class FiDeSRPipeline:
 
     def save_pretrained(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the trained weights this pipeline was loaded from as an exported folder
-        (:meth:`fidesr.model_files.TrainedWeights.save_pretrained`)."""
+        (:meth:`fidesr.modelio.read.TrainedWeights.save_pretrained`)."""
         if self.weights is None:
             raise ValueError("this pipeline was not loaded with from_pretrained: nothing to save")
         return self.weights.save_pretrained(folder, overwrite=overwrite)
@@ -377,25 +377,3 @@ class FiDeSRPipeline:
                 result,
             )
         return result
-
-
-def load_pipeline(
-    checkpoint: str | os.PathLike | None = None,
-    official: str | os.PathLike | None = None,
-    pretrained: str | os.PathLike | None = None,
-    **kwargs: Any,
-) -> FiDeSRPipeline:
-    """:meth:`FiDeSRPipeline.from_pretrained` with the command-line tools' two arguments: ``checkpoint``
-    (any source) or ``official`` (an official ``.pkl``, checked to be one)."""
-    from fidesr.errors import ConfigValueError
-
-    if (checkpoint is None) == (official is None):
-        raise ConfigValueError("give exactly one of a checkpoint / exported model or an official .pkl")
-    if official is not None:
-        from fidesr.model_files import TrainedWeights
-
-        weights = TrainedWeights.from_official(
-            official, pretrained, unsafe_pickle=kwargs.pop("unsafe_pickle", False)
-        )
-        return FiDeSRPipeline.from_pretrained(weights, pretrained=pretrained, **kwargs)
-    return FiDeSRPipeline.from_pretrained(checkpoint, pretrained=pretrained, **kwargs)

@@ -1,6 +1,6 @@
 """The trust boundary for model files: what is read from a file is data, never code.
 
-Two rules, applied by every loader (:mod:`fidesr.model_files`):
+Two rules, applied by every loader (:mod:`fidesr.modelio.read`):
 
 * **Tensors and plain values only.** ``.ckpt`` / ``.pkl`` / ``.pt`` files are read with
   ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, dicts; no arbitrary classes),

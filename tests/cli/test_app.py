@@ -17,14 +17,14 @@ pytest.importorskip("gradio", reason="fidesr-app needs the extra fidesr[app] (ma
 
 from fidesr.app import AppInputError, InputLimits, build_app, read_upload, upscale_request, write_examples  # noqa: E402
 from fidesr.cli.app import main  # noqa: E402
-from fidesr.pipeline import FiDeSRPipeline, load_pipeline  # noqa: E402
+from fidesr.pipeline import FiDeSRPipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def pipe(trained_model: dict) -> FiDeSRPipeline:
     """The conftest's trained tiny model, loaded from its checkpoint as fidesr-app loads it (min_lq_size 32:
     a 32 px input is not enlarged first, which keeps the test fast)."""
-    return load_pipeline(trained_model["ckpt"], device="cpu")
+    return FiDeSRPipeline.from_pretrained(trained_model["ckpt"], device="cpu")
 
 
 def _picture(h: int = 32, w: int = 32) -> np.ndarray:

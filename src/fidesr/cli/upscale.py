@@ -1,10 +1,11 @@
 """``fidesr-upscale``: super-resolve image files and folders.
 
     fidesr-upscale INPUT... -o OUTPUT_DIR [--model fidesr|osediff|pisasr|CKPT|EXPORT_DIR|FILE.pkl|USER/NAME]
-    fidesr-upscale INPUT... -o OUTPUT_DIR --official fidesr.pkl [--pretrained SD21_BASE]
+    fidesr-upscale INPUT... -o OUTPUT_DIR --model fidesr.pkl [--pretrained SD21_BASE]
 
 ``--model`` defaults to ``fidesr``, the released FiDeSR model (fetched into the Hugging Face cache; see
-:mod:`fidesr.released`); ``--checkpoint`` is its old name.
+:mod:`fidesr.modelio.released`); ``--checkpoint`` is its old name, ``--official PKL`` a deprecated one.
+The model is loaded by :meth:`fidesr.pipeline.FiDeSRPipeline.from_pretrained`.
 
 Inputs are image files or folders (``--recursive`` descends). Each result is ``OUTPUT_DIR/<input stem>.png``,
 written atomically (a temporary file renamed into place: Ctrl-C never leaves a partial PNG). Existing
@@ -38,6 +39,7 @@ from fidesr.cli.options import (
     finite,
     int_at_least,
     loader_kwargs,
+    model_source,
 )
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image, save_image
 from fidesr.errors import (
@@ -195,7 +197,7 @@ def check_output_dir(path: Path) -> None:
 
 
 def _load_pipeline(args: argparse.Namespace):
-    from fidesr.pipeline import load_pipeline
+    from fidesr.pipeline import FiDeSRPipeline
 
     kwargs = loader_kwargs(args, tiles_per_call=args.tiles_per_call)
     for key, value in (
@@ -205,7 +207,7 @@ def _load_pipeline(args: argparse.Namespace):
     ):
         if value is not None:
             kwargs[key] = value
-    pipe = load_pipeline(args.model, args.official, args.pretrained, **kwargs)
+    pipe = FiDeSRPipeline.from_pretrained(model_source(args), pretrained=args.pretrained, **kwargs)
     if pipe.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed tile shapes: the tuned convolution algorithms repeat
     if args.compile:

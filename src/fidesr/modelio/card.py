@@ -5,14 +5,28 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from fidesr.model_files import TrainedWeights
+    import torch
+
+
+class Exportable(Protocol):
+    """What the card and the writer (:mod:`fidesr.modelio.write`) read of the
+    :class:`~fidesr.modelio.read.TrainedWeights` they are given (the reader imports the writer, so neither
+    imports the reader, not even for annotations)."""
+
+    config: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    source: str
+    info: dict[str, Any]
+
+    @property
+    def base_model(self) -> str: ...
 
 
 def model_card(
-    weights: TrainedWeights,
+    weights: Exportable,
     rank: int,
     alpha: float,
     lora_file: str,

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fidesr.errors import ConfigValueError, ModelFileError
-from fidesr.model_files import LORA_FILE, TrainedWeights
+from fidesr.modelio import LORA_FILE, TrainedWeights
 from fidesr.pipeline import FiDeSRPipeline
 
 # Runs in a fresh interpreter that never imports fidesr: what a diffusers user does with the folder.

@@ -1,33 +1,18 @@
-"""Trained FiDeSR weights in and out: one reader for every source, one writer in the ecosystem's format.
+"""Trained FiDeSR weights in: one reader for every source, and the model built from them.
 
-Sources :meth:`TrainedWeights.load` reads (``fidesr-upscale --checkpoint``, ``fidesr-eval checkpoint=``,
-``fidesr-app``, ``FiDeSRPipeline.from_pretrained`` all come here):
+Sources :meth:`TrainedWeights.load` reads (``FiDeSRPipeline.from_pretrained``, the one loader that
+``fidesr-upscale``, ``fidesr-eval``, ``fidesr-app`` and ``fidesr-benchmark`` call, comes here):
 
 * a training checkpoint (``fidesr-train``'s ``*.ckpt``),
-* an exported folder (:meth:`TrainedWeights.save_pretrained`, ``fidesr-export``),
+* an exported folder (:meth:`TrainedWeights.save_pretrained`, ``fidesr-export``; the layout in
+  :mod:`fidesr.modelio.layout`),
 * the official ``.pkl`` of FiDeSR (``unet_lora_{encoder,decoder,others}_modules``, ``lora_rank_unet``,
-  ``state_dict_unet``, ``lrrb_state_dict``), OSEDiff and PiSA-SR (:mod:`fidesr.released_layouts`),
+  ``state_dict_unet``, ``lrrb_state_dict``), OSEDiff and PiSA-SR (:mod:`fidesr.modelio.layouts`),
 * a Hugging Face Hub repo id holding an exported folder (into the HF cache), or an earlier fidesr
   version's single-file adapter (``.safetensors`` with a ``fidesr`` header).
 
 Every source is read as data (:mod:`fidesr.trust`): pickles ``weights_only``, else safetensors or JSON.
-
-The exported folder::
-
-    DIR/config.json                        {"format": "fidesr", "version": 2, "config": {...}, "lora": {...}, ...}
-    DIR/pytorch_lora_weights.safetensors   the UNet LoRA, diffusers/PEFT key names ("unet.<module>.lora_A.weight")
-    DIR/lrrb.safetensors                   the LRRB weights (if the model has one)
-    DIR/README.md                          a model card (base model, training config, metrics, licence)
-
-``pytorch_lora_weights.safetensors`` is what diffusers' ``load_lora_weights(DIR)`` /
-``UNet2DConditionModel.load_lora_adapter(DIR, prefix="unet")`` read: the three official adapters
-(encoder / decoder / others) share rank and alpha and never overlap, so together they are one adapter
-for diffusers; ``config.json`` keeps which module belongs to which, so fidesr reloads them exactly.
-
-A model with PiSA-SR's two LoRA sets (``backbone.lora_sets``; format version 3) has one such file per set
-instead, ``DIR/pix/pytorch_lora_weights.safetensors`` and ``DIR/sem/pytorch_lora_weights.safetensors``
-(each one diffusers adapter, ``load_lora_weights(DIR, subfolder="pix")``): PiSA-SR's inference weighs the
-two sets' outputs, which one merged file could not express.
+The writer of the exported folder is :mod:`fidesr.modelio.write` (:meth:`TrainedWeights.save_pretrained`).
 """
 
 from __future__ import annotations
@@ -43,8 +28,29 @@ from typing import Any
 import torch
 
 from fidesr.backbone.lora import FAKE_SCORE_ADAPTER
-from fidesr.backbone.sd import DEFAULT_PRETRAINED
 from fidesr.errors import MissingInputError, ModelFileError
+from fidesr.modelio.layout import (
+    CONFIG_FILE,
+    CONFIG_SECTIONS,
+    EXTRAS_FILE,
+    FOLDER_FORMAT,
+    FOLDER_VERSION_SETS,
+    LEGACY_ADAPTER_FORMAT,
+    LORA_FILE,
+    LRRB_FILE,
+    MODEL_KEYS,
+    OFFICIAL_KEYS,
+    OFFICIAL_LORA_ALPHA,
+)
+from fidesr.modelio.layouts import (
+    ReleasedWeights,
+    check_names,
+    load_full_weights,
+    read_official,
+    read_released,
+)
+from fidesr.modelio.released import fetch_hub_folder, is_repo_id
+from fidesr.modelio.write import write_folder
 from fidesr.trust import (
     LOCATION_ARGS,
     as_mapping,
@@ -57,26 +63,6 @@ from fidesr.trust import (
     short_repr,
 )
 
-FOLDER_FORMAT = "fidesr"
-FOLDER_VERSION = 2
-FOLDER_VERSION_SETS = 3  # exports with two LoRA sets (one LoRA file per set)
-LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name
-LRRB_FILE = "lrrb.safetensors"
-EXTRAS_FILE = "extras.safetensors"  # tensors diffusers' LoRA file cannot hold (OSEDiff: VAE LoRA, conv_in)
-CONFIG_FILE = "config.json"
-CARD_FILE = "README.md"
-LEGACY_ADAPTER_FORMAT = "fidesr-adapter"
-CONFIG_SECTIONS = ("backbone", "lrrb", "lfim", "model")
-MODEL_KEYS = ("color_fix", "min_lq_size")
-#: peft's default ``lora_alpha``, which the official code never sets (scale 8 / rank).
-OFFICIAL_LORA_ALPHA = 8.0
-OFFICIAL_KEYS = (
-    "unet_lora_encoder_modules",
-    "unet_lora_decoder_modules",
-    "unet_lora_others_modules",
-    "lora_rank_unet",
-    "state_dict_unet",
-)
 # Backbone settings that carry over when ``pretrained`` replaces a preset without such a key (tiny).
 _LORA_KEYS = (
     "lora_rank",
@@ -88,10 +74,6 @@ _LORA_KEYS = (
     "lora_sets",
     "vae_lora_rank",
 )
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# "<module>.lora_A.<adapter>.weight" (peft inside the UNet) <-> "<module>.lora_A.weight" (diffusers files)
-_ADAPTER_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_[AB])\.(?P<adapter>[^.]+)\.weight$")
-_SET_ADAPTER = r"lora_[AB]\.default_(?:encoder|decoder|others)"  # + "_<set>": an adapter of a LoRA set
 
 
 @dataclass
@@ -148,15 +130,13 @@ class TrainedWeights:
             if path.suffix == ".safetensors":
                 return cls.from_adapter_file(path)
             data = load_torch_file(path, "model file", unsafe_pickle=unsafe_pickle)
-            from fidesr.released_layouts import read_released  # OSEDiff's and PiSA-SR's released files
-
-            released = read_released(data, path, pretrained)
+            released = read_released(data, path, pretrained)  # OSEDiff's and PiSA-SR's released files
             if released is not None:
-                return released
+                return cls._from_released(released, path)
             if isinstance(data, dict) and all(k in data for k in OFFICIAL_KEYS):
-                return cls._from_official_dict(data, path, pretrained)
+                return cls._from_released(read_official(data, path, pretrained), path)
             return cls._from_checkpoint_dict(data, path)
-        if _REPO_ID.match(str(source)) and not str(source).startswith((".", "/", "~")):
+        if is_repo_id(str(source)):
             return cls.from_hub(str(source), revision=revision)
         raise MissingInputError(
             f"model not found: {source} (no such file or folder, and not a Hub repo id user/name)"
@@ -201,40 +181,13 @@ class TrainedWeights:
         the base SD 2.1-base (hub id or folder; default the hub id)."""
         path = Path(path)
         data = load_torch_file(path, "official FiDeSR checkpoint", unsafe_pickle)
-        return cls._from_official_dict(data, path, pretrained)
+        return cls._from_released(read_official(data, path, pretrained), path)
 
     @classmethod
-    def _from_official_dict(cls, sd: Any, path: Path, pretrained: str | os.PathLike | None) -> TrainedWeights:
-        from fidesr.components.lrrb import LatentResidualRefinementBlock
-
-        missing = [k for k in OFFICIAL_KEYS if k not in sd] if isinstance(sd, dict) else list(OFFICIAL_KEYS)
-        if missing:
-            raise ModelFileError(f"{path} is not an official FiDeSR checkpoint: missing {missing}")
-        parts = {f"default_{part}": f"unet_lora_{part}_modules" for part in ("encoder", "decoder", "others")}
-        split = {adapter: module_names(sd[key], path, key) for adapter, key in parts.items()}
-        rank = sd["lora_rank_unet"]  # checked with the config below (fidesr.trust.TARGET_ARGS)
-        check_finite(as_mapping(sd["state_dict_unet"], path, "state_dict_unet"), path)
-        if sd.get("lrrb_state_dict") is not None:
-            check_finite(as_mapping(sd["lrrb_state_dict"], path, "lrrb_state_dict"), path)
-        config: dict[str, Any] = {
-            "backbone": {
-                "_target_": "fidesr.backbone.StableDiffusionBackbone.from_pretrained",
-                "pretrained": str(pretrained or DEFAULT_PRETRAINED),
-                "lora_rank": rank,
-                "lora_alpha": OFFICIAL_LORA_ALPHA,
-            },
-            "lrrb": None,
-            "lfim": {"_target_": "fidesr.components.lfim.LatentFrequencyInjection"},  # the released settings
-            "model": {},
-        }
-        state = {f"unet.{k}": v for k, v in sd["state_dict_unet"].items()}
-        if sd.get("lrrb_state_dict") is not None:
-            lrrb = LatentResidualRefinementBlock()
-            lrrb.load_official_state_dict(sd["lrrb_state_dict"])
-            config["lrrb"] = {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock"}
-            state.update({f"lrrb.{k}": v for k, v in lrrb.state_dict().items()})
-        check_stored_config(config, f"{path} (lora_rank_unet)")
-        return cls(config, state, str(path), lora_split=split, info={"official": True, "method": "FiDeSR"})
+    def _from_released(cls, released: ReleasedWeights, path: Path) -> TrainedWeights:
+        return cls(
+            released.config, released.state, str(path), lora_split=released.lora_split, info=released.info
+        )
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, root: str | os.PathLike | None = None) -> TrainedWeights:
@@ -297,8 +250,6 @@ class TrainedWeights:
     def from_hub(cls, repo_id: str, revision: str | None = None) -> TrainedWeights:
         """An exported folder on the Hugging Face Hub, fetched into (or, offline, found in) the HF cache.
         Only the folder's JSON, safetensors and model card are fetched: nothing that can hold code."""
-        from fidesr.released import fetch_hub_folder
-
         return cls.from_folder(fetch_hub_folder(repo_id, revision=revision))
 
     @classmethod
@@ -331,12 +282,10 @@ class TrainedWeights:
     def save_pretrained(
         self, folder: str | os.PathLike, overwrite: bool = False, metrics: Mapping[str, float] | None = None
     ) -> Path:
-        """Write the exported folder (module doc; :func:`fidesr.model_export.write_folder`): LoRA in
-        diffusers' format via diffusers' own ``save_lora_weights``, the LRRB as safetensors, ``config.json``
-        and a model card, each under a temporary name renamed into place. ``overwrite=False`` refuses a
-        folder that already holds an export."""
-        from fidesr.model_export import write_folder
-
+        """Write the exported folder (:mod:`fidesr.modelio.layout`; :func:`fidesr.modelio.write.write_folder`):
+        LoRA in diffusers' format via diffusers' own ``save_lora_weights``, the LRRB as safetensors,
+        ``config.json`` and a model card, all written into a temporary folder renamed into place.
+        ``overwrite=False`` refuses a folder that already holds an export."""
         return write_folder(self, folder, overwrite=overwrite, metrics=metrics)
 
     @property
@@ -390,8 +339,6 @@ class TrainedWeights:
             raise ModelFileError(f"{self.source}: unexpected tensors {other[:3]}")
         if lrrb is None and lrrb_state:
             raise ModelFileError(f"{self.source}: LRRB tensors present but the config has lrrb: null")
-        from fidesr.released_layouts import check_names, load_full_weights
-
         if self.info.get("full_weights"):  # a merged released file (OSEDiff from AdcSR's Hub repo)
             load_full_weights(backbone, unet_state, vae_state, self.source)
         else:

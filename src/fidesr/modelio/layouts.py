@@ -1,11 +1,14 @@
-"""The released OSEDiff and PiSA-SR files, read as data and mapped strictly onto fidesr's backbone.
+"""The released FiDeSR, OSEDiff and PiSA-SR files, read as data and mapped strictly onto fidesr's backbone.
 
 Each reader takes the dict ``torch.load(weights_only=True)`` gave (:func:`fidesr.trust.load_torch_file`) and
-returns a :class:`~fidesr.model_files.TrainedWeights` that runs the method's own inference; every tensor
-of the file is used and every tensor the file's module lists imply must be there, else one
+returns the :class:`ReleasedWeights` (config, tensors, LoRA split) that
+:class:`~fidesr.modelio.read.TrainedWeights` is made of, so that it runs the method's own inference; every
+tensor of the file is used and every tensor the file's module lists imply must be there, else one
 :class:`~fidesr.errors.ModelFileError` lists the first few missing and unexpected names. The layouts and
 the official file and line of each key: docs/released.md.
 
+* **FiDeSR** (the official ``fidesr.pkl``): the UNet LoRA module lists per adapter, ``lora_rank_unet``,
+  ``state_dict_unet`` and ``lrrb_state_dict`` (the LRRB in the official layout).
 * **OSEDiff** (``OSEDiff_gen.save_model``, cswry/OSEDiff ``osediff.py`` 131-140): UNet LoRA module lists
   per adapter, ``rank_unet``, VAE-encoder LoRA module list, ``rank_vae``, ``state_dict_unet`` (LoRA tensors
   and the trained ``conv_in``), ``state_dict_vae`` (VAE LoRA). Run at t = 999 with the x0 update, as
@@ -22,14 +25,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fidesr.backbone.sd import DEFAULT_PRETRAINED
+from fidesr.components.lrrb import LatentResidualRefinementBlock
 from fidesr.errors import ModelFileError
-from fidesr.model_files import OFFICIAL_LORA_ALPHA, TrainedWeights
+from fidesr.modelio.layout import OFFICIAL_KEYS, OFFICIAL_LORA_ALPHA
+from fidesr.trust import as_mapping, check_finite, check_stored_config, module_names
 
 OSEDIFF_KEYS = (
     "unet_lora_encoder_modules",
@@ -57,6 +63,17 @@ OSEDIFF_PROMPT_NOTE = (
     "empty prompt (OSEDiff's own test prompts are DAPE tags of the LQ image; no DAPE tagger is installed)"
 )
 SHOWN = 3  # names listed per kind in a mismatch message
+
+
+@dataclass
+class ReleasedWeights:
+    """What a released file maps to: the fields of :class:`~fidesr.modelio.read.TrainedWeights` but its
+    source (the file)."""
+
+    config: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    lora_split: dict[str, list[str]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def check_names(expected: Iterable[str], found: Iterable[str], where: str) -> None:
@@ -99,7 +116,7 @@ def layout_of(data: Any) -> str | None:
 
 def read_released(
     data: Any, path: str | os.PathLike, pretrained: str | os.PathLike | None = None
-) -> TrainedWeights | None:
+) -> ReleasedWeights | None:
     """The weights of a released OSEDiff / PiSA-SR file, or None when ``data`` is another layout."""
     try:
         layout = layout_of(data)
@@ -110,6 +127,34 @@ def read_released(
     base = str(pretrained or DEFAULT_PRETRAINED)
     reader = {"osediff": _osediff, "osediff-merged": _osediff_merged, "pisasr": _pisasr}[layout]
     return reader(data, Path(path), base)
+
+
+def read_official(sd: Any, path: Path, pretrained: str | os.PathLike | None = None) -> ReleasedWeights:
+    """The released FiDeSR ``.pkl`` (LoRA module lists, rank, LoRA and LRRB tensors); ``pretrained``: the
+    base SD 2.1-base (hub id or folder; default the hub id)."""
+    missing = [k for k in OFFICIAL_KEYS if k not in sd] if isinstance(sd, dict) else list(OFFICIAL_KEYS)
+    if missing:
+        raise ModelFileError(f"{path} is not an official FiDeSR checkpoint: missing {missing}")
+    parts = {f"default_{part}": f"unet_lora_{part}_modules" for part in _PARTS}
+    split = {adapter: module_names(sd[key], path, key) for adapter, key in parts.items()}
+    rank = sd["lora_rank_unet"]  # checked with the config below (fidesr.trust.TARGET_ARGS)
+    check_finite(as_mapping(sd["state_dict_unet"], path, "state_dict_unet"), path)
+    if sd.get("lrrb_state_dict") is not None:
+        check_finite(as_mapping(sd["lrrb_state_dict"], path, "lrrb_state_dict"), path)
+    config: dict[str, Any] = {
+        "backbone": _backbone(str(pretrained or DEFAULT_PRETRAINED), rank),
+        "lrrb": None,
+        "lfim": {"_target_": "fidesr.components.lfim.LatentFrequencyInjection"},  # the released settings
+        "model": {},
+    }
+    state = {f"unet.{k}": v for k, v in sd["state_dict_unet"].items()}
+    if sd.get("lrrb_state_dict") is not None:
+        lrrb = LatentResidualRefinementBlock()
+        lrrb.load_official_state_dict(sd["lrrb_state_dict"])
+        config["lrrb"] = {"_target_": "fidesr.components.lrrb.LatentResidualRefinementBlock"}
+        state.update({f"lrrb.{k}": v for k, v in lrrb.state_dict().items()})
+    check_stored_config(config, f"{path} (lora_rank_unet)")
+    return ReleasedWeights(config, state, lora_split=split, info={"official": True, "method": "FiDeSR"})
 
 
 def _modules(data: Mapping[str, Any], key: str, path: Path) -> list[str]:
@@ -150,7 +195,7 @@ def _backbone(base: str, rank: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _osediff(data: Mapping[str, Any], path: Path, base: str) -> TrainedWeights:
+def _osediff(data: Mapping[str, Any], path: Path, base: str) -> ReleasedWeights:
     split = {f"default_{p}": _modules(data, f"unet_lora_{p}_modules", path) for p in _PARTS}
     unet = _tensors(data, "state_dict_unet", path)
     vae = _tensors(data, "state_dict_vae", path)
@@ -167,19 +212,19 @@ def _osediff(data: Mapping[str, Any], path: Path, base: str) -> TrainedWeights:
     config = {"backbone": _backbone(base, rank, **extra), "lrrb": None, "lfim": None, "model": {}}
     state = {f"unet.{k}": v for k, v in unet.items()} | {f"vae.{k}": v for k, v in vae.items()}
     info = {"official": True, "method": "OSEDiff", "prompt_note": OSEDIFF_PROMPT_NOTE}
-    return TrainedWeights(config, state, str(path), lora_split=split, info=info)
+    return ReleasedWeights(config, state, lora_split=split, info=info)
 
 
-def _osediff_merged(data: Mapping[str, Any], path: Path, base: str) -> TrainedWeights:
+def _osediff_merged(data: Mapping[str, Any], path: Path, base: str) -> ReleasedWeights:
     unet, vae = _tensors(data, "unet", path), _tensors(data, "vae", path)
     extra = {"timestep": OSEDIFF_TIMESTEP, "prediction": "x0"}
     config = {"backbone": _backbone(base, 0, **extra), "lrrb": None, "lfim": None, "model": {}}
     state = {f"unet.{k}": v for k, v in unet.items()} | {f"vae.{k}": v for k, v in vae.items()}
     info = {"official": True, "method": "OSEDiff", "prompt_note": OSEDIFF_PROMPT_NOTE, "full_weights": True}
-    return TrainedWeights(config, state, str(path), info=info)
+    return ReleasedWeights(config, state, info=info)
 
 
-def _pisasr(data: Mapping[str, Any], path: Path, base: str) -> TrainedWeights:
+def _pisasr(data: Mapping[str, Any], path: Path, base: str) -> ReleasedWeights:
     split = {
         f"default_{p}_{s}": _modules(data, f"unet_lora_{p}_modules_{s}", path)
         for s in PISASR_SETS
@@ -196,7 +241,7 @@ def _pisasr(data: Mapping[str, Any], path: Path, base: str) -> TrainedWeights:
     config = {"backbone": _backbone(base, ranks["pix"]), "lrrb": None, "lfim": None, "model": {}}
     state = {f"unet.{k}": v for k, v in unet.items()}
     info = {"official": True, "method": "PiSA-SR"}
-    return TrainedWeights(config, state, str(path), lora_split=split, info=info)
+    return ReleasedWeights(config, state, lora_split=split, info=info)
 
 
 def load_full_weights(

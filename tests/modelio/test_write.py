@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fidesr.model_files import CONFIG_FILE, LORA_FILE, LRRB_FILE, TrainedWeights
+from fidesr.modelio import CONFIG_FILE, LORA_FILE, LRRB_FILE, TrainedWeights
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

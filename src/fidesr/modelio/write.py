@@ -1,6 +1,10 @@
 """The exported folder's writer (``TrainedWeights.save_pretrained``, ``fidesr-export``): the LoRA in
 diffusers/PEFT format written by diffusers' own ``save_lora_weights``, the LRRB as safetensors, the model
-card and ``config.json`` (layout in :mod:`fidesr.model_files`)."""
+card and ``config.json`` (layout in :mod:`fidesr.modelio.layout`).
+
+It reads only the fields of the :class:`~fidesr.modelio.read.TrainedWeights` it is given
+(:class:`~fidesr.modelio.card.Exportable`): the reader imports this module for ``save_pretrained``, this
+module imports no reader."""
 
 from __future__ import annotations
 
@@ -19,10 +23,9 @@ import torch
 
 from fidesr.backbone.lora import LORA_SETS
 from fidesr.errors import ModelFileError
-from fidesr.model_card import model_card
-from fidesr.model_files import (
-    _ADAPTER_KEY,
-    _SET_ADAPTER,
+from fidesr.modelio.card import Exportable, model_card
+from fidesr.modelio.layout import (
+    ADAPTER_KEY,
     CARD_FILE,
     CONFIG_FILE,
     EXTRAS_FILE,
@@ -32,7 +35,7 @@ from fidesr.model_files import (
     LORA_FILE,
     LRRB_FILE,
     OFFICIAL_LORA_ALPHA,
-    TrainedWeights,
+    SET_ADAPTER,
 )
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ _NEW, _OLD = ".export-new", ".export-old"
 
 
 def write_folder(
-    self: TrainedWeights,
+    self: Exportable,
     folder: str | os.PathLike,
     overwrite: bool = False,
     metrics: Mapping[str, float] | None = None,
@@ -85,13 +88,13 @@ def write_folder(
     return folder
 
 
-def _write_export(self: TrainedWeights, out: Path, metrics: Mapping[str, float] | None) -> None:
+def _write_export(self: Exportable, out: Path, metrics: Mapping[str, float] | None) -> None:
     """Every file of the export into the fresh folder ``out``, each flushed to disk (``fsync``)."""
     from diffusers import StableDiffusionPipeline
     from peft import LoraConfig
     from safetensors.torch import save
 
-    sets = [s for s in LORA_SETS if any(re.search(rf"\.{_SET_ADAPTER}_{s}\.weight$", k) for k in self.state)]
+    sets = [s for s in LORA_SETS if any(re.search(rf"\.{SET_ADAPTER}_{s}\.weight$", k) for k in self.state)]
     weights: str | dict[str, str] = LORA_FILE if not sets else {s: f"{s}/{LORA_FILE}" for s in sets}
     split: dict[str, list[str]] = {}
     alpha = float(self.config["backbone"].get("lora_alpha", OFFICIAL_LORA_ALPHA) or OFFICIAL_LORA_ALPHA)
@@ -210,7 +213,7 @@ def clean_stale_exports(folder: Path) -> None:
 
 
 def _diffusers_lora(
-    self: TrainedWeights, lora_set: str | None = None
+    self: Exportable, lora_set: str | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], int]:
     """(LoRA tensors named as peft's ``get_peft_model_state_dict`` names them, module lists per adapter,
     rank) from the adapter-qualified names; diffusers' writer adds the ``unet.`` prefix. ``lora_set``:
@@ -221,7 +224,7 @@ def _diffusers_lora(
     for key, value in self.state.items():
         if not key.startswith("unet.") or _is_extra(key):
             continue
-        m = _ADAPTER_KEY.match(key[len("unet.") :])
+        m = ADAPTER_KEY.match(key[len("unet.") :])
         if m is None:
             raise ModelFileError(f"{self.source}: {key!r} is not a LoRA tensor this exporter knows")
         if lora_set is not None and not m["adapter"].endswith(f"_{lora_set}"):

@@ -1,4 +1,4 @@
-"""Released models by name (fidesr.released) and the OSEDiff / PiSA-SR layouts (fidesr.released_layouts).
+"""Released models by name (fidesr.modelio.released) and the OSEDiff / PiSA-SR layouts (fidesr.modelio.layouts).
 
 Each released layout is written by the test with the key names of the official save code (OSEDiff's
 ``OSEDiff_gen.save_model``, PiSA-SR's ``PiSASR.save_model``, AdcSR's merged ``osediff.pkl``) from a tiny
@@ -17,9 +17,8 @@ import pytest
 import torch
 
 from fidesr.errors import FidesrError, ModelFileError
-from fidesr.model_files import TrainedWeights
+from fidesr.modelio import RELEASED, TrainedWeights, locate_model, model_notes
 from fidesr.pipeline import FiDeSRPipeline
-from fidesr.released import RELEASED, locate_model, model_notes
 
 PIPE_KW = dict(device="cpu", min_lq_size=16, color_fix="none")
 
@@ -306,7 +305,7 @@ def test_released_fidesr_from_the_hf_cache_by_name(
 
 
 def test_model_options_default_and_aliases() -> None:
-    from fidesr.cli.options import check_model_choice
+    from fidesr.cli.options import check_model_choice, model_source
     from fidesr.cli.upscale import build_parser
 
     parser = build_parser()
@@ -321,6 +320,7 @@ def test_model_options_default_and_aliases() -> None:
     args = parser.parse_args(["in.png", "-o", "out", "--official", "f.pkl"])
     check_model_choice(parser, args)
     assert args.model is None
+    assert model_source(args) == "f.pkl"  # the deprecated alias loads what --model f.pkl loads
     with pytest.raises(SystemExit):
         check_model_choice(
             parser, parser.parse_args(["in.png", "-o", "o", "--model", "a", "--checkpoint", "b"])

@@ -12,7 +12,7 @@ pisasr     PiSA-SR    ``pisa_sr.pkl``, on Google Drive only (PiSA-SR's README): 
                       ``$FIDESR_PISASR_PATH`` or ``<models dir>/pisa_sr.pkl``
 =========  =========  ====================================================================================
 
-The file layouts and how each one is mapped: :mod:`fidesr.released_layouts` and docs/released.md.
+The file layouts and how each one is mapped: :mod:`fidesr.modelio.layouts` and docs/released.md.
 
 Offline (``$FIDESR_OFFLINE=1`` or ``$HF_HUB_OFFLINE=1``) only the Hugging Face cache is looked at; a
 missing file is one line naming the Hub repo, the file and the command that fetches it.
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fidesr.errors import MissingInputError, ModelFileError
+from fidesr.modelio.layout import FOLDER_PATTERNS
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,11 @@ RELEASED: dict[str, ReleasedModel] = {
 DEFAULT_MODEL = "fidesr"
 
 
+def is_repo_id(spec: str) -> bool:
+    """Whether ``spec`` reads as a Hugging Face Hub repo id ``user/name`` (not a relative or absolute path)."""
+    return bool(_REPO_ID.match(spec)) and not spec.startswith((".", "/", "~"))
+
+
 def offline_reason() -> str | None:
     """``"$FIDESR_OFFLINE=1"`` (or ``$HF_HUB_OFFLINE``) when fetching is switched off, else None."""
     for name in OFFLINE_ENVS:
@@ -139,7 +145,7 @@ def locate_model(spec: str, *, revision: str | None = None) -> str:
     path = Path(spec).expanduser()
     if path.exists():
         return str(path)
-    if _REPO_ID.match(spec) and not spec.startswith((".", "/", "~")):
+    if is_repo_id(spec):
         return fetch_hub_folder(spec, revision=revision)
     raise MissingInputError(
         f"model not found: {spec} (no such file or folder, not a released model ({', '.join(RELEASED)}), "
@@ -196,14 +202,11 @@ def fetch_hub_folder(repo_id: str, revision: str | None = None) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from fidesr.model_files import CARD_FILE, CONFIG_FILE, EXTRAS_FILE, LORA_FILE, LRRB_FILE
-
-    patterns = [CONFIG_FILE, LORA_FILE, f"*/{LORA_FILE}", LRRB_FILE, EXTRAS_FILE, CARD_FILE]
     try:
         return snapshot_download(
             repo_id,
             revision=revision,
-            allow_patterns=patterns,
+            allow_patterns=list(FOLDER_PATTERNS),
             local_files_only=offline_reason() is not None,
             endpoint=os.environ.get("HF_ENDPOINT") or None,
         )
