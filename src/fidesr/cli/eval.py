@@ -14,6 +14,7 @@ All metric definitions come from ``fidesr.metrics.MetricSuite`` (the callback us
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +24,12 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
+from fidesr import weights as W
 from fidesr.backbone.adapters import pisasr_strengths
+from fidesr.cli import run_hydra
+from fidesr.data.benchmarks import canonical_set, resolve_set
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS
 from fidesr.devices import resolve_device
 from fidesr.errors import (
@@ -41,13 +46,16 @@ from fidesr.metrics.images import (
     list_images,
     match_pairs,
     read_for_metrics,
-    save_image,
     size_mismatches,
 )
-from fidesr.metrics.published import published_rows
+from fidesr.metrics.published import PUBLISHED, published_rows
 from fidesr.metrics.suite import MetricSuite
 from fidesr.metrics.tables import markdown_table, write_csv
+from fidesr.modelio.released import DEFAULT_MODEL, model_notes
+from fidesr.pipeline import FiDeSRPipeline
 from fidesr.protocol import PROTOCOL, ProtocolOptions, get_spec, parse_metric_config
+from fidesr.runinfo import use_job_dir
+from fidesr.upscaling import Upscaler
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +144,6 @@ def evaluate_folders(
     Every SR and GT file is decoded once before any metric runs: unreadable, truncated or oversized files
     are listed together (:class:`ImageCheckError`), instead of stopping at the first one after minutes.
     """
-    from tqdm.auto import tqdm
-
     sr_dir, out = Path(sr_dir), Path(output_dir)
     names, required, options = parse_metric_config(metrics)
     if gt_dir is None:
@@ -252,8 +258,6 @@ def model_spec(cfg: DictConfig) -> str | None:
     """The model of checkpoint mode: ``checkpoint`` (a released name or a location), else the released
     ``fidesr`` when LQ images are given without SR images; None: folder mode. (Not a key ``model``: Hydra
     reads ``model=...`` as a choice of the training tree's ``conf/model`` group.)"""
-    from fidesr.modelio.released import DEFAULT_MODEL
-
     spec = cfg.get("checkpoint")
     if spec is None and cfg.sr_dir is None and cfg.lq_dir is not None:
         spec = DEFAULT_MODEL
@@ -283,10 +287,6 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path, notes: list[str] | None = 
     reads: released name, training checkpoint, exported folder, official ``.pkl``, Hub repo id), with the
     precision and tiling options of ``fidesr-upscale``. Unreadable LQ files are listed before the model is
     loaded. ``notes`` receives the lines that describe the model (:func:`fidesr.modelio.released.model_notes`)."""
-    from tqdm.auto import tqdm
-
-    from fidesr.pipeline import FiDeSRPipeline
-
     if cfg.lq_dir is None:
         raise MissingInputError("checkpoint mode needs lq_dir=DIR")
     if not Path(cfg.lq_dir).is_dir():
@@ -297,8 +297,6 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path, notes: list[str] | None = 
         raise ImageCheckError(
             f"{len(problems)} unreadable LQ image(s); nothing was computed:\n  " + "\n  ".join(problems)
         )
-    from fidesr.modelio.released import model_notes
-
     pipe = FiDeSRPipeline.from_pretrained(
         model_spec(cfg) or "fidesr",
         pretrained=cfg.pretrained,
@@ -321,14 +319,17 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path, notes: list[str] | None = 
         "hf_scale": lfim.get("hf_scale"),
         "strengths": pisasr_strengths(lora.get("lambda_pix"), lora.get("lambda_sem")),
     }
-    for lq_path in tqdm(lqs, desc="upscale", disable=not cfg.progress):
-        generator = torch.Generator(device=pipe.device).manual_seed(0)
-        try:
-            with torch.no_grad():
-                sr = pipe(read_for_metrics(lq_path, cfg.max_pixels), generator=generator, **call).sr
-        except NonFiniteOutputError as err:  # no black PNG scored as a result
+    # fidesr-upscale's loop, one image at a time with seed 0: what `fidesr-upscale --seed 0` writes.
+    upscaler = Upscaler(pipe, seed=0, max_pixels=cfg.max_pixels, call=call, progress=cfg.progress)
+    upscaler.run([(lq_path, sr_dir / f"{lq_path.stem}.png") for lq_path in lqs])
+    for lq_path, err in upscaler.errors:  # no black PNG, no missing image scored as a result
+        if isinstance(err, NonFiniteOutputError):
             raise NonFiniteOutputError(f"{lq_path}: {err}", err.indices) from None
-        save_image(sr.cpu(), sr_dir / f"{lq_path.stem}.png")
+    if upscaler.errors:
+        raise ImageCheckError(
+            f"{len(upscaler.errors)} LQ image(s) failed; nothing was scored:\n  "
+            + "\n  ".join(f"{name}: {why}" for name, why in upscaler.failed)
+        )
     return sr_dir
 
 
@@ -362,8 +363,6 @@ def protocol_options(cfg: DictConfig) -> ProtocolOptions:
 def check_options(cfg: DictConfig) -> None:
     """Refuse out-of-range or non-finite numbers (``tile_size=-5``, ``lfim.lf_scale=inf``) with one line
     naming the key, before anything is loaded. ``null`` (the model's own value) passes."""
-    import math
-
     for key, low in _BOUNDS.items():
         value = OmegaConf.select(cfg, key)
         if value is None:
@@ -385,14 +384,9 @@ def check_options(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> EvalResult:
     """The app without Hydra's wrapper (tests call it with a composed config)."""
-    from fidesr import weights as W
-
     check_options(cfg)
     out = Path(cfg.output_dir)
     if cfg.get("test_set"):  # a set name (fidesr-data download) or a folder with lq/ + gt/
-        from fidesr.data.benchmarks import canonical_set, resolve_set
-        from fidesr.metrics.published import PUBLISHED
-
         found = resolve_set(cfg.test_set)
         cfg.lq_dir, cfg.gt_dir = cfg.lq_dir or str(found.lq), cfg.gt_dir or str(found.gt)
         if cfg.paper_rows is None and canonical_set(cfg.test_set) in PUBLISHED:
@@ -435,8 +429,6 @@ def run(cfg: DictConfig) -> EvalResult:
 
 @hydra.main(config_path="pkg://fidesr.conf", config_name="eval", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    from fidesr.runinfo import use_job_dir
-
     use_job_dir(cfg, "output_dir")  # each sweep job writes into its own folder
     # The user's input errors are one line (the traceback with HYDRA_FULL_ERROR=1).
     report_errors("fidesr-eval", lambda: run(cfg), advice=EVAL_ADVICE)
@@ -444,8 +436,6 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Entry point (``fidesr-eval``): the Hydra app, its own files' full disk reported as one line."""
-    from fidesr.cli import run_hydra
-
     run_hydra("fidesr-eval", _hydra_main)
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from fidesr.backbone.adapters import pisasr_strengths
 from fidesr.cli.options import (
@@ -41,14 +42,13 @@ from fidesr.cli.options import (
     loader_kwargs,
     model_source,
 )
-from fidesr.data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image, save_image
+from fidesr.data.imageio import DEFAULT_MAX_PIXELS, list_images
 from fidesr.errors import (
     UNSAFE_PICKLE_ADVICE,
     ConfigValueError,
-    DiskFullError,
-    NonFiniteOutputError,
     report_errors,
 )
+from fidesr.upscaling import Upscaler
 
 log = logging.getLogger("fidesr.upscale")
 
@@ -215,12 +215,6 @@ def _load_pipeline(args: argparse.Namespace):
     return pipe
 
 
-def _batches(jobs: list[tuple[Path, Path]], size: int):
-    """Consecutive jobs in groups of up to ``size`` (grouped by image size after loading)."""
-    for i in range(0, len(jobs), max(1, size)):
-        yield jobs[i : i + max(1, size)]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 all written or skipped, 1 some input failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -246,8 +240,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _upscale(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     start = time.time()
     check_output_dir(args.output)
     plan = plan_jobs(args.inputs, args.output, args.overwrite, args.recursive)
@@ -260,60 +252,30 @@ def _upscale(args: argparse.Namespace) -> int:
     written: list[Path] = []
     if plan.jobs:
         pipe = _load_pipeline(args)
-        generator = torch.Generator(device=pipe.device)
-        bar = tqdm(
-            total=len(plan.jobs), unit="img", desc="upscale", disable=args.no_progress, file=sys.stderr
+        upscaler = Upscaler(
+            pipe,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            max_pixels=args.max_pixels,
+            call={
+                "lf_scale": args.lf_scale,
+                "hf_scale": args.hf_scale,
+                "strengths": pisasr_strengths(args.lambda_pix, args.lambda_sem),
+            },
+            progress=not args.no_progress,
+            report=lambda name, why: tqdm.write(f"error {name}: {why}", file=sys.stderr),
         )
         try:
-            for chunk in _batches(plan.jobs, args.batch_size):
-                loaded: list[tuple[Path, Path, torch.Tensor]] = []
-                for src, dst in chunk:
-                    try:
-                        loaded.append((src, dst, load_image(src, args.max_pixels)))
-                    except ImageLoadError as err:
-                        plan.failed.append((str(src), str(err)))
-                        tqdm.write(f"error {src}: {err}", file=sys.stderr)
-                        bar.update(1)
-                groups: dict[tuple[int, ...], list[tuple[Path, Path, torch.Tensor]]] = {}
-                for item in loaded:
-                    groups.setdefault(tuple(item[2].shape), []).append(item)
-                for group in groups.values():
-                    try:
-                        generator.manual_seed(args.seed)
-                        bad: list[int] = []
-                        try:
-                            out = pipe(
-                                torch.stack([img for _, _, img in group]),
-                                lf_scale=args.lf_scale,
-                                hf_scale=args.hf_scale,
-                                generator=generator,
-                                strengths=pisasr_strengths(args.lambda_pix, args.lambda_sem),
-                            ).sr.cpu()
-                        except NonFiniteOutputError as err:
-                            # Those images fail (no black PNG); the rest of the batch is fine.
-                            out, bad = err.output.sr.cpu(), err.indices
-                            for i in bad:
-                                plan.failed.append((str(group[i][0]), str(err)))
-                                tqdm.write(f"error {group[i][0]}: {err}", file=sys.stderr)
-                        for i, ((_, dst, _), sr) in enumerate(zip(group, out, strict=True)):
-                            if i not in bad:
-                                written.append(save_image(sr, dst))
-                    except DiskFullError as err:  # the next outputs would fail alike: stop, keep the written
-                        bar.close()
-                        raise DiskFullError(f"{err}; the {len(written)} written before it are kept") from err
-                    except (RuntimeError, ValueError, OSError) as err:  # e.g. CUDA out of memory: next input
-                        for src, _, _ in group:
-                            plan.failed.append((str(src), f"{type(err).__name__}: {err}"))
-                            tqdm.write(f"error {src}: {type(err).__name__}: {err}", file=sys.stderr)
-                    bar.update(len(group))
+            upscaler.run(plan.jobs)
         except KeyboardInterrupt:
-            bar.close()
             print(
-                f"fidesr-upscale: interrupted after {len(written)} written (no partial files)",
+                f"fidesr-upscale: interrupted after {len(upscaler.written)} written (no partial files)",
                 file=sys.stderr,
             )
             return 130
-        bar.close()
+        finally:
+            written = upscaler.written
+            plan.failed.extend(upscaler.failed)
     print(
         f"fidesr-upscale: {len(written)} written, {len(plan.skipped)} skipped (exist), {len(plan.failed)} failed "
         f"-> {args.output} ({time.time() - start:.1f} s)"
