@@ -41,6 +41,9 @@ LEGACY_ADAPTER_FORMAT = "fidesr-adapter"
 #: The sections of a stored config, and the keys of its ``model`` section, a model is rebuilt from.
 CONFIG_SECTIONS = ("backbone", "lrrb", "lfim", "model")
 MODEL_KEYS = ("color_fix", "min_lq_size")
+#: A training checkpoint's averaged generator weights (``fidesr.callbacks.ema.WeightEMA``): ``state_dict``
+#: keyed like the checkpoint's own, ``updates``, ``decay``; the readers prefer it.
+EMA_KEY = "fidesr_ema"
 #: peft's default ``lora_alpha``, which the official code never sets (scale 8 / rank).
 OFFICIAL_LORA_ALPHA = 8.0
 #: The keys of the official FiDeSR ``.pkl``.

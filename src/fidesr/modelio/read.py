@@ -32,6 +32,7 @@ from fidesr.errors import MissingInputError, ModelFileError
 from fidesr.modelio.layout import (
     CONFIG_FILE,
     CONFIG_SECTIONS,
+    EMA_KEY,
     EXTRAS_FILE,
     FOLDER_FORMAT,
     FOLDER_VERSION_SETS,
@@ -167,10 +168,19 @@ class TrainedWeights:
             raise ModelFileError(f"{path}: the stored config has no backbone section")
         check_stored_config(config, path)
         state = _trained_tensors(as_mapping(ckpt["state_dict"], path, "checkpoint['state_dict']"))
+        averaged = ckpt.get(EMA_KEY)
+        if averaged is not None:  # the EMA of the weights (ema=on): what the run validated, and better
+            where = f"checkpoint['{EMA_KEY}']['state_dict']"
+            node = as_mapping(averaged, path, f"checkpoint['{EMA_KEY}']")
+            ema = _trained_tensors(as_mapping(node.get("state_dict"), path, where))
+            unknown = sorted(set(ema) - set(state))
+            if unknown:
+                raise ModelFileError(f"{path}: {where} has tensors the model lacks (e.g. {unknown[:2]})")
+            state = {**state, **ema}  # buffers (not averaged) stay the raw ones
         check_finite(state, path)
         if not any(k.startswith("unet.") for k in state):
             raise ModelFileError(f"{path} holds no LoRA tensors (backbone.unet.*lora_*)")
-        info = {"global_step": ckpt.get("global_step"), "run_config": run_config}
+        info = {"global_step": ckpt.get("global_step"), "run_config": run_config, "ema": averaged is not None}
         return cls(config, state, str(path), info=info)
 
     @classmethod
