@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from fidesr.backbone.adapters import pisasr_strengths
 from fidesr.data.imageio import ImageLoadError, load_image, open_image, save_image, to_uint8
+from fidesr.data.photos import skimage_data_dir
 from fidesr.errors import DiskFullError, FidesrError, NonFiniteOutputError
 from fidesr.pipeline import COLOR_FIXES, FiDeSRPipeline
 
@@ -218,8 +219,6 @@ def _strength(pipe: FiDeSRPipeline, attr: str, value: float | None) -> float:
 def write_examples(folder: str | os.PathLike, scale: int = 4) -> list[Path]:
     """Low-quality examples from the photographs scikit-image ships (no download): a crop of each
     ``EXAMPLE_PHOTOS`` entry, bicubic-downscaled by ``scale`` (antialiased). Returns the PNG paths."""
-    from fidesr.data.demo import skimage_data_dir
-
     paths = []
     for file, y, x, size in EXAMPLE_PHOTOS:
         src = skimage_data_dir() / file

@@ -30,13 +30,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from fidesr import weights as W
 from fidesr.data import benchmarks as B
 from fidesr.errors import FidesrError, MissingInputError
+from fidesr.files import atomic_write_text
 from fidesr.metrics.images import list_images, read_for_metrics, save_image
 from fidesr.metrics.published import PUBLISHED
+from fidesr.metrics.suite import MetricSuite
 from fidesr.metrics.tables import markdown_table, read_csv, write_csv
+from fidesr.modelio.released import locate_model
 from fidesr.protocol import PROTOCOL, canonical_name
+from fidesr.report.plots import plot_perception_distortion
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +114,6 @@ def preflight(
 
     Returns the models, the sets and the canonical metric names.
     """
-    from fidesr import weights as W
-    from fidesr.modelio.released import locate_model
-
     if not models or not sets:
         raise MissingInputError("give at least one model (--models) and one test set (--sets)")
     metrics = [canonical_name(m) for m in opts.metrics]
@@ -186,8 +189,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from fidesr.files import atomic_write_text
-
     atomic_write_text(path, json.dumps(data, indent=1))
 
 
@@ -199,7 +200,7 @@ class _LazyPipeline:
 
     def load(self) -> None:
         if self.pipe is None:
-            from fidesr.pipeline import FiDeSRPipeline
+            from fidesr.pipeline import FiDeSRPipeline  # peft, transformers (6 s): not for --help or tables
 
             self.pipe = FiDeSRPipeline.from_pretrained(
                 self.plan.source,
@@ -233,10 +234,6 @@ def run_one(
     progress: bool = True,
 ) -> dict[str, Any]:
     """SR images and per-image scores of one model on one set (resuming); returns the table row."""
-    from tqdm.auto import tqdm
-
-    from fidesr.metrics.suite import MetricSuite
-
     folder = out / plan.label / s.name
     sr_dir = folder / "sr"
     sr_dir.mkdir(parents=True, exist_ok=True)
@@ -328,8 +325,6 @@ def run_benchmark(
     say: Callable[[str], None] = print,
 ) -> dict[str, Path]:
     """The benchmark (see the module doc); returns the written files by kind."""
-    from fidesr.metrics.suite import MetricSuite
-
     opts = opts or BenchmarkOptions()
     plans, resolved, metrics = preflight(models, sets, opts, say=say)
     out = Path(output_dir)
@@ -348,8 +343,6 @@ def write_tables(
 ) -> dict[str, Path]:
     """table.csv, table.md (ours, then the published rows per standard set) and the perception-distortion
     plot (PSNR against the perceptual metrics measured; none without PSNR and one of them)."""
-    from fidesr.report.plots import plot_perception_distortion
-
     cols = ["model", "set", "n_images", *metrics, "seconds_per_image", "device"]
     files = {"table_csv": write_csv(out / "table.csv", rows, cols)}
     md = ["# fidesr-benchmark", "", "## This run", ""]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections.abc import Sequence
+
+from fidesr.errors import disk_full_error, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +94,6 @@ class JobLogFile(logging.FileHandler):
             super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
-        import sys
-
-        from fidesr.errors import disk_full_error, is_disk_full
-
         exc = sys.exc_info()[1]
         if exc is None or not is_disk_full(exc):
             super().handleError(record)

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from fidesr.components.lrrb import LatentResidualRefinementBlock
 from fidesr.errors import ModelFileError, PickleRefusedError, UntrustedConfigError
 
 #: What a stored config may instantiate: the model parts an inference model is rebuilt from (backbone,
@@ -304,8 +305,6 @@ def short_repr(value: Any) -> str:
 
 def _check_lrrb_budget(node: Mapping[str, Any], source: str | os.PathLike) -> None:
     """The LRRB's parameter count, from its arguments on the meta device (nothing allocated)."""
-    from fidesr.components.lrrb import LatentResidualRefinementBlock
-
     kwargs = {k: v for k, v in node.items() if not (k.startswith("_") and k.endswith("_"))}
     with torch.device("meta"):
         n = sum(p.numel() for p in LatentResidualRefinementBlock(**kwargs).parameters())

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fidesr.backbone.sd import StableDiffusionBackbone
+from fidesr.data.photos import demo_training_images, prepare_demo_data
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,6 @@ def write_tiny_sd(
     """Build the tiny model, warm up its VAE and ``save_pretrained`` it as a diffusers folder."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from fidesr.data.demo import demo_training_images, prepare_demo_data
 
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from fidesr.files import atomic_write
+from fidesr.trust import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict:
         """Resuming reads the file as data (``weights_only=True``, whatever the caller or the environment
         asks): a checkpoint fidesr wrote holds nothing else, and a planted one runs no code."""
-        from fidesr.trust import load_torch_file
-
         return load_torch_file(path, "training checkpoint")
 
 

@@ -5,6 +5,7 @@ huggingface_hub read it, so that every command uses the same weights directory a
 from collections.abc import Callable
 from typing import Any
 
+from fidesr.errors import report_errors
 from fidesr.weights.store import apply_environment
 
 apply_environment()
@@ -18,9 +19,7 @@ def run_hydra(prog: str, hydra_main: Callable[[], Any]) -> None:
     Hydra has no hook around those writes: its ``_save_config`` is wrapped for the call (when this Hydra
     version has it; tests/cli/test_errors.py pins the result).
     """
-    import hydra.core.utils as hydra_utils
-
-    from fidesr.errors import report_errors
+    import hydra.core.utils as hydra_utils  # Hydra's commands only; every fidesr-* command imports this package
 
     save = getattr(hydra_utils, "_save_config", None)
     if save is not None:

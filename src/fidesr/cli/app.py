@@ -27,6 +27,7 @@ from fidesr.cli.options import (
     loader_kwargs,
     model_source,
 )
+from fidesr.errors import UNSAFE_PICKLE_ADVICE, report_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,8 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's start-up self-check requests
+    # After the Gradio check, and not for --help: fidesr.app and the pipeline import torch and peft (8 s).
     from fidesr.app import InputLimits, build_app, launch_app, write_examples
-    from fidesr.errors import UNSAFE_PICKLE_ADVICE, report_errors
     from fidesr.pipeline import FiDeSRPipeline
 
     print(f"fidesr-app: loading {model_source(args)} ...", flush=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import default_collate
+from tqdm import tqdm
 
 from fidesr.cli.options import int_at_least
 from fidesr.data.degradations import PRESETS, load_preset
@@ -72,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _degrade(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     try:
         files = list_images(args.input_dir)
     except FileNotFoundError as err:

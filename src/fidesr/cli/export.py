@@ -24,6 +24,7 @@ from fidesr.errors import (
     is_disk_full,
     report_errors,
 )
+from fidesr.modelio.released import locate_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from fidesr.modelio.read import TrainedWeights
-        from fidesr.modelio.released import locate_model
+        from fidesr.modelio.read import TrainedWeights  # torch, peft, transformers (9 s): not for --help
 
         src = Path(locate_model(args.source))  # a released name: its file, fetched into the HF cache
         weights = TrainedWeights.load(src, unsafe_pickle=args.unsafe_pickle)

@@ -17,6 +17,11 @@ import sys
 import warnings
 
 import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from fidesr.memory import estimate_training_step, training_batch
 
 #: Lightning precision -> the autocast dtype of the training step (None: no autocast).
 PRECISIONS = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16, "32-true": None, "32": None}
@@ -36,12 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def estimate_config(overrides: list[str]):
     """Compose the training config and estimate its step: ``(config, MemoryEstimate)``."""
-    from hydra import compose, initialize_config_module
-    from hydra.utils import instantiate
-    from omegaconf import open_dict
-
-    from fidesr.memory import estimate_training_step, training_batch
-
     with initialize_config_module(config_module="fidesr.conf", version_base="1.3"):
         # Nothing is written; a fixed output dir only spares resolving the run-time timestamp.
         own_dir = any(o.startswith("paths.output_dir=") for o in overrides)

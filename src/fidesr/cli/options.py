@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fidesr.modelio.released import DEFAULT_MODEL, RELEASED
+
 
 def int_at_least(low: int) -> Callable[[str], int]:
     """An argparse ``type=``: an integer >= ``low``."""
@@ -50,8 +52,6 @@ def finite(low: float | None = None) -> Callable[[str], float]:
 
 def add_model_options(parser: argparse.ArgumentParser, title: str = "model (one of)") -> None:
     """``--model`` (``--checkpoint``) / ``--official`` / ``--pretrained`` / ``--revision`` / ``--unsafe-pickle``."""
-    from fidesr.modelio.released import DEFAULT_MODEL, RELEASED
-
     src = parser.add_argument_group(title)
     src.add_argument(
         "--model",
@@ -123,8 +123,6 @@ def add_tiling_options(group: argparse._ArgumentGroup) -> None:
 def check_model_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """At most one model source; none given is the released FiDeSR model (``args.model`` set to it). Then the
     checks between options (each value alone is checked by its ``type=``), before any model loads."""
-    from fidesr.modelio.released import DEFAULT_MODEL
-
     given = [f for f, v in (("--model", args.model), ("--checkpoint", args.checkpoint)) if v is not None]
     if len(given) + (args.official is not None) > 1:
         parser.error("give one of --model (or its alias --checkpoint) or --official")

@@ -7,17 +7,26 @@ fidesr-train -m experiment=demo daw=on,off lrrb=on,off   # ablation sweep, one p
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fidesr.errors import TrainingInterrupted
+from fidesr import resume
+from fidesr import weights as W
+from fidesr.cli import run_hydra
+from fidesr.config_types import check_config_types
+from fidesr.errors import MissingInputError, PickleRefusedError, TrainingInterrupted, report_errors
+from fidesr.loggers import finish_wandb
+from fidesr.runinfo import run_job, use_job_dir
 
 log = logging.getLogger("fidesr.train")
 
@@ -27,8 +36,6 @@ CONFIG_PATH = "pkg://fidesr.conf"
 def _train_advice() -> dict:
     """What fidesr-train can say about a refused pickle: it has no way to unpickle one (resuming is from
     its own checkpoints, which are tensors and plain values)."""
-    from fidesr.errors import PickleRefusedError
-
     return {PickleRefusedError: "ckpt_path must be a checkpoint fidesr-train wrote (they hold nothing else)"}
 
 
@@ -38,8 +45,6 @@ def short_dirname(text: str, limit: int = 120) -> str:
     Group choices (``lrrb=off``, ``seed=1``: what ablations sweep) come first, dotted keys after; a long
     list is cut and suffixed with a hash of the whole (the full list is in .hydra/overrides.yaml).
     """
-    import hashlib
-
     items = text.replace("/", "_").split(",") if text else []
     text = ",".join(sorted(items, key=lambda kv: ("." in kv.split("=")[0], kv)))
     if len(text) <= limit:
@@ -52,8 +57,6 @@ OmegaConf.register_new_resolver("fidesr_dirname", short_dirname, replace=True)
 
 def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a ``{name: {_target_: ...}}`` group (callbacks, loggers)."""
-    from hydra.utils import instantiate
-
     if not cfg:
         return []
     return [instantiate(v) for v in cfg.values() if v is not None and "_target_" in v]
@@ -64,33 +67,21 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if cfg.get("ckpt_path") in (None, ""):
         return None
     if cfg.ckpt_path == "last":
-        from fidesr.resume import newest_last_checkpoint
-
-        path = newest_last_checkpoint(Path(cfg.paths.output_dir) / "checkpoints")
+        path = resume.newest_last_checkpoint(Path(cfg.paths.output_dir) / "checkpoints")
     else:
         path = Path(cfg.ckpt_path).expanduser()
     if not path.is_file():
-        from fidesr.errors import MissingInputError
-
         raise MissingInputError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file ({path})")
     return str(path)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from the config, fit (and optionally test); returns the final logged metrics."""
+    # Here, not at the top, so that `fidesr-train --help` (2 s) does not import torch and Lightning (9 s).
     import lightning as L
     import torch
-    from hydra.utils import instantiate
 
-    from fidesr import resume
-    from fidesr.callbacks.training import (
-        AtomicCheckpointIO,
-        SaveFinalStep,
-        SaveOnInterrupt,
-    )
-    from fidesr.config_types import check_config_types
-    from fidesr.loggers import finish_wandb
-    from fidesr.runinfo import use_job_dir
+    from fidesr.callbacks.training import AtomicCheckpointIO, SaveFinalStep, SaveOnInterrupt
     from fidesr.trust import load_torch_file
 
     # A wrong type in an override names its key here, not as a TypeError deep inside Lightning.
@@ -104,8 +95,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # Before any model is built: one weights directory for the whole process (and its DDP ranks); missing
     # files of the metrics and of LPIPS-VGG fetched when online, else one error listing them all.
-    from fidesr import weights as W
-
     W.apply_environment(cfg.paths.weights_dir)
     lpips_vgg = OmegaConf.select(cfg, "perceptual.backbone") == "pretrained"
     W.ensure_run_weights(
@@ -170,7 +159,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def bicubic_baseline(datamodule, scale: int = 4) -> dict[str, float]:
     """PSNR of the bicubic-upsampled LQ against the GT, per validation set (the baseline to beat)."""
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # torch and the metrics: not for --help (see train)
 
     from fidesr.metrics import MetricSuite
 
@@ -187,7 +176,7 @@ def bicubic_baseline(datamodule, scale: int = 4) -> dict[str, float]:
 
 
 def _psnr_history(trainer) -> dict[str, list[tuple[int, float]]]:
-    from fidesr.callbacks.metrics import ValidationMetrics
+    from fidesr.callbacks.metrics import ValidationMetrics  # Lightning: not for --help (see train)
 
     cb = next((c for c in trainer.callbacks if isinstance(c, ValidationMetrics)), None)
     hist: dict[str, list[tuple[int, float]]] = {}
@@ -218,11 +207,6 @@ def _print_summary(out_dir: Path, trainer, datamodule, seconds: float) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    import sys
-
-    from fidesr.errors import report_errors
-    from fidesr.runinfo import run_job
-
     # run_info.json (commit, config hash, status) per run; a failing sweep job is recorded, not fatal.
     # The user's input errors are one line (the traceback with HYDRA_FULL_ERROR=1).
     try:
@@ -241,8 +225,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    from fidesr.cli import run_hydra
-
     run_hydra("fidesr-train", _hydra_main)
 
 

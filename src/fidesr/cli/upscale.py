@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fidesr.backbone.adapters import pisasr_strengths
+from fidesr.cli.export import main as export_main
 from fidesr.cli.options import (
     add_model_options,
     add_tiling_options,
@@ -48,6 +49,7 @@ from fidesr.errors import (
     ConfigValueError,
     report_errors,
 )
+from fidesr.pipeline import FiDeSRPipeline
 from fidesr.upscaling import Upscaler
 
 log = logging.getLogger("fidesr.upscale")
@@ -196,9 +198,7 @@ def check_output_dir(path: Path) -> None:
         raise ConfigValueError(f"-o {path}: the output folder is not writable")
 
 
-def _load_pipeline(args: argparse.Namespace):
-    from fidesr.pipeline import FiDeSRPipeline
-
+def _load_pipeline(args: argparse.Namespace) -> FiDeSRPipeline:
     kwargs = loader_kwargs(args, tiles_per_call=args.tiles_per_call)
     for key, value in (
         ("color_fix", args.color_fix),
@@ -219,8 +219,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 all written or skipped, 1 some input failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["export"]:
-        from fidesr.cli.export import main as export_main
-
         print(
             "fidesr-upscale export is now fidesr-export (an exported folder, which diffusers also reads)",
             file=sys.stderr,

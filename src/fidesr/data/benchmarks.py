@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from fidesr.data.imageio import is_image_file, list_images
 from fidesr.errors import FidesrError, MissingInputError
 from fidesr.files import atomic_write
+from fidesr.weights.fetch import OFFLINE_ENVS, FetchError, download_to
 
 HUB_REPO = "Iceclear/StableSR-TestSets"
 HUB_FILE = "StableSR_testsets.zip"
@@ -196,8 +197,6 @@ def status(root: str | os.PathLike | None = None) -> list[dict[str, object]]:
 
 
 def _offline() -> str | None:
-    from fidesr.weights.fetch import OFFLINE_ENVS
-
     for env in OFFLINE_ENVS:
         if os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on"):
             return f"${env}={os.environ[env]}"
@@ -227,8 +226,6 @@ def fetch_archive(
             if not path.is_file():
                 raise MissingInputError(f"--mirror {mirror}: no {HUB_FILE} in that folder")
             return path
-        from fidesr.weights.fetch import FetchError, download_to
-
         dest = benchmarks_dir(root) / ".downloads" / HUB_FILE
         url = f"{mirror.rstrip('/')}/{HUB_FILE}"
         log(f"fetching {url}")

@@ -26,6 +26,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+from PIL import Image
+
+from fidesr.data.imageio import load_image, to_uint8
 from fidesr.errors import FidesrError
 
 log = logging.getLogger(__name__)
@@ -240,8 +244,6 @@ class RAMPrompts:
 
     def tag_image(self, image: Any) -> str:
         """Tags of a PIL image (RGB)."""
-        import torch
-
         if self._model is None:
             self._load()
         _, inference, _ = _import_ram(self.model_name)
@@ -253,10 +255,6 @@ class RAMPrompts:
     def __call__(self, path: str | os.PathLike) -> str:
         key = str(path)
         if key not in self._cache:
-            from PIL import Image
-
-            from fidesr.data.imageio import load_image, to_uint8
-
             # The project's loader: EXIF orientation, 16-bit, alpha and CMYK handled as in training.
             self._cache[key] = self.tag_image(Image.fromarray(to_uint8(load_image(path))))
         return self._cache[key]

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from fidesr.backbone.lora import FAKE_SCORE_ADAPTER
 from fidesr.errors import MissingInputError, ModelFileError
@@ -266,8 +268,6 @@ class TrainedWeights:
     def from_adapter_file(cls, path: str | os.PathLike) -> TrainedWeights:
         """The single ``.safetensors`` adapter of fidesr 0.1 (config as JSON in the header). Still read;
         no longer written: diffusers cannot read its key names, see :meth:`save_pretrained`."""
-        from safetensors import safe_open
-
         path = Path(path)
         try:
             with safe_open(str(path), framework="pt", device="cpu") as fh:
@@ -395,8 +395,6 @@ def trained_state(backbone, lrrb: torch.nn.Module | None = None) -> dict[str, to
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise ModelFileError(f"missing {path.name} in {path.parent}")
     try:

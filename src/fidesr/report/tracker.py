@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from fidesr.loggers import wandb_online_possible
 from fidesr.report.comparisons import Comparison
 from fidesr.report.jobs import Job
 
@@ -45,9 +46,7 @@ def upload_wandb(
     sweep_dir: Path, jobs: Sequence[Job], tables: Tables, images: Sequence[Path], name: str
 ) -> str | None:
     """A ``report`` run in the sweep's W&B group with the tables and plots; returns its directory."""
-    import wandb
-
-    from fidesr.loggers import wandb_online_possible
+    import wandb  # optional at run time: only a W&B upload needs it
 
     job = next((j for j in jobs if j.select("logger.wandb._target_")), jobs[0] if jobs else None)
     project = (job.select("logger.wandb.project") if job else None) or "fidesr"
