@@ -34,6 +34,10 @@ ALLOWED_DEFERRED: set[tuple[str, str]] = {
     # import torch and peft (8 s).
     ("fidesr.cli.app", "fidesr.app"),
     ("fidesr.cli.app", "fidesr.pipeline"),
+    # `fidesr-upscale --help` and a run whose outputs all exist, and fidesr-eval's folder mode, without
+    # peft, diffusers and transformers (about 10 s): the pipeline loads with the model.
+    ("fidesr.cli.upscale", "fidesr.pipeline"),
+    ("fidesr.cli.eval", "fidesr.pipeline"),
     # `fidesr-export --help` without torch, peft and transformers (9 s).
     ("fidesr.cli.export", "fidesr.modelio.read"),
     # `fidesr-train --help` (Hydra's, before the task) in 2 s: torch and Lightning load in the task (9 s).

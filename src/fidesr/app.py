@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fidesr.backbone.adapters import pisasr_strengths
+from fidesr.cli.options import pisasr_strengths
 from fidesr.data.imageio import ImageLoadError, load_image, open_image, save_image, to_uint8
 from fidesr.data.photos import skimage_data_dir
 from fidesr.errors import DiskFullError, FidesrError, NonFiniteOutputError

@@ -333,10 +333,3 @@ class AdapterMixin:
         self.unet.fuse_lora(adapter_names=list(self.lora_split))
         self.unet.unload_lora()
         self.lora_split = {}
-
-
-def pisasr_strengths(lambda_pix: float | None, lambda_sem: float | None) -> dict[str, float] | None:
-    """PiSA-SR's command-line strengths (``--lambda-pix`` / ``--lambda-sem``, the names of its paper) as
-    the per-set mapping :meth:`AdapterMixin.set_strengths` takes; None when neither is given."""
-    given = {k: float(v) for k, v in (("pix", lambda_pix), ("sem", lambda_sem)) if v is not None}
-    return given or None

@@ -27,8 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from fidesr import weights as W
-from fidesr.backbone.adapters import pisasr_strengths
 from fidesr.cli import run_hydra
+from fidesr.cli.options import pisasr_strengths
 from fidesr.data.benchmarks import canonical_set, resolve_set
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS
 from fidesr.devices import resolve_device
@@ -52,7 +52,6 @@ from fidesr.metrics.published import PUBLISHED, published_rows
 from fidesr.metrics.suite import MetricSuite
 from fidesr.metrics.tables import markdown_table, write_csv
 from fidesr.modelio.released import DEFAULT_MODEL, model_notes
-from fidesr.pipeline import FiDeSRPipeline
 from fidesr.protocol import PROTOCOL, ProtocolOptions, get_spec, parse_metric_config
 from fidesr.runinfo import use_job_dir
 from fidesr.upscaling import Upscaler
@@ -297,6 +296,10 @@ def sr_from_checkpoint(cfg: DictConfig, sr_dir: Path, notes: list[str] | None = 
         raise ImageCheckError(
             f"{len(problems)} unreadable LQ image(s); nothing was computed:\n  " + "\n  ".join(problems)
         )
+    # Here, not at the top: folder mode (and --help) never loads a model, so never imports peft, diffusers
+    # and transformers (about 10 s).
+    from fidesr.pipeline import FiDeSRPipeline
+
     pipe = FiDeSRPipeline.from_pretrained(
         model_spec(cfg) or "fidesr",
         pretrained=cfg.pretrained,

@@ -161,3 +161,10 @@ def loader_kwargs(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     if args.revision:
         kwargs["revision"] = args.revision
     return {**kwargs, **extra}
+
+
+def pisasr_strengths(lambda_pix: float | None, lambda_sem: float | None) -> dict[str, float] | None:
+    """PiSA-SR's command-line strengths (``--lambda-pix`` / ``--lambda-sem``, the names of its paper) as
+    the per-set mapping :meth:`fidesr.backbone.adapters.AdapterMixin.set_strengths` takes; None when neither is given."""
+    given = {k: float(v) for k, v in (("pix", lambda_pix), ("sem", lambda_sem)) if v is not None}
+    return given or None

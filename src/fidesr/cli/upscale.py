@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fidesr.backbone.adapters import pisasr_strengths
 from fidesr.cli.export import main as export_main
 from fidesr.cli.options import (
     add_model_options,
@@ -42,6 +41,7 @@ from fidesr.cli.options import (
     int_at_least,
     loader_kwargs,
     model_source,
+    pisasr_strengths,
 )
 from fidesr.data.imageio import DEFAULT_MAX_PIXELS, list_images
 from fidesr.errors import (
@@ -49,7 +49,6 @@ from fidesr.errors import (
     ConfigValueError,
     report_errors,
 )
-from fidesr.pipeline import FiDeSRPipeline
 from fidesr.upscaling import Upscaler
 
 log = logging.getLogger("fidesr.upscale")
@@ -198,7 +197,11 @@ def check_output_dir(path: Path) -> None:
         raise ConfigValueError(f"-o {path}: the output folder is not writable")
 
 
-def _load_pipeline(args: argparse.Namespace) -> FiDeSRPipeline:
+def _load_pipeline(args: argparse.Namespace):
+    # Here, not at the top: `fidesr-upscale --help` and a run whose outputs all exist never import peft,
+    # diffusers and transformers (about 10 s).
+    from fidesr.pipeline import FiDeSRPipeline
+
     kwargs = loader_kwargs(args, tiles_per_call=args.tiles_per_call)
     for key, value in (
         ("color_fix", args.color_fix),
