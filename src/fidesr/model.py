@@ -245,10 +245,14 @@ class FiDeSRModule(L.LightningModule):
         loss = total + link - link.detach()
         return loss, (None if weights[0] is None else torch.cat(weights)), parts
 
+    def _grad_scaler(self) -> torch.amp.GradScaler | None:
+        """The trainer's fp16 GradScaler (None without one, or without a trainer)."""
+        plugin = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
+        return getattr(plugin, "scaler", None)
+
     def _loss_scale(self) -> float:
         """The current fp16 GradScaler scale (1 without one)."""
-        plugin = getattr(self._trainer, "precision_plugin", None)
-        scaler = getattr(plugin, "scaler", None)
+        scaler = self._grad_scaler()
         return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -283,8 +287,7 @@ class FiDeSRModule(L.LightningModule):
 
     def _fp16(self) -> bool:
         """Whether the trainer scales the losses (fp16 mixed precision): a term's own step does too."""
-        plugin = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
-        return getattr(plugin, "scaler", None) is not None
+        return self._grad_scaler() is not None
 
     def setup(self, stage: str) -> None:
         """Validation set names (dataloader index -> name) from the datamodule, for the outputs' ``set``."""

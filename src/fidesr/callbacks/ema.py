@@ -47,17 +47,16 @@ class WeightEMA(L.Callback):
         self.shadow: dict[str, torch.Tensor] | None = None
         self.updates = 0
         self._raw: dict[str, torch.Tensor] | None = None
+        self._targets: dict[str, torch.Tensor] = {}  # name -> parameter, found once at fit start
 
     def decay_at(self, n: int) -> float:
         """The decay of the ``n``-th update (0-based)."""
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
-    def _params(self, module: Any) -> dict[str, torch.Tensor]:
-        named = dict(module.named_parameters())
-        return {k: named[k] for k in generator_tensor_names(module) if k in named}
-
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        params = self._params(module)
+        # The parameters are found once (the module is on its device by now), not in every step.
+        named = dict(module.named_parameters())
+        self._targets = params = {k: named[k] for k in generator_tensor_names(module) if k in named}
         if self.shadow is None:
             self.shadow = {k: p.detach().float().clone() for k, p in params.items()}
         else:  # resumed: the stored average, on this run's device
@@ -68,17 +67,16 @@ class WeightEMA(L.Callback):
         if self.shadow is None:
             return
         weight = 1.0 - self.decay_at(self.updates)
-        for k, p in self._params(module).items():
+        for k, p in self._targets.items():
             self.shadow[k].lerp_(p.detach().float(), weight)
         self.updates += 1
 
     @torch.no_grad()
     def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not self.validate_with_ema or self.shadow is None or self._raw is not None:
+        if not self.validate_with_ema or self.shadow is None or self._raw is not None or not self._targets:
             return
-        params = self._params(module)
-        self._raw = {k: p.detach().clone() for k, p in params.items()}
-        for k, p in params.items():
+        self._raw = {k: p.detach().clone() for k, p in self._targets.items()}
+        for k, p in self._targets.items():
             p.copy_(self.shadow[k].to(p.dtype))
 
     @torch.no_grad()
@@ -86,7 +84,7 @@ class WeightEMA(L.Callback):
         # Before ModelCheckpoint's on_validation_end: checkpoints always hold the raw weights.
         if self._raw is None:
             return
-        for k, p in self._params(module).items():
+        for k, p in self._targets.items():
             p.copy_(self._raw[k])
         self._raw = None
 

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fidesr.errors import DiskFullError, FidesrError
+from fidesr.errors import FidesrError
 from fidesr.files import atomic_write_text
 from fidesr.protocol import PROTOCOL, STANDIN_SUFFIX, canonical_name, parse_metric_config
 from fidesr.weights.data import data_only_loads, prove_data
@@ -301,7 +301,7 @@ def _write_cache(wd: Path, cache: dict[str, Any]) -> None:
     # Atomic replace: several DDP ranks may verify at once. A read-only weights dir is fine (no cache).
     try:
         atomic_write_text(wd / _VERIFIED_CACHE, json.dumps(cache, indent=1, sort_keys=True))
-    except (OSError, DiskFullError):
+    except OSError:  # DiskFullError is one too
         pass
 
 

@@ -284,16 +284,15 @@ class ClassifierScoreDistillation(DistillationTerm):
     ) -> DistillOutput:
         """The term's step (:mod:`fidesr.components.distill.base`): CSD of ``z_sr`` against
         ``backbone.teacher_eps`` with the tag and negative prompts, DAW's ``weight_map`` ``[B,1,H,W]``
-        resized to the latent."""
+        resized to the latent (once, by :func:`score_distillation_loss`)."""
         pos, neg = self.prompt_embeds(backbone, tags)
-        w_lat = None if weight_map is None else resize_weights(weight_map, z_sr.shape[-2:])
         loss = self(
             z_sr.float(),
             backbone.teacher_eps,
             pos,
             neg,
             backbone.alphas_cumprod,
-            weight_map=w_lat,
+            weight_map=weight_map,
             generator=generator,
         )
         return DistillOutput(loss)
