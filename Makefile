@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Tests and the demo use at most the 2 threads a small machine has; raise for bigger ones.
 THREADS ?= 2
 
-.PHONY: help install test test-fast demo lint format clean
+.PHONY: help install test test-fast demo tiny-backbone lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ test-fast:  ## the suite without the end-to-end runs
 
 demo:  ## offline CPU demo: train the tiny model for 300 steps, validate, write samples (< 10 min)
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/fidesr-train experiment=demo
+
+tiny-backbone:  ## rebuild the shipped tiny backbone (src/fidesr/backbone/tiny_sd.safetensors) from its spec
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -c "from fidesr.backbone.tiny import main; main()"
 
 lint:  ## static checks: ruff's linter and formatter (what CI runs before the tests)
 	$(BIN)/ruff check src tests experiments

@@ -19,10 +19,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # threads mostly wait on each other (NIQE's float64 ops, the degradation ops: 2-9x slower with two).
 torch.set_num_threads(1)
 
-# The tiny backbone as tests use it: same architecture as the demo's, a very short VAE warm-up (the tests
+# The tiny backbone as tests use it: the first demo's factor-4 VAE, a very short VAE warm-up and no prior (the tests
 # check plumbing and exactness, not image quality) and a random conv_out, so that the CSD teacher and the
 # residual are non-trivial functions.
-TINY_OVERRIDES = ["backbone.ae_warmup_steps=10", "backbone.unet_zero_out=false"]
+TINY_OVERRIDES = [
+    "backbone.ae_warmup_steps=10",
+    "backbone.prior_steps=0",
+    "backbone.vae_channels=[32,64,64]",
+    "backbone.unet_zero_out=false",
+]
 # A training run that takes seconds: all components on, 32 px crops, 2 images per batch.
 FAST_TRAIN_OVERRIDES = [
     "experiment=demo",

@@ -163,6 +163,8 @@ def test_ablation_sweep_and_report(tmp_path: Path, cache_dir: Path, tiny_backbon
         "-m",
         "experiment=ablation_daw_lrrb",
         "backbone.ae_warmup_steps=10",
+        "backbone.prior_steps=0",
+        "backbone.vae_channels=[32,64,64]",
         "data.crop_size=32",
         "data.batch_size=2",
         "data.val_batch_size=4",

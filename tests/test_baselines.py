@@ -96,7 +96,15 @@ def test_a_schedule_that_does_not_fit_the_model_is_refused(compose, tiny_backbon
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    cfg = compose([*overrides, "backbone.ae_warmup_steps=10", "paths.output_dir=/tmp/x"])
+    cfg = compose(
+        [
+            *overrides,
+            "backbone.ae_warmup_steps=10",
+            "backbone.prior_steps=0",
+            "backbone.vae_channels=[32,64,64]",
+            "paths.output_dir=/tmp/x",
+        ]
+    )
     with pytest.raises(InstantiationException, match=message):
         instantiate(cfg.model)
 

@@ -20,6 +20,8 @@ def _model(compose, overrides):
             [
                 "experiment=demo",
                 "backbone.ae_warmup_steps=10",
+                "backbone.prior_steps=0",
+                "backbone.vae_channels=[32,64,64]",
                 "backbone.unet_zero_out=false",
                 "paths.output_dir=/tmp/x",
                 *overrides,

@@ -57,7 +57,13 @@ def test_the_module_follows_the_stage(compose, tiny_backbone_folder):
     from hydra.utils import instantiate
 
     cfg = compose(
-        ["experiment=[demo,pisasr_like]", "first_stage_steps=2", "backbone.ae_warmup_steps=10"]
+        [
+            "experiment=[demo,pisasr_like]",
+            "first_stage_steps=2",
+            "backbone.ae_warmup_steps=10",
+            "backbone.prior_steps=0",
+            "backbone.vae_channels=[32,64,64]",
+        ]
         + ["paths.output_dir=/tmp/x"]
     )
     model = instantiate(cfg.model)

@@ -485,6 +485,7 @@ def test_a_stored_cache_dir_is_ignored(
         "_target_": TINY,
         "cache_dir": str(elsewhere),
         "ae_warmup_steps": 10,
+        "vae_channels": [32, 64, 64],
         "unet_zero_out": False,
         "lora_rank": 8,
         "lora_alpha": 8,

@@ -173,6 +173,9 @@ TARGET_ARGS: dict[str, dict[str, Arg]] = {
         "ae_batch": _int(1, 64),
         "seed": _int(0, 2**32 - 1),
         "unet_zero_out": _BOOL,
+        "prior_steps": _int(0, 10_000),
+        "prior_crop": _int(8, 128, multiple=8),
+        "prior_batch": _int(2, 64),
         **_BACKBONE_ARGS,
     },
     LRRB_TARGET: {

@@ -157,45 +157,56 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def bicubic_baseline(datamodule, scale: int = 4) -> dict[str, float]:
-    """PSNR of the bicubic-upsampled LQ against the GT, per validation set (the baseline to beat)."""
+def bicubic_baseline(datamodule, scale: int = 4) -> dict[str, dict[str, float]]:
+    """PSNR and SSIM of the bicubic-upsampled LQ against the GT, per validation set (the baseline to
+    beat): ``{set: {"psnr": dB, "ssim": value}}``."""
     import torch.nn.functional as F  # torch and the metrics: not for --help (see train)
 
     from fidesr.metrics import MetricSuite
 
     out = {}
-    suite = MetricSuite(["psnr"])
+    suite = MetricSuite(["psnr", "ssim"])
     for name, ds in getattr(datamodule, "val_datasets", {}).items():
         suite.reset()
         for i in range(len(ds)):
             item = ds[i]
             up = F.interpolate(item["lq"][None], scale_factor=scale, mode="bicubic", align_corners=False)
             suite.update(up.clamp(0, 1), item["gt"][None], names=[item["name"]])
-        out[name] = suite.compute()["psnr"]
+        out[name] = suite.compute()
     return out
 
 
-def _psnr_history(trainer) -> dict[str, list[tuple[int, float]]]:
+def _history(trainer) -> dict[str, list[tuple[int, float, float | None]]]:
+    """Per validation set, ``(step, psnr, ssim or None)`` of every validation the run logged."""
     from fidesr.callbacks.metrics import ValidationMetrics  # Lightning: not for --help (see train)
 
     cb = next((c for c in trainer.callbacks if isinstance(c, ValidationMetrics)), None)
-    hist: dict[str, list[tuple[int, float]]] = {}
+    hist: dict[str, list[tuple[int, float, float | None]]] = {}
     for row in cb.history if cb else []:
         if isinstance(row.get("psnr"), float):
-            hist.setdefault(row["set"], []).append((int(row["step"]), row["psnr"]))
+            ssim = row.get("ssim")
+            hist.setdefault(row["set"], []).append(
+                (int(row["step"]), row["psnr"], ssim if isinstance(ssim, float) else None)
+            )
     return hist
+
+
+def _scores(psnr: float, ssim: float | None) -> str:
+    return f"{psnr:.2f} dB" + ("" if ssim is None else f" / SSIM {ssim:.4f}")
 
 
 def _print_summary(out_dir: Path, trainer, datamodule, seconds: float) -> None:
     lines = [f"fidesr: {trainer.global_step} steps in {seconds / 60:.1f} min"]
     bicubic = bicubic_baseline(datamodule) if trainer.global_step else {}
-    for set_name, hist in _psnr_history(trainer).items():
+    for set_name, hist in _history(trainer).items():
         hist = sorted(hist)
         first, last = hist[0], hist[-1]
-        lines.append(
-            f"  PSNR on {set_name!r}: step {first[0]} {first[1]:.2f} dB -> step {last[0]} {last[1]:.2f} dB"
-            + (f" (bicubic-upsampled LQ: {bicubic[set_name]:.2f} dB)" if set_name in bicubic else "")
-        )
+        line = f"  {set_name!r}: step {first[0]} {_scores(*first[1:])} -> step {last[0]} {_scores(*last[1:])}"
+        if set_name in bicubic:
+            base = bicubic[set_name]
+            gain = last[1] - base["psnr"]
+            line += f"; bicubic-upsampled LQ {_scores(base['psnr'], base.get('ssim'))} ({gain:+.2f} dB)"
+        lines.append(line)
     lines += [
         f"  run directory : {out_dir}",
         f"  metrics       : {out_dir / 'metrics.csv'} (and metrics.md)",
