@@ -102,7 +102,9 @@ def test_generator_wiring_matches_the_formula(compose, tiny_backbone_folder):
 
 
 def test_losses_weighted_and_csd_uses_tags_negative_prompt_and_frozen_teacher(compose, tiny_backbone_folder):
-    model = _model(compose, ["model.null_text_ratio=0.0", "model.lambda_lpips=2.0"])
+    model = _model(
+        compose, ["model.null_text_ratio=0.0", "model.lambda_lpips=2.0", "model.lambda_distill=1.0"]
+    )
     _randomize_lora(model)
     calls = []
     teacher = model.backbone.teacher_eps
@@ -259,6 +261,7 @@ def test_loss_chunk_trains_like_the_whole_batch_through_lightning(compose, fast_
         "trainer.max_steps=2",
         "model.optimizer._target_=torch.optim.SGD",
         "model.optimizer.lr=0.1",
+        "model.lambda_distill=1.0",  # the weight these plumbing tests were written with (the demo's: 0.002)
         "~model.optimizer.betas",
         "~model.optimizer.eps",
     ]

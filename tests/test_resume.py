@@ -134,7 +134,7 @@ def test_two_resumes_in_a_copied_run_folder_continue_and_stay_exact(copied_run):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("model.optimizer.lr=0.01", "model.optimizer.lr: 0.0002 -> 0.01"),
+        ("model.optimizer.lr=0.01", "model.optimizer.lr: 0.0005 -> 0.01"),
         ("backbone.lora_rank=4", "backbone.lora_rank: 8 -> 4"),
         ("lrrb=off", "lrrb: {"),
     ],
