@@ -12,6 +12,7 @@ teaches it through LoRA, the way the paper fine-tunes SD. The paper path never t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -291,8 +292,9 @@ def tiny_sd_folder(cache_dir: str | os.PathLike, **spec) -> Path:
     ranks, parallel tests, two demos) build once and the others wait for it."""
     from filelock import FileLock
 
-    shipped = SHIPPED_FILE.is_file() and _normalised(spec) == _shipped_spec()
-    key = f"v{TINY_VERSION}-" + _file_digest(SHIPPED_FILE)[:12] if shipped else spec_key(spec)
+    shipped_spec, digest = _shipped_identity() if SHIPPED_FILE.is_file() else ({}, "")
+    shipped = _normalised(spec) == shipped_spec
+    key = f"v{TINY_VERSION}-{digest[:12]}" if shipped else spec_key(spec)
     folder = Path(cache_dir).expanduser() / f"tiny-sd-{key}"
     if (folder / "tiny_info.json").is_file():
         return folder
@@ -315,22 +317,14 @@ def tiny_sd_folder(cache_dir: str | os.PathLike, **spec) -> Path:
     return folder
 
 
-_SHIPPED_SPEC: dict | None = None
+@functools.cache
+def _shipped_identity(path: Path = SHIPPED_FILE) -> tuple[dict, str]:
+    """The shipped file's stored spec and its sha256, read once per process (every backbone build asks)."""
+    from safetensors import safe_open
 
-
-def _shipped_spec() -> dict:
-    """The spec stored in :data:`SHIPPED_FILE` (read once)."""
-    global _SHIPPED_SPEC
-    if _SHIPPED_SPEC is None:
-        from safetensors import safe_open
-
-        with safe_open(str(SHIPPED_FILE), framework="pt") as f:
-            _SHIPPED_SPEC = json.loads((f.metadata() or {}).get("spec", "{}"))
-    return _SHIPPED_SPEC
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with safe_open(str(path), framework="pt") as f:
+        spec = json.loads((f.metadata() or {}).get("spec", "{}"))
+    return spec, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def build_tiny_backbone(
