@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from .base import Degradation
 
-PRESETS: tuple[str, ...] = ("bicubic", "osediff", "pisasr")
+PRESETS: tuple[str, ...] = ("bicubic", "bicubic_clean", "osediff", "pisasr")
 
 
 def preset_config(name: str, **overrides: Any):
