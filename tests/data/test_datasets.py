@@ -39,6 +39,24 @@ def test_small_images_are_upscaled_to_the_crop(tmp_path):
     assert item["gt"].shape == (3, 32, 32)
 
 
+def test_gray_prob_turns_that_share_of_crops_grey_and_zero_draws_nothing(tmp_path):
+    src = _write(tmp_path / "hq", ["a.png", "b.png"])
+    deg = BicubicDegradation()
+    plain = HQImageDataset([str(src)], crop_size=16, degradation=deg, seed=3)
+    off = HQImageDataset([str(src)], crop_size=16, degradation=deg, seed=3, gray_prob=0.0)
+    for i in range(5):  # 0 consumes no random draw: crops and degradation params as without the option
+        a, b = plain[i], off[i]
+        assert torch.equal(a["gt"], b["gt"]) and all(torch.equal(a["deg"][k], b["deg"][k]) for k in a["deg"])
+    grey = HQImageDataset([str(src)], crop_size=16, seed=3, gray_prob=0.5)
+    items = [grey[i]["gt"] for i in range(200)]
+    is_grey = [bool(torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])) for x in items]
+    assert 0.38 < sum(is_grey) / 200 < 0.62  # the random colour test images are never grey by themselves
+    g = next(x for x, flag in zip(items, is_grey, strict=True) if flag)
+    assert 0 <= g.min() and g.max() <= 1
+    with pytest.raises(DataSourceError, match="gray_prob"):
+        HQImageDataset([str(src)], crop_size=16, gray_prob=1.5)
+
+
 def test_source_weights_are_respected(tmp_path):
     a = _write(tmp_path / "a", ["x.png"])
     b = _write(tmp_path / "b", ["y.png"])

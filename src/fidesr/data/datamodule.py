@@ -32,6 +32,7 @@ class SRDataModule(L.LightningDataModule):
         val_batch_size: per device for validation/test/predict (images of one set must share a size to batch).
         num_workers, pin_memory, persistent_workers: DataLoader settings.
         seed: base seed of the per-sample generators.
+        gray_prob: probability of a greyscale training crop (:class:`HQImageDataset`; 0: none).
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class SRDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         seed: int = 123,
+        gray_prob: float = 0.0,
     ) -> None:
         super().__init__()
         self.train_sources = [dict(s) if isinstance(s, Mapping) else {"path": str(s)} for s in train_sources]
@@ -61,7 +63,7 @@ class SRDataModule(L.LightningDataModule):
             pin_memory,
             persistent_workers,
         )
-        self.seed = seed
+        self.seed, self.gray_prob = seed, gray_prob
         self.train_set: HQImageDataset | None = None
         self.val_datasets: dict[str, PairedImageDataset] = {}
         self.test_datasets: dict[str, PairedImageDataset] = {}
@@ -78,6 +80,7 @@ class SRDataModule(L.LightningDataModule):
                 degradation=self.degradation,
                 prompts=self.prompts,
                 seed=self.seed,
+                gray_prob=self.gray_prob,
             )
             self.train_set.check_readable()
         if stage in (None, "fit", "validate") and not self.val_datasets:

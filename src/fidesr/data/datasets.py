@@ -70,7 +70,7 @@ class BadImageLog:
 
 
 class HQImageDataset(Dataset):
-    """Random HQ crops (+ horizontal flip) with degradation parameters, for training.
+    """Random HQ crops (+ horizontal flip, + optional greyscale) with degradation parameters, for training.
 
     Args:
         sources: folders or file lists with sampling weights (e.g. the paper's DIV2K+Flickr2K+LSDIR+FFHQ mix).
@@ -81,6 +81,9 @@ class HQImageDataset(Dataset):
         prompts: callable path -> prompt string (tags); None gives the empty prompt.
         seed: base seed; sample ``i`` uses a generator seeded with ``(seed, i)``.
         max_retries: how many other images an index tries when its image is unreadable.
+        gray_prob: probability that a crop is turned grey (BT.601 luma in all three channels), for data
+            with greyscale photographs that the training set lacks (the demo validates on 9 grey crops but
+            trains on colour photos only). 0 draws nothing, so runs without it are unchanged.
 
     Returns per item: ``{"gt": [3,crop,crop] in [0,1], "deg": {...}, "prompt": str, "name": str,
     "skipped": int}``.
@@ -96,7 +99,10 @@ class HQImageDataset(Dataset):
         seed: int = 123,
         hflip: bool = True,
         max_retries: int = 20,
+        gray_prob: float = 0.0,
     ) -> None:
+        if not 0.0 <= gray_prob <= 1.0:
+            raise DataSourceError(f"gray_prob must lie in [0, 1], got {gray_prob}")
         self.sources = [
             s if isinstance(s, HQSource) else HQSource(**s) if isinstance(s, Mapping) else HQSource(str(s))
             for s in sources
@@ -115,6 +121,7 @@ class HQImageDataset(Dataset):
         self.weights = weights / weights.sum()
         self.crop_size, self.length, self.degradation = crop_size, length, degradation
         self.prompts, self.seed, self.hflip, self.max_retries = prompts, seed, hflip, max_retries
+        self.gray_prob = float(gray_prob)
         self.bad = BadImageLog()
 
     def __len__(self) -> int:
@@ -152,6 +159,9 @@ class HQImageDataset(Dataset):
         img = img[:, y : y + c, x : x + c]
         if self.hflip and bool(torch.rand((), generator=g) < 0.5):
             img = img.flip(-1)
+        if self.gray_prob > 0 and bool(torch.rand((), generator=g) < self.gray_prob):
+            luma = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]).clamp(0, 1)
+            img = luma.expand(3, -1, -1)
         return img.contiguous()
 
     def __getitem__(self, index: int) -> dict:
