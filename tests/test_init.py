@@ -23,3 +23,22 @@ def test_bitsandbytes_kernels_hub_notice_is_dropped_and_nothing_else(
         )
         log.warning("some other bitsandbytes warning")
     assert [r.getMessage() for r in caplog.records] == ["some other bitsandbytes warning"]
+
+
+def test_kernels_offline_trust_notice_for_bitsandbytes_kernel_is_dropped_and_nothing_else(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """kernels >= 0.19 logs this when bitsandbytes asks for its CPU kernel with the Hub offline; a trust
+    notice about any other repository still passes."""
+    log = logging.getLogger("kernels._internals.hf_hub")
+    with caplog.at_level(logging.WARNING):
+        log.warning(
+            "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because Hugging "
+            "Face Hub is in offline mode."
+        )
+        log.warning(
+            "Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in offline mode."
+        )
+    assert [r.getMessage() for r in caplog.records] == [
+        "Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in offline mode."
+    ]
