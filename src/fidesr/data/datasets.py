@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from fidesr.data.degradations.ops import luma
 from fidesr.data.imageio import ImageLoadError, is_image_file, list_images, load_image
 from fidesr.errors import FidesrError
 from fidesr.seeding import derive_seed
@@ -160,8 +161,7 @@ class HQImageDataset(Dataset):
         if self.hflip and bool(torch.rand((), generator=g) < 0.5):
             img = img.flip(-1)
         if self.gray_prob > 0 and bool(torch.rand((), generator=g) < self.gray_prob):
-            luma = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]).clamp(0, 1)
-            img = luma.expand(3, -1, -1)
+            img = luma(img[None])[0].clamp(0, 1).expand(3, -1, -1)
         return img.contiguous()
 
     def __getitem__(self, index: int) -> dict:

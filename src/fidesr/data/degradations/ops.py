@@ -19,6 +19,11 @@ RESIZE_MODES: tuple[str, ...] = ("area", "bilinear", "bicubic")
 """Resize modes drawn by Real-ESRGAN; params store the index into this tuple (int64)."""
 
 
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma of ``[B, 3, H, W]`` -> ``[B, 1, H, W]`` (same range as the input)."""
+    return (x * x.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+
+
 def generators_from_seeds(seeds: torch.Tensor, device: torch.device | str) -> list[torch.Generator]:
     """One generator per sample, on ``device``, seeded with ``seeds[i]`` (int64 ``[B]``).
 
@@ -134,8 +139,7 @@ def add_poisson_noise(
     """
     b, c, h, w = x.shape
     gray = gray.to(device=x.device, dtype=torch.bool).view(b, 1, 1, 1)
-    luma = (x * x.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
-    src = torch.where(gray, luma.expand_as(x), x)
+    src = torch.where(gray, luma(x).expand_as(x), x)
     src = torch.clamp((src * 255.0).round(), 0, 255)
     # Distinct 8-bit levels per sample with one bincount over the whole batch (sample i offset by 256 i).
     idx = src.to(torch.int64).flatten(1) + 256 * torch.arange(b, device=x.device)[:, None]
